@@ -1,0 +1,78 @@
+"""The Starlette app factory: state, middleware, routes, error handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from gateway.auth import load_or_create_secret
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.flow_runs import FlowRunStarter, PrefectFlowRuns
+from gateway.middleware import CorsMiddleware, RequestIdMiddleware
+from gateway.routes import admin, batches, files, health, internal, openapi
+from gateway.settings import Settings
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore
+
+log = logging.getLogger("batchgate.gateway")
+
+
+@dataclass
+class GatewayState:
+    """Everything a request handler may need, built once per app."""
+
+    settings: Settings
+    store: MetadataStore
+    blobs: BlobStore
+    admin_key: str
+    internal_token: str
+    flow_runs: FlowRunStarter
+
+
+def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> GatewayState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(settings.db_path)
+    blobs = BlobStore(settings.blob_dir)
+    blobs.remove_debris()
+    admin_key = settings.admin_key
+    if not admin_key:
+        admin_key, created = load_or_create_secret(settings.data_dir / "admin_key")
+        if created:
+            log.warning("generated admin key, stored in %s/admin_key", settings.data_dir)
+    internal_token = settings.internal_token or load_or_create_secret(
+        settings.data_dir / "internal_token")[0]
+    return GatewayState(
+        settings=settings, store=store, blobs=blobs, admin_key=admin_key,
+        internal_token=internal_token, flow_runs=flow_runs or PrefectFlowRuns(settings),
+    )
+
+
+def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> Starlette:
+    state = build_state(settings, flow_runs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        admin.load_configured_providers(state)
+        async with batches.background_tasks(state):
+            yield
+        state.store.close()
+
+    app = Starlette(
+        routes=[
+            *health.routes, *openapi.routes, *files.routes, *batches.routes,
+            *admin.routes, *internal.routes,
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(CorsMiddleware, allow_origins=settings.cors_origins),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.gateway = state
+    return app

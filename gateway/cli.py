@@ -1,0 +1,95 @@
+"""The `batchgate` command: thin adapters around the app, runner and tools.
+
+    batchgate up              Prefect server + runner + gateway, all local
+    batchgate serve           the gateway alone (uvicorn)
+    batchgate worker          serve the flows against a remote gateway
+    batchgate mock-upstream   a fake OpenAI-compatible provider
+    batchgate create-key      create an API key in the local data directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import load_settings
+
+    settings = load_settings()
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                access_log=False)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from gateway.supervisor import up
+
+    return up(args)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from flows.serve import serve_flows
+
+    serve_flows()
+    return 0
+
+
+def _cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from gateway.mock_upstream import run_mock_upstream
+
+    return run_mock_upstream(args)
+
+
+def _cmd_create_key(args: argparse.Namespace) -> int:
+    from gateway.settings import load_settings
+    from storage.metadata import MetadataStore
+
+    settings = load_settings()
+    store = MetadataStore(settings.db_path)
+    record, clear = store.create_api_key(args.name)
+    store.close()
+    print(f"{record.id} {clear}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchgate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default=os.environ.get("BATCHGATE_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="start Prefect server, runner and gateway").set_defaults(
+        func=_cmd_up)
+    sub.add_parser("serve", help="start the gateway only").set_defaults(func=_cmd_serve)
+    sub.add_parser("worker", help="serve the batch flows (needs BATCHGATE_GATEWAY_URL)"
+                   ).set_defaults(func=_cmd_worker)
+
+    mock = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
+    from gateway.mock_upstream import add_arguments
+
+    add_arguments(mock)
+    mock.set_defaults(func=_cmd_mock_upstream)
+
+    key = sub.add_parser("create-key", help="create an API key (gateway must be stopped)")
+    key.add_argument("name")
+    key.set_defaults(func=_cmd_create_key)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Starting `process-batch` flow runs through the Prefect API.
+
+The gateway never waits for a run: it creates the flow run and returns.
+`FlowRunStarter` is the seam tests use to count or replace starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from gateway.settings import Settings
+from storage.records import BatchRecord
+
+log = logging.getLogger("batchgate.gateway")
+
+DEPLOYMENT = "process-batch/process-batch"
+
+
+class FlowRunStarter(Protocol):
+    async def start_batch(self, batch: BatchRecord) -> str | None:
+        """Create a flow run for the batch; return its id."""
+
+    async def ready(self) -> bool:
+        """True once flow runs can be created."""
+
+
+class PrefectFlowRuns:
+    """Creates flow runs of the `process-batch` deployment on the Prefect server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ready_until = 0.0
+
+    async def start_batch(self, batch: BatchRecord) -> str | None:
+        from prefect.deployments import run_deployment
+
+        tags = [f"endpoint:{batch.endpoint}"]
+        if batch.model:
+            tags.append(f"model:{batch.model}")
+        flow_run = await run_deployment(
+            name=DEPLOYMENT,
+            parameters={"batch_id": batch.id},
+            timeout=0,
+            flow_run_name=batch.id,
+            tags=tags,
+        )
+        return str(flow_run.id)
+
+    async def ready(self) -> bool:
+        """The server answers and the deployment exists (cached for 30 s when true)."""
+        if time.monotonic() < self._ready_until:
+            return True
+        try:
+            from prefect.client.orchestration import get_client
+
+            async with get_client() as client:
+                await client.read_deployment_by_name(DEPLOYMENT)
+        except Exception as exc:  # any failure means "not yet"
+            log.debug("prefect not ready: %s", exc)
+            return False
+        self._ready_until = time.monotonic() + 30
+        return True

@@ -1,0 +1,9 @@
+"""Placeholder: filled in by the work on this route group."""
+
+from __future__ import annotations
+
+routes: list = []
+
+
+def load_configured_providers(state) -> None:  # noqa: ANN001
+    """Placeholder."""

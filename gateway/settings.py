@@ -1,0 +1,94 @@
+"""All of batchgate's settings in one typed object, read once at start-up.
+
+Sources, highest priority first: keyword arguments (tests), `BATCHGATE_*`
+environment variables, the TOML file named by `BATCHGATE_CONFIG`, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ProviderConfig(BaseModel):
+    """A provider connection declared in the config file (SPEC section 4)."""
+
+    name: str
+    base_url: str
+    api_key: str = ""
+    is_active: bool = True
+    max_concurrency: int = 64
+    models: list[str] | None = None
+    default: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCHGATE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    prefect_port: int = 4200
+    data_dir: Path = Path("./.batchgate")
+    max_file_bytes: int = 200_000_000
+    admin_key: str | None = None
+    internal_token: str | None = None
+    gateway_url: str | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    providers: list[ProviderConfig] = Field(default_factory=list)
+
+    # Batches
+    chunk_size: int = 1000
+    max_batch_lines: int = 50_000
+    completion_window_seconds: int = 24 * 3600
+    batch_file_ttl_seconds: int = 30 * 24 * 3600
+    lease_seconds: int = 60
+    reconcile_interval_seconds: float = 10.0
+    retention_interval_seconds: int = 3600
+
+    # Upstream calls
+    request_timeout_seconds: float = 600.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("BATCHGATE_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "batchgate.duckdb"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def public_url(self) -> str:
+        """The URL workers use to reach the gateway's internal API."""
+        return self.gateway_url or f"http://{self.host}:{self.port}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings once; callers pass the object down instead of re-reading."""
+    return Settings(**overrides)

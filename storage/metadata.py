@@ -1,0 +1,341 @@
+"""The DuckDB metadata store: keys, files, batches, chunks, providers.
+
+DuckDB allows one read-write process per database file, so exactly one
+process (the gateway) opens it; everything else asks the gateway. Inside
+that process one connection is shared behind a lock: statements here are
+small and indexed by primary key, so serialising them costs little and
+keeps transactions simple. Nothing here reads file bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import orjson
+
+from storage import ids
+from storage.records import (
+    LIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ApiKeyRecord,
+    BatchRecord,
+    ChunkRecord,
+    FileRecord,
+    ProviderRecord,
+)
+
+SCHEMA_VERSION = 1
+R = TypeVar("R")
+
+# Columns stored as JSON text, per table.
+_JSON_COLUMNS = {
+    "batches": {"metadata", "usage", "errors"},
+    "batch_chunks": {"usage"},
+    "providers": {"models"},
+}
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _columns(record_cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(record_cls) if f.name != "extra"]
+
+
+def _encode(table: str, values: dict[str, Any]) -> dict[str, Any]:
+    json_cols = _JSON_COLUMNS.get(table, set())
+    return {
+        k: (orjson.dumps(v).decode() if k in json_cols and v is not None else v)
+        for k, v in values.items()
+    }
+
+
+def _decode(table: str, values: dict[str, Any]) -> dict[str, Any]:
+    json_cols = _JSON_COLUMNS.get(table, set())
+    return {
+        k: (orjson.loads(v) if k in json_cols and v is not None else v) for k, v in values.items()
+    }
+
+
+class MetadataStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = duckdb.connect(self.path)
+        self._lock = threading.RLock()
+        self._migrate()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _migrate(self) -> None:
+        schema = resources.files("storage").joinpath("schema.sql").read_text()
+        blocks = schema.split("-- migration ")[1:]
+        with self._lock:
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = (row[0] if row else None) or 0
+            for block in blocks:
+                number_text, _, body = block.partition("\n")
+                number = int(number_text.strip())
+                if number <= current:
+                    continue
+                with self.transaction():
+                    self._conn.execute(body)
+                    self._conn.execute(
+                        "INSERT INTO schema_version VALUES (?, ?)", [number, now()]
+                    )
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._conn.execute("BEGIN TRANSACTION")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, list(params)).fetchall()
+
+    def _fetch(self, table: str, record_cls: type[R], where: str, params: Sequence[Any],
+               tail: str = "") -> list[R]:
+        cols = _columns(record_cls)
+        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE {where} {tail}"
+        rows = self.execute(sql, params)
+        return [record_cls(**_decode(table, dict(zip(cols, row, strict=True)))) for row in rows]
+
+    def _insert(self, table: str, record: Any) -> None:
+        values = _encode(table, {c: getattr(record, c) for c in _columns(type(record))})
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        self.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(values.values()))
+
+    def _update(self, table: str, key_where: str, key_params: Sequence[Any],
+                fields: dict[str, Any]) -> int:
+        if not fields:
+            return 0
+        values = _encode(table, fields)
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        rows = self.execute(
+            f"UPDATE {table} SET {assignments} WHERE {key_where} RETURNING 1",
+            [*values.values(), *key_params],
+        )
+        return len(rows)
+
+    # -- API keys ---------------------------------------------------------
+
+    def create_api_key(self, name: str) -> tuple[ApiKeyRecord, str]:
+        """Store a new key's hash; the clear key is returned once and never kept."""
+        clear = ids.new_api_key()
+        record = ApiKeyRecord(
+            id=ids.new_key_id(), name=name, key_hash=ids.hash_key(clear), created_at=now()
+        )
+        self._insert("api_keys", record)
+        return record, clear
+
+    def find_api_key(self, clear_key: str) -> ApiKeyRecord | None:
+        found = self._fetch(
+            "api_keys", ApiKeyRecord, "key_hash = ? AND revoked_at IS NULL",
+            [ids.hash_key(clear_key)],
+        )
+        return found[0] if found else None
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        return self._fetch("api_keys", ApiKeyRecord, "revoked_at IS NULL", [],
+                           "ORDER BY created_at, id")
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        return bool(self._update("api_keys", "id = ? AND revoked_at IS NULL", [key_id],
+                                 {"revoked_at": now()}))
+
+    # -- files ------------------------------------------------------------
+
+    def insert_file(self, record: FileRecord) -> FileRecord:
+        self._insert("files", record)
+        return record
+
+    def get_file(self, file_id: str, api_key_id: str | None = None, *,
+                 include_gone: bool = False) -> FileRecord | None:
+        """A file visible to `api_key_id` (any owner when None); deleted or expired
+        files are invisible unless `include_gone`."""
+        where, params = ["id = ?"], [file_id]
+        if api_key_id is not None:
+            where.append("api_key_id = ?")
+            params.append(api_key_id)
+        if not include_gone:
+            where.append("deleted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
+            params.append(now())
+        found = self._fetch("files", FileRecord, " AND ".join(where), params)
+        return found[0] if found else None
+
+    def list_files(self, api_key_id: str, *, purpose: str | None = None, limit: int = 10000,
+                   order: str = "desc", after: FileRecord | None = None
+                   ) -> tuple[list[FileRecord], bool]:
+        """One page of a key's live files, ordered by (created_at, id)."""
+        direction = "DESC" if order == "desc" else "ASC"
+        where = ["api_key_id = ?", "deleted_at IS NULL",
+                 "(expires_at IS NULL OR expires_at > ?)"]
+        params: list[Any] = [api_key_id, now()]
+        if purpose:
+            where.append("purpose = ?")
+            params.append(purpose)
+        if after is not None:
+            op = "<" if direction == "DESC" else ">"
+            where.append(f"(created_at, id) {op} (?, ?)")
+            params.extend([after.created_at, after.id])
+        rows = self._fetch(
+            "files", FileRecord, " AND ".join(where), params,
+            f"ORDER BY created_at {direction}, id {direction} LIMIT {int(limit) + 1}",
+        )
+        return rows[:limit], len(rows) > limit
+
+    def mark_file_deleted(self, file_id: str) -> bool:
+        return bool(self._update("files", "id = ? AND deleted_at IS NULL", [file_id],
+                                 {"deleted_at": now()}))
+
+    def update_file(self, file_id: str, **fields: Any) -> int:
+        return self._update("files", "id = ?", [file_id], fields)
+
+    def expired_files(self, at: int | None = None) -> list[FileRecord]:
+        """Files past their own `expires_at` that still have bytes."""
+        return self._fetch("files", FileRecord,
+                           "deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?",
+                           [at if at is not None else now()], "ORDER BY expires_at, id")
+
+    def live_blob_names(self) -> set[str]:
+        return {r[0] for r in self.execute("SELECT blob_name FROM files WHERE deleted_at IS NULL")}
+
+    # -- batches ----------------------------------------------------------
+
+    def insert_batch(self, record: BatchRecord) -> BatchRecord:
+        self._insert("batches", record)
+        return record
+
+    def get_batch(self, batch_id: str, api_key_id: str | None = None) -> BatchRecord | None:
+        where, params = "id = ?", [batch_id]
+        if api_key_id is not None:
+            where += " AND api_key_id = ?"
+            params.append(api_key_id)
+        found = self._fetch("batches", BatchRecord, where, params)
+        return found[0] if found else None
+
+    def list_batches(self, api_key_id: str, *, limit: int = 20,
+                     after: BatchRecord | None = None) -> tuple[list[BatchRecord], bool]:
+        where, params = ["api_key_id = ?"], [api_key_id]
+        if after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend([after.created_at, after.id])
+        rows = self._fetch("batches", BatchRecord, " AND ".join(where), params,
+                           f"ORDER BY created_at DESC, id DESC LIMIT {int(limit) + 1}")
+        return rows[:limit], len(rows) > limit
+
+    def update_batch(self, batch_id: str, **fields: Any) -> int:
+        return self._update("batches", "id = ?", [batch_id], fields)
+
+    def transition_batch(self, batch_id: str, from_statuses: Iterable[str],
+                         **fields: Any) -> bool:
+        """Compare-and-set: apply `fields` only while the status is one of
+        `from_statuses`, so a concurrent cancel or outside change wins."""
+        allowed = list(from_statuses)
+        marks = ", ".join("?" for _ in allowed)
+        return bool(self._update("batches", f"id = ? AND status IN ({marks})",
+                                 [batch_id, *allowed], fields))
+
+    def terminal_batches(self) -> list[BatchRecord]:
+        marks = ", ".join("?" for _ in TERMINAL_STATUSES)
+        return self._fetch("batches", BatchRecord, f"status IN ({marks})",
+                           sorted(TERMINAL_STATUSES), "ORDER BY created_at ASC, id ASC")
+
+    def live_batches(self) -> list[BatchRecord]:
+        marks = ", ".join("?" for _ in LIVE_STATUSES)
+        return self._fetch("batches", BatchRecord, f"status IN ({marks})",
+                           sorted(LIVE_STATUSES), "ORDER BY created_at ASC, id ASC")
+
+    # -- chunks (the execution checkpoint) --------------------------------
+
+    def save_chunks(self, batch_id: str, chunks: Sequence[ChunkRecord]) -> None:
+        """Record the plan once; a second call (a resumed run) changes nothing."""
+        with self.transaction() as conn:
+            existing = conn.execute(
+                "SELECT count(*) FROM batch_chunks WHERE batch_id = ?", [batch_id]
+            ).fetchone()
+            if existing and existing[0]:
+                return
+            for chunk in chunks:
+                values = _encode("batch_chunks",
+                                 {c: getattr(chunk, c) for c in _columns(ChunkRecord)})
+                conn.execute(
+                    f"INSERT INTO batch_chunks ({', '.join(values)}) "
+                    f"VALUES ({', '.join('?' for _ in values)})",
+                    list(values.values()),
+                )
+
+    def get_chunks(self, batch_id: str) -> list[ChunkRecord]:
+        return self._fetch("batch_chunks", ChunkRecord, "batch_id = ?", [batch_id],
+                           "ORDER BY chunk_index")
+
+    def complete_chunk(self, batch_id: str, chunk_index: int, *, completed: int, failed: int,
+                       usage: dict[str, Any] | None, model: str | None) -> bool:
+        """Mark a chunk done and add its counts to the batch, in one transaction.
+        Returns False if it was already done (a repeated post changes nothing)."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "UPDATE batch_chunks SET done = TRUE, completed = ?, failed = ?, usage = ?, "
+                "model = ? WHERE batch_id = ? AND chunk_index = ? AND NOT done RETURNING 1",
+                [completed, failed, orjson.dumps(usage).decode() if usage else None, model,
+                 batch_id, chunk_index],
+            ).fetchall()
+            if not row:
+                return False
+            conn.execute(
+                "UPDATE batches SET completed = completed + ?, failed = failed + ? WHERE id = ?",
+                [completed, failed, batch_id],
+            )
+            return True
+
+    # -- providers --------------------------------------------------------
+
+    def upsert_provider(self, record: ProviderRecord) -> ProviderRecord:
+        with self.transaction() as conn:
+            if record.is_default:
+                conn.execute("UPDATE providers SET is_default = FALSE WHERE name <> ?",
+                             [record.name])
+            conn.execute("DELETE FROM providers WHERE name = ?", [record.name])
+            values = _encode("providers",
+                             {c: getattr(record, c) for c in _columns(ProviderRecord)})
+            conn.execute(
+                f"INSERT INTO providers ({', '.join(values)}) "
+                f"VALUES ({', '.join('?' for _ in values)})",
+                list(values.values()),
+            )
+        return record
+
+    def list_providers(self) -> list[ProviderRecord]:
+        return self._fetch("providers", ProviderRecord, "TRUE", [], "ORDER BY name")
+
+    def get_provider(self, name: str) -> ProviderRecord | None:
+        found = self._fetch("providers", ProviderRecord, "name = ?", [name])
+        return found[0] if found else None
+
+    def delete_provider(self, name: str) -> bool:
+        return bool(self.execute("DELETE FROM providers WHERE name = ? RETURNING 1", [name]))

@@ -1,0 +1,147 @@
+"""Plain records for what the metadata store holds, and their public shapes.
+
+The `*_object` functions are the only way a record reaches a client: they
+pick the OpenAI fields and nothing else (no owner, blob name or MIME type).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+LIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    key_hash: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    api_key_id: str | None
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    deleted_at: int | None
+    blob_name: str
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderRecord:
+    name: str
+    base_url: str
+    api_key: str
+    is_active: bool = True
+    max_concurrency: int = 64
+    models: list[str] | None = None
+    is_default: bool = False
+    created_at: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    batch_id: str
+    chunk_index: int
+    start_offset: int
+    end_offset: int
+    first_line: int
+    line_count: int
+    done: bool = False
+    completed: int = 0
+    failed: int = 0
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    api_key_id: str | None
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    created_at: int
+    expires_at: int | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] | None = None
+    output_expires_after_seconds: int | None = None
+    output_expires_after_anchor: str | None = None
+    flow_run_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def file_object(record: FileRecord) -> dict[str, Any]:
+    """The OpenAI File object for a record."""
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.bytes,
+        "created_at": record.created_at,
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "expires_at": record.expires_at,
+    }
+
+
+def batch_object(record: BatchRecord) -> dict[str, Any]:
+    """The OpenAI Batch object for a record."""
+    errors = {"object": "list", "data": record.errors} if record.errors else None
+    return {
+        "id": record.id,
+        "object": "batch",
+        "endpoint": record.endpoint,
+        "errors": errors,
+        "input_file_id": record.input_file_id,
+        "completion_window": record.completion_window,
+        "status": record.status,
+        "output_file_id": record.output_file_id,
+        "error_file_id": record.error_file_id,
+        "created_at": record.created_at,
+        "in_progress_at": record.in_progress_at,
+        "expires_at": record.expires_at,
+        "finalizing_at": record.finalizing_at,
+        "completed_at": record.completed_at,
+        "failed_at": record.failed_at,
+        "expired_at": record.expired_at,
+        "cancelling_at": record.cancelling_at,
+        "cancelled_at": record.cancelled_at,
+        "request_counts": {
+            "total": record.total,
+            "completed": record.completed,
+            "failed": record.failed,
+        },
+        "metadata": record.metadata,
+        "model": record.model,
+        "usage": record.usage,
+    }

@@ -1,0 +1,83 @@
+-- batchgate metadata schema. One file, applied in order by version.
+-- Bump SCHEMA_VERSION in storage/metadata.py and append a migration block
+-- below, headed like the one that follows, when the schema changes.
+
+-- migration 1
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          VARCHAR PRIMARY KEY,
+    name        VARCHAR NOT NULL,
+    key_hash    VARCHAR NOT NULL,
+    created_at  BIGINT  NOT NULL,
+    revoked_at  BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS files (
+    id          VARCHAR PRIMARY KEY,
+    api_key_id  VARCHAR,
+    filename    VARCHAR NOT NULL,
+    purpose     VARCHAR NOT NULL,
+    bytes       BIGINT  NOT NULL,
+    created_at  BIGINT  NOT NULL,
+    expires_at  BIGINT,
+    deleted_at  BIGINT,
+    blob_name   VARCHAR NOT NULL,
+    mime_type   VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS batches (
+    id                  VARCHAR PRIMARY KEY,
+    api_key_id          VARCHAR,
+    endpoint            VARCHAR NOT NULL,
+    input_file_id       VARCHAR NOT NULL,
+    completion_window   VARCHAR NOT NULL,
+    status              VARCHAR NOT NULL,
+    output_file_id      VARCHAR,
+    error_file_id       VARCHAR,
+    created_at          BIGINT  NOT NULL,
+    in_progress_at      BIGINT,
+    expires_at          BIGINT,
+    finalizing_at       BIGINT,
+    completed_at        BIGINT,
+    failed_at           BIGINT,
+    expired_at          BIGINT,
+    cancelling_at       BIGINT,
+    cancelled_at        BIGINT,
+    total               INTEGER NOT NULL DEFAULT 0,
+    completed           INTEGER NOT NULL DEFAULT 0,
+    failed              INTEGER NOT NULL DEFAULT 0,
+    metadata            VARCHAR,
+    model               VARCHAR,
+    usage               VARCHAR,
+    errors              VARCHAR,
+    output_expires_after_seconds BIGINT,
+    output_expires_after_anchor  VARCHAR,
+    flow_run_id         VARCHAR,
+    lease_token         VARCHAR,
+    lease_expires_at    DOUBLE
+);
+
+CREATE TABLE IF NOT EXISTS batch_chunks (
+    batch_id      VARCHAR NOT NULL,
+    chunk_index   INTEGER NOT NULL,
+    start_offset  BIGINT  NOT NULL,
+    end_offset    BIGINT  NOT NULL,
+    first_line    INTEGER NOT NULL,
+    line_count    INTEGER NOT NULL,
+    done          BOOLEAN NOT NULL DEFAULT FALSE,
+    completed     INTEGER NOT NULL DEFAULT 0,
+    failed        INTEGER NOT NULL DEFAULT 0,
+    usage         VARCHAR,
+    model         VARCHAR,
+    PRIMARY KEY (batch_id, chunk_index)
+);
+
+CREATE TABLE IF NOT EXISTS providers (
+    name             VARCHAR PRIMARY KEY,
+    base_url         VARCHAR NOT NULL,
+    api_key          VARCHAR NOT NULL,
+    is_active        BOOLEAN NOT NULL DEFAULT TRUE,
+    max_concurrency  INTEGER NOT NULL DEFAULT 64,
+    models           VARCHAR,
+    is_default       BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at       BIGINT  NOT NULL
+);
