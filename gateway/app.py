@@ -18,6 +18,7 @@ from gateway.routes import admin, batches, files, health, internal, openapi
 from gateway.settings import Settings
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
+from tasks.ledger import BatchLedger
 
 log = logging.getLogger("batchgate.gateway")
 
@@ -32,6 +33,7 @@ class GatewayState:
     admin_key: str
     internal_token: str
     flow_runs: FlowRunStarter
+    ledger: BatchLedger
 
 
 def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> GatewayState:
@@ -49,6 +51,7 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
     return GatewayState(
         settings=settings, store=store, blobs=blobs, admin_key=admin_key,
         internal_token=internal_token, flow_runs=flow_runs or PrefectFlowRuns(settings),
+        ledger=BatchLedger(store, blobs, lease_seconds=settings.lease_seconds),
     )
 
 

@@ -83,8 +83,11 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # This handler runs outside the request-id middleware; carry the id over.
+    request_id = request.scope.get("state", {}).get("request_id")
     return error_response(500, "The server had an error while processing your request.",
-                          code="internal_error")
+                          code="internal_error",
+                          headers={"x-request-id": request_id} if request_id else None)
 
 
 EXCEPTION_HANDLERS = {

@@ -25,6 +25,9 @@ class FlowRunStarter(Protocol):
     async def ready(self) -> bool:
         """True once flow runs can be created."""
 
+    async def is_queued(self, flow_run_id: str) -> bool:
+        """True while the run waits for a runner slot and should not be replaced."""
+
 
 class PrefectFlowRuns:
     """Creates flow runs of the `process-batch` deployment on the Prefect server."""
@@ -62,3 +65,19 @@ class PrefectFlowRuns:
             return False
         self._ready_until = time.monotonic() + 30
         return True
+
+    async def is_queued(self, flow_run_id: str) -> bool:
+        try:
+            return await flow_run_is_queued(flow_run_id)
+        except Exception as exc:  # unknown run or server away: not known to be queued
+            log.debug("could not read flow run %s: %s", flow_run_id, exc)
+            return False
+
+
+async def flow_run_is_queued(flow_run_id: str) -> bool:
+    """True while a flow run waits for a runner slot (Scheduled or Pending)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        run = await client.read_flow_run(flow_run_id)
+    return run.state is not None and run.state.type.value in {"SCHEDULED", "PENDING"}

@@ -47,12 +47,14 @@ class Settings(BaseSettings):
 
     # Batches
     chunk_size: int = 1000
+    chunk_parallelism: int = 2
     max_batch_lines: int = 50_000
     completion_window_seconds: int = 24 * 3600
     batch_file_ttl_seconds: int = 30 * 24 * 3600
     lease_seconds: int = 60
     reconcile_interval_seconds: float = 10.0
     retention_interval_seconds: int = 3600
+    runner_limit: int = 8  # flow runs one `batchgate up` runner executes at once
 
     # Upstream calls
     request_timeout_seconds: float = 600.0

@@ -1,12 +1,196 @@
-"""Placeholder: filled in by the work on this route group."""
+"""/v1/batches: create, list, retrieve, cancel (SPEC section 3), and the
+reconciler that gives every live batch a running flow run."""
 
 from __future__ import annotations
 
-routes: list = []
-
+import asyncio
 import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import require_key
+from gateway.errors import APIError, bad_request, not_found
+from storage import ids
+from storage.metadata import now
+from storage.records import BatchRecord, batch_object
+from tasks import status as st
+from tasks.batch_rules import RuleViolation, parse_batch_request
+
+log = logging.getLogger("batchgate.gateway")
+
+# How long a freshly started flow run has to claim its batch before the
+# reconciler may start another one.
+LAUNCH_GRACE_SECONDS = 120
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.gateway
+
+
+def _first_model(state: Any, blob_name: str) -> str | None:
+    """The model of the input's first line, for the flow run's tags (best effort)."""
+    try:
+        with state.blobs.open(blob_name) as handle:
+            first = handle.readline(1 << 20)
+        body = orjson.loads(first).get("body") or {}
+        model = body.get("model")
+        return model if isinstance(model, str) else None
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+async def launch(state: Any, batch: BatchRecord) -> None:
+    """Start a flow run for the batch; on failure the reconciler tries again."""
+    state.store.update_batch(batch.id, lease_token=None,
+                             lease_expires_at=time.time() + LAUNCH_GRACE_SECONDS)
+    try:
+        flow_run_id = await state.flow_runs.start_batch(batch)
+    except Exception as exc:
+        log.warning("could not start a flow run for %s: %s", batch.id, exc)
+        state.store.update_batch(batch.id, lease_expires_at=None)
+        return
+    if flow_run_id:
+        state.store.update_batch(batch.id, flow_run_id=flow_run_id)
+
+
+async def create_batch(request: Request) -> Response:
+    key = require_key(request)
+    state = _state(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("The request body is not valid JSON.") from exc
+    parsed = parse_batch_request(body)
+    if isinstance(parsed, RuleViolation):
+        raise bad_request(parsed.message, param=parsed.param)
+    input_file = state.store.get_file(parsed.input_file_id, key.id)
+    if input_file is None:
+        raise not_found("File", parsed.input_file_id, param="input_file_id")
+    if input_file.purpose != "batch":
+        raise bad_request(f"File {input_file.id} has purpose '{input_file.purpose}'; a batch "
+                          "needs a file uploaded with purpose 'batch'.", param="input_file_id")
+    created = now()
+    batch = BatchRecord(
+        id=ids.new_batch_id(), api_key_id=key.id, endpoint=parsed.endpoint,
+        input_file_id=input_file.id, completion_window=parsed.completion_window,
+        status="validating", created_at=created,
+        expires_at=created + state.settings.completion_window_seconds,
+        metadata=parsed.metadata,
+        output_expires_after_seconds=parsed.output_expires_after_seconds,
+        output_expires_after_anchor="created_at" if parsed.output_expires_after_seconds
+        else None,
+        model=await run_in_threadpool(_first_model, state, input_file.blob_name),
+    )
+    state.store.insert_batch(batch)
+    await launch(state, batch)
+    return JSONResponse(batch_object(state.store.get_batch(batch.id)))
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be an integer between {low} and {high}.", param=name)
+    return value
+
+
+async def list_batches(request: Request) -> Response:
+    key = require_key(request)
+    store = _state(request).store
+    limit = _int_param(request, "limit", 20, 1, 100)
+    after_id = request.query_params.get("after")
+    after = None
+    if after_id:
+        after = store.get_batch(after_id, key.id)
+        if after is None:
+            raise bad_request(f"No such Batch object: {after_id}", param="after")
+    rows, has_more = store.list_batches(key.id, limit=limit, after=after)
+    data = [batch_object(r) for r in rows]
+    return JSONResponse({"object": "list", "data": data,
+                         "first_id": data[0]["id"] if data else None,
+                         "last_id": data[-1]["id"] if data else None, "has_more": has_more})
+
+
+async def retrieve_batch(request: Request) -> Response:
+    key = require_key(request)
+    batch_id = request.path_params["batch_id"]
+    batch = _state(request).store.get_batch(batch_id, key.id)
+    if batch is None:
+        raise not_found("Batch", batch_id)
+    return JSONResponse(batch_object(batch))
+
+
+async def cancel_batch(request: Request) -> Response:
+    key = require_key(request)
+    store = _state(request).store
+    batch_id = request.path_params["batch_id"]
+    batch = store.get_batch(batch_id, key.id)
+    if batch is None:
+        raise not_found("Batch", batch_id)
+    if batch.status in st.CANCELLABLE:
+        store.transition_batch(batch_id, st.CANCELLABLE, status="cancelling",
+                               **st.stamp("cancelling", now()))
+        batch = store.get_batch(batch_id)
+    if batch is None or batch.is_terminal:
+        status = batch.status if batch else "unknown"
+        raise APIError(409, f"Cannot cancel a batch with status '{status}'.",
+                       code="batch_not_cancellable", headers={"x-should-retry": "false"})
+    return JSONResponse(batch_object(batch))
+
+
+async def reconcile_once(state: Any) -> int:
+    """Start a new flow run for every live batch that nobody is working on:
+    its lease lapsed (the run died) and no queued flow run is waiting for it."""
+    started = 0
+    for batch in state.store.live_batches():
+        if (batch.lease_expires_at or 0) > time.time():
+            continue
+        if batch.lease_token is None and batch.flow_run_id and \
+                await state.flow_runs.is_queued(batch.flow_run_id):
+            continue
+        log.info("batch %s has no live run; starting one", batch.id)
+        await launch(state, batch)
+        started += 1
+    return started
 
 
 @contextlib.asynccontextmanager
-async def background_tasks(state):  # noqa: ANN001
-    yield
+async def background_tasks(state: Any) -> AsyncIterator[None]:
+    """Run the reconciler while the app lives."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await reconcile_once(state)
+            except Exception:
+                log.exception("reconciler pass failed")
+            await asyncio.sleep(state.settings.reconcile_interval_seconds)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+routes = [
+    Route("/v1/batches", create_batch, methods=["POST"]),
+    Route("/v1/batches", list_batches, methods=["GET"]),
+    Route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"]),
+    Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+]

@@ -1,5 +1,153 @@
-"""Placeholder: filled in by the work on this route group."""
+"""The internal worker API: how flow runs reach metadata and blobs.
+
+Not under /v1 and never for clients: every route needs the internal token.
+Each route is a thin adapter around `tasks.ledger.BatchLedger`.
+"""
 
 from __future__ import annotations
 
-routes: list = []
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.auth import require_internal
+from gateway.errors import APIError
+from tasks.ledger import BatchLedger, LedgerError
+from tasks.retention import sweep
+
+
+def _ledger(request: Request) -> BatchLedger:
+    return request.app.state.gateway.ledger
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, "Body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise APIError(400, "Body must be a JSON object.")
+    return body
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except LedgerError as exc:
+        raise APIError(exc.status, str(exc)) from exc
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+async def claim(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    return _json(await _call(_ledger(request).claim, request.path_params["batch_id"],
+                             body.get("flow_run_id")))
+
+
+async def renew(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    return _json(await _call(_ledger(request).renew, request.path_params["batch_id"],
+                             str(body.get("lease_token"))))
+
+
+async def release(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    await _call(_ledger(request).release, request.path_params["batch_id"],
+                str(body.get("lease_token")))
+    return _json({"released": True})
+
+
+async def input_file(request: Request) -> Response:
+    require_internal(request)
+    blocks = await _call(_ledger(request).input_blocks, request.path_params["batch_id"])
+    return StreamingResponse(iterate_in_threadpool(blocks), media_type="application/jsonl")
+
+
+async def plan(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    return _json(await _call(
+        _ledger(request).save_plan, request.path_params["batch_id"],
+        str(body.get("lease_token")), total=int(body["total"]), chunks=body["chunks"],
+        errors=body["errors"], models=body.get("models") or []))
+
+
+async def chunks(request: Request) -> Response:
+    require_internal(request)
+    found = await _call(_ledger(request).chunks, request.path_params["batch_id"])
+    return _json([asdict(c) for c in found])
+
+
+async def chunk_input(request: Request) -> Response:
+    require_internal(request)
+    data = await _call(_ledger(request).chunk_input, request.path_params["batch_id"],
+                       request.path_params["index"])
+    return Response(data, media_type="application/jsonl")
+
+
+async def record_chunk(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    return _json(await _call(
+        _ledger(request).record_chunk, request.path_params["batch_id"],
+        str(body.get("lease_token")), request.path_params["index"],
+        output=body["output"].encode(), errors=body["errors"].encode(),
+        completed=int(body["completed"]), failed=int(body["failed"]),
+        usage=body.get("usage"), model=body.get("model")))
+
+
+async def finalize(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    batch = await _call(_ledger(request).finalize, request.path_params["batch_id"],
+                        str(body.get("lease_token")), str(body.get("outcome", "completed")))
+    return _json(asdict(batch))
+
+
+async def fail(request: Request) -> Response:
+    require_internal(request)
+    body = await _body(request)
+    batch = await _call(_ledger(request).fail, request.path_params["batch_id"],
+                        str(body.get("lease_token")), body.get("errors") or [])
+    return _json(asdict(batch))
+
+
+async def providers(request: Request) -> Response:
+    require_internal(request)
+    found = request.app.state.gateway.store.list_providers()
+    return JSONResponse([asdict(p) for p in found])
+
+
+async def retention(request: Request) -> Response:
+    require_internal(request)
+    state = request.app.state.gateway
+    return _json(await run_in_threadpool(sweep, state.store, state.blobs))
+
+
+_B = "/internal/batches/{batch_id}"
+routes = [
+    Route(f"{_B}/claim", claim, methods=["POST"]),
+    Route(f"{_B}/renew", renew, methods=["POST"]),
+    Route(f"{_B}/release", release, methods=["POST"]),
+    Route(f"{_B}/input", input_file, methods=["GET"]),
+    Route(f"{_B}/plan", plan, methods=["POST"]),
+    Route(f"{_B}/chunks", chunks, methods=["GET"]),
+    Route(f"{_B}/chunks/{{index:int}}/input", chunk_input, methods=["GET"]),
+    Route(f"{_B}/chunks/{{index:int}}", record_chunk, methods=["POST"]),
+    Route(f"{_B}/finalize", finalize, methods=["POST"]),
+    Route(f"{_B}/fail", fail, methods=["POST"]),
+    Route("/internal/providers", providers, methods=["GET"]),
+    Route("/internal/retention", retention, methods=["POST"]),
+]

@@ -1,0 +1,35 @@
+# `make up` runs batchgate, `make test` tests it. Both first make sure uv and
+# the locked environment (.venv from uv.lock) are in place, so a fresh clone
+# needs only Python 3.11, pip and make.
+
+PYTHON ?= python3
+# uv on PATH if there is one, else the copy pip installs as a module.
+UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo $(PYTHON) -m uv)
+RUN := $(UV) run --no-sync
+
+.PHONY: env up test lint format bench
+
+env:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet uv || \
+		$(PYTHON) -m pip install --quiet --user uv || \
+		$(PYTHON) -m pip install --quiet --user --break-system-packages uv
+	@$(UV) sync --frozen --quiet
+
+up: env
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(RUN) python -m gateway.cli up
+
+test: env lint
+	$(RUN) pytest -q -p no:cacheprovider
+
+lint: env
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: env
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+bench: env
+	@if [ -f bench/__main__.py ]; then $(RUN) python -m bench; \
+	else echo "bench/__main__.py does not exist yet"; exit 1; fi

@@ -1,0 +1,229 @@
+"""The `process-batch` flow: validate -> execute (chunked) -> finalize.
+
+`drive_batch` is the whole orchestration as a plain coroutine over a
+`WorkerAPI` and a set of `Steps`; the Prefect flow below runs it with each
+step wrapped as a Prefect task (so the UI shows validate, one run per
+chunk, finalize, plus a progress and a summary artifact). Unit tests run the
+same coroutine with plain steps against the in-process worker API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import (
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Completed, Failed
+
+from gateway.settings import Settings, load_settings
+from storage.records import ProviderRecord
+from tasks.execute import execute_lines, parse_chunk
+from tasks.ledger import InputUnavailable, LeaseLost
+from tasks.run_control import RunControl
+from tasks.upstream import UpstreamClient
+from tasks.validate import validate_jsonl
+from tasks.worker_api import HttpWorkerAPI, WorkerAPI
+
+log = logging.getLogger("batchgate.worker")
+
+
+# -- the steps, as plain functions ---------------------------------------------
+
+
+def validate_input(api: WorkerAPI, batch_id: str, token: str, endpoint: str,
+                   chunk_size: int, max_lines: int) -> dict[str, Any]:
+    """Stream the input through the validator and record the plan (or the errors)."""
+    try:
+        with api.input_blocks(batch_id) as blocks:
+            result = validate_jsonl(blocks, endpoint, chunk_size=chunk_size,
+                                    max_lines=max_lines)
+    except InputUnavailable as exc:
+        api.fail(batch_id, token, [{"code": "invalid_request", "message": str(exc),
+                                    "param": "input_file_id", "line": None}])
+        return {"status": "failed", "endpoint": endpoint}
+    return api.save_plan(batch_id, token, total=result.total,
+                         chunks=[asdict(c) for c in result.chunks],
+                         errors=[e.as_dict() for e in result.errors], models=result.models)
+
+
+async def run_chunk(api: WorkerAPI, client: UpstreamClient, control: RunControl,
+                    providers: Sequence[ProviderRecord], chunk: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Execute one chunk and post its checkpoint; returns the batch's control."""
+    index = chunk["chunk_index"]
+    data = await asyncio.to_thread(api.chunk_input, control.batch_id, index)
+    result = await execute_lines(parse_chunk(data), control.endpoint, providers, client,
+                                 lambda: control.reason)
+    return await asyncio.to_thread(api.record_chunk, control.batch_id, control.token, index,
+                                   **result.as_post())
+
+
+def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
+    return api.finalize(batch_id, token, outcome)
+
+
+async def _no_progress(done: int, total: int) -> None:
+    return None
+
+
+async def _no_summary(batch: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass
+class Steps:
+    validate: Callable[..., dict[str, Any]] = validate_input
+    execute: Callable[..., Awaitable[dict[str, Any]]] = run_chunk
+    finalize: Callable[..., dict[str, Any]] = finalize_batch
+    progress: Callable[[int, int], Awaitable[None]] = _no_progress
+    summary: Callable[[dict[str, Any]], Awaitable[None]] = _no_summary
+
+
+OUTCOME_OF_REASON = {None: "completed", "cancelled": "cancelled", "expired": "expired"}
+
+
+async def drive_batch(api: WorkerAPI, client: UpstreamClient, batch_id: str, *,
+                      settings: Settings, steps: Steps | None = None,
+                      flow_run_id: str | None = None) -> str:
+    """Take the batch, bring it to a terminal status, return that status.
+
+    Resumes where the checkpoints say: a batch already in progress skips done
+    chunks; one interrupted in finalizing goes straight to finalize."""
+    steps = steps or Steps()
+    try:
+        claim = await asyncio.to_thread(api.claim, batch_id, flow_run_id)
+    except LeaseLost:
+        log.info("batch %s is held by another run", batch_id)
+        return "skipped"
+    token = claim.get("lease_token")
+    if token is None:
+        return claim["status"]
+    control = RunControl(api, batch_id, token, claim)
+    async with control.heartbeat():
+        try:
+            return await _drive(api, client, control, settings, steps)
+        except LeaseLost:
+            return "lease_lost"
+
+
+async def _drive(api: WorkerAPI, client: UpstreamClient, control: RunControl,
+                 settings: Settings, steps: Steps) -> str:
+    batch_id, token = control.batch_id, control.token
+    chunks = await asyncio.to_thread(api.chunks, batch_id)
+    if control.status == "validating" or (control.status == "cancelling" and not chunks):
+        control.update(steps.validate(api, batch_id, token, control.endpoint,
+                                      settings.chunk_size, settings.max_batch_lines))
+        if control.status == "failed":
+            return "failed"
+        chunks = await asyncio.to_thread(api.chunks, batch_id)
+    if control.status in {"in_progress", "validating"}:
+        await _execute_all(api, client, control, settings, steps, chunks)
+    if control.reason in {"lease_lost", "ended_elsewhere"}:
+        return control.status
+    outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
+    batch = steps.finalize(api, batch_id, token, outcome)
+    await steps.summary(batch)
+    return batch["status"]
+
+
+async def _execute_all(api: WorkerAPI, client: UpstreamClient, control: RunControl,
+                       settings: Settings, steps: Steps, chunks: list[dict[str, Any]]) -> None:
+    providers = await asyncio.to_thread(api.providers)
+    pending = [c for c in chunks if not c["done"]]
+    done = len(chunks) - len(pending)
+    await steps.progress(done, len(chunks))
+    window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
+
+    async def one(chunk: dict[str, Any]) -> None:
+        nonlocal done
+        async with window:
+            if control.should_stop():
+                return
+            control.update(await steps.execute(api, client, control, providers, chunk))
+            done += 1
+            await steps.progress(done, len(chunks))
+
+    await asyncio.gather(*(one(c) for c in pending))
+
+
+# -- the Prefect adapters ------------------------------------------------------
+
+_TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+validate_task = task(name="validate", **_TASK_OPTIONS)(validate_input)
+finalize_task = task(name="finalize", retries=2, retry_delay_seconds=2,
+                     **_TASK_OPTIONS)(finalize_batch)
+
+
+@task(name="execute-chunk", task_run_name="chunk-{chunk[chunk_index]}", retries=2,
+      retry_delay_seconds=2, **_TASK_OPTIONS)
+async def execute_chunk_task(api: WorkerAPI, client: UpstreamClient, control: RunControl,
+                             providers: Sequence[ProviderRecord], chunk: dict[str, Any]
+                             ) -> dict[str, Any]:
+    return await run_chunk(api, client, control, providers, chunk)
+
+
+def artifact_key(batch_id: str, kind: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return f"{batch_id.replace('_', '-').lower()}-{kind}"
+
+
+def prefect_steps(batch_id: str) -> Steps:
+    progress_id: list[Any] = []
+
+    async def progress(done: int, total: int) -> None:
+        value = 100.0 * done / total if total else 100.0
+        if not progress_id:
+            progress_id.append(await acreate_progress_artifact(
+                progress=value, key=artifact_key(batch_id, "progress"),
+                description=f"Chunks finished for {batch_id}"))
+        else:
+            await aupdate_progress_artifact(progress_id[0], progress=value)
+
+    async def summary(batch: dict[str, Any]) -> None:
+        usage = batch.get("usage") or {}
+        rows = [
+            {"field": "status", "value": batch["status"]},
+            {"field": "total", "value": batch["total"]},
+            {"field": "completed", "value": batch["completed"]},
+            {"field": "failed", "value": batch["failed"]},
+            {"field": "model", "value": batch.get("model")},
+            {"field": "input_tokens", "value": usage.get("input_tokens", 0)},
+            {"field": "output_tokens", "value": usage.get("output_tokens", 0)},
+            {"field": "total_tokens", "value": usage.get("total_tokens", 0)},
+            {"field": "output_file_id", "value": batch.get("output_file_id")},
+            {"field": "error_file_id", "value": batch.get("error_file_id")},
+        ]
+        rows += [{"field": f"error:{e.get('code')}", "value": e.get("line")}
+                 for e in (batch.get("errors") or [])[:20]]
+        await acreate_table_artifact(table=rows, key=artifact_key(batch_id, "summary"),
+                                     description=f"Summary of {batch_id}")
+
+    return Steps(validate=validate_task, execute=execute_chunk_task, finalize=finalize_task,
+                 progress=progress, summary=summary)
+
+
+@flow(name="process-batch", log_prints=False)
+async def process_batch(batch_id: str) -> Any:
+    """One batch, start to end. Parameters hold the batch id only: no secrets."""
+    settings = load_settings()
+    api = HttpWorkerAPI.from_settings(settings)
+    async with UpstreamClient.from_settings(settings) as client:
+        status = await drive_batch(api, client, batch_id, settings=settings,
+                                   steps=prefect_steps(batch_id),
+                                   flow_run_id=str(runtime.flow_run.id))
+    get_run_logger().info("batch %s ended %s", batch_id, status)
+    if status == "cancelled":
+        return Cancelled(message=f"batch {batch_id} was cancelled")
+    if status == "failed":
+        return Failed(message=f"batch {batch_id} failed validation or finalization")
+    return Completed(message=f"batch {batch_id} is {status}")

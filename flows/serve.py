@@ -1,0 +1,74 @@
+"""One Prefect runner that serves both batchgate deployments.
+
+`batchgate up` starts this as a child process; on other machines
+`batchgate worker` does the same against a remote gateway. The runner and the
+flow-run processes it spawns talk to the gateway over HTTP only (they never
+open DuckDB), so all they need is the gateway's URL and the internal token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from gateway.settings import Settings, load_settings
+
+log = logging.getLogger("batchgate.runner")
+
+PROCESS_BATCH_DEPLOYMENT = "process-batch"
+RETENTION_DEPLOYMENT = "retention"
+DEFAULT_POLL_SECONDS = 1.0  # Prefect's default (10 s) makes every batch start late
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The variables flow-run processes need, resolved from settings.
+
+    The internal token falls back to the one `batchgate up` keeps in the data
+    directory, so a worker on the gateway's own machine needs no extra setup.
+    """
+    token = settings.internal_token
+    token_file = settings.data_dir / "internal_token"
+    if not token and token_file.exists():
+        token = token_file.read_text().strip()
+    if not token:
+        raise SystemExit(
+            "batchgate worker: BATCHGATE_INTERNAL_TOKEN is not set (and no "
+            f"{token_file} exists); copy it from the gateway's data directory."
+        )
+    return {"BATCHGATE_GATEWAY_URL": settings.public_url, "BATCHGATE_INTERNAL_TOKEN": token}
+
+
+def poll_seconds() -> float:
+    """PREFECT_RUNNER_POLL_FREQUENCY if set, else one second."""
+    raw = os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY")
+    return float(raw) if raw else DEFAULT_POLL_SECONDS
+
+
+def serve_flows(settings: Settings | None = None) -> None:
+    """Register `process-batch/process-batch` and `retention/retention` and
+    run their flow runs until SIGTERM or Ctrl-C."""
+    from prefect import serve
+
+    from flows.process_batch import process_batch
+    from flows.retention import retention
+
+    settings = settings or load_settings()
+    # The runner polls every second; Prefect's client would log each poll.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Flow runs are child processes of this one and read settings from the
+    # environment, so put the resolved values there.
+    os.environ.update(worker_environment(settings))
+    log.info("serving flows for gateway %s (limit %d)", settings.public_url, settings.runner_limit)
+    serve(
+        process_batch.to_deployment(name=PROCESS_BATCH_DEPLOYMENT),
+        retention.to_deployment(
+            name=RETENTION_DEPLOYMENT, interval=settings.retention_interval_seconds
+        ),
+        limit=settings.runner_limit,
+        query_seconds=poll_seconds(),
+        # Keep the retention schedule active while no runner is up: late runs
+        # simply run when a runner comes back.
+        pause_on_shutdown=False,
+        print_starting_message=sys.stdout.isatty(),
+    )

@@ -1,0 +1,632 @@
+"""A fake OpenAI-compatible provider, for dry runs, benchmarks and tests.
+
+`batchgate mock-upstream` serves it; `create_mock_app` builds it for
+in-process use and `serve_mock_in_thread` runs it on a free local port.
+Answers are deterministic (token counts derive from the input length, random
+failures come from a seeded generator), so a test can predict them.
+
+Knobs (flags, `MockConfig` fields, and `POST /config` at run time): latency
+with jitter, a rate of 500s, a rate of 429s with `Retry-After`, a token-bucket
+request-rate limit, and an optional API key.
+
+Observability for tests: `GET /stats` counts requests per route, 429s and
+5xx sent, requests in flight (and the most ever), and requests per
+`X-Batchgate-Custom-Id` header - all attempts, and those answered 2xx - so a
+test can prove that no line was sent twice. `POST /stats/reset` clears them.
+
+The hot path is kept cheap (orjson, no per-request logging, no access log):
+it is benchmarked at thousands of requests per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import math
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.errors import EXCEPTION_HANDLERS, envelope
+
+EMBEDDING_DIMENSIONS = 8
+_MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+@dataclass
+class MockConfig:
+    """How the fake provider behaves; every field can change at run time."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    failure_rate: float = 0.0
+    rate_429: float = 0.0
+    retry_after: float = 1.0
+    rps_limit: float | None = None
+    api_key: str | None = None
+    seed: int | None = None
+
+
+_RUNTIME_FIELDS = frozenset(
+    f.name for f in dataclasses.fields(MockConfig) if f.name not in ("host", "port")
+)
+
+
+# -- deterministic content ------------------------------------------------------
+
+
+def _text_of(value: Any) -> str:
+    """All text inside a request input (strings, message lists, content parts)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_text_of(v) for v in value)
+    if isinstance(value, dict):
+        parts = [value[k] for k in ("content", "text", "input_text") if k in value]
+        return " ".join(_text_of(p) for p in parts)
+    if isinstance(value, int):
+        return "tok"  # a token id counts as one token
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    """The mock's tokenizer: one token per four characters, at least one."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _inputs(value: Any) -> list[Any]:
+    """`input`/`prompt` as a list of items: a string or one token list is one item."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return value
+    return [value]
+
+
+def _embedding(text: str, dimensions: int) -> list[float]:
+    """Small floats derived from the text, the same on every call."""
+    digest = b""
+    counter = 0
+    while len(digest) < dimensions:
+        digest += hashlib.blake2b(f"{counter}:{text}".encode(), digest_size=64).digest()
+        counter += 1
+    return [round((b - 127.5) / 127.5, 6) for b in digest[:dimensions]]
+
+
+def _reply(model: str, prompt_tokens: int) -> str:
+    return f"Mock reply from {model} to a prompt of {prompt_tokens} tokens."
+
+
+def _reasoning_tokens(model: str, body: dict[str, Any], completion_tokens: int) -> int:
+    reasons = model.startswith(_REASONING_PREFIXES) or "reasoning_effort" in body
+    return completion_tokens // 2 if reasons else 0
+
+
+# -- the app --------------------------------------------------------------------
+
+
+class MockState:
+    """Counters and the token bucket; single event loop, so no locks."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.ids = itertools.count(1)
+        self.reset()
+        self._tokens = 0.0
+        self._refilled = time.monotonic()
+        self._bucket_rate: float | None = None
+
+    def reset(self) -> None:
+        self.total = 0
+        self.routes: Counter[str] = Counter()
+        self.sent_429 = 0
+        self.sent_5xx = 0
+        self.streamed = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.custom_ids: Counter[str] = Counter()
+        self.custom_ids_ok: Counter[str] = Counter()
+
+    def take_token(self) -> float | None:
+        """None if the rate limit lets this request through, else seconds to wait."""
+        rate = self.config.rps_limit
+        if not rate:
+            return None
+        now = time.monotonic()
+        capacity = max(1.0, rate)
+        if self._bucket_rate != rate:
+            self._bucket_rate, self._tokens, self._refilled = rate, capacity, now
+        self._tokens = min(capacity, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        return (1.0 - self._tokens) / rate
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "routes": dict(self.routes),
+            "status_429": self.sent_429,
+            "status_5xx": self.sent_5xx,
+            "streamed": self.streamed,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "custom_ids": dict(self.custom_ids),
+            "custom_ids_ok": dict(self.custom_ids_ok),
+            "duplicates_ok": sorted(k for k, n in self.custom_ids_ok.items() if n > 1),
+        }
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def _error(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return _json(envelope(status, message, param, code), status, headers)
+
+
+def _retry_headers(seconds: float) -> dict[str, str]:
+    """`Retry-After` in whole seconds (as HTTP says) plus the exact `retry-after-ms`."""
+    return {"Retry-After": str(math.ceil(seconds)), "retry-after-ms": str(int(seconds * 1000))}
+
+
+Builder = Callable[[MockState, dict[str, Any], str], dict[str, Any]]
+
+
+def _chat(state: MockState, body: dict[str, Any], model: str) -> dict[str, Any]:
+    prompt_tokens = count_tokens(_text_of(body.get("messages", [])))
+    content = _reply(model, prompt_tokens)
+    completion_tokens = count_tokens(content)
+    return {
+        "id": f"chatcmpl-mock{next(state.ids):010d}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": prompt_tokens // 4},
+            "completion_tokens_details": {
+                "reasoning_tokens": _reasoning_tokens(model, body, completion_tokens)
+            },
+        },
+        "system_fingerprint": "fp_mock",
+    }
+
+
+def _completion(state: MockState, body: dict[str, Any], model: str) -> dict[str, Any]:
+    prompts = _inputs(body.get("prompt", ""))
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for index, prompt in enumerate(prompts):
+        tokens = count_tokens(_text_of(prompt))
+        text = _reply(model, tokens)
+        prompt_tokens += tokens
+        completion_tokens += count_tokens(text)
+        choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": "stop"})
+    return {
+        "id": f"cmpl-mock{next(state.ids):010d}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _embeddings(state: MockState, body: dict[str, Any], model: str) -> dict[str, Any]:
+    dimensions = body.get("dimensions")
+    if not isinstance(dimensions, int) or not 1 <= dimensions <= 4096:
+        dimensions = EMBEDDING_DIMENSIONS
+    as_base64 = body.get("encoding_format") == "base64"
+    data, prompt_tokens = [], 0
+    for index, item in enumerate(_inputs(body.get("input", ""))):
+        text = _text_of(item)
+        prompt_tokens += count_tokens(text)
+        vector: Any = _embedding(text, dimensions)
+        if as_base64:
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "embedding": vector, "index": index})
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def _responses(state: MockState, body: dict[str, Any], model: str) -> dict[str, Any]:
+    text_in = _text_of(body.get("input", "")) + " " + _text_of(body.get("instructions", ""))
+    input_tokens = count_tokens(text_in.strip())
+    content = _reply(model, input_tokens)
+    output_tokens = count_tokens(content)
+    n = next(state.ids)
+    return {
+        "id": f"resp_mock{n:010d}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_mock{n:010d}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": content, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": input_tokens // 4},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {
+                "reasoning_tokens": _reasoning_tokens(model, body, output_tokens)
+            },
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
+def _moderations(state: MockState, body: dict[str, Any], model: str) -> dict[str, Any]:
+    results = []
+    for item in _inputs(body.get("input", "")):
+        flagged = "flag-me" in _text_of(item)
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": {c: flagged and c == "violence" for c in _MODERATION_CATEGORIES},
+                "category_scores": {
+                    c: (0.99 if flagged and c == "violence" else 0.0001)
+                    for c in _MODERATION_CATEGORIES
+                },
+            }
+        )
+    return {"id": f"modr-mock{next(state.ids):010d}", "model": model, "results": results}
+
+
+def _sse(payload: dict[str, Any], chat: bool) -> Iterator[bytes]:
+    """The answer as server-sent events: what the gateway must never ask for."""
+    if chat:
+        choice = payload["choices"][0]
+        base = {k: payload[k] for k in ("id", "created", "model")}
+        base["object"] = "chat.completion.chunk"
+        for delta, finish in (
+            ({"role": "assistant", "content": ""}, None),
+            ({"content": choice["message"]["content"]}, None),
+            ({}, "stop"),
+        ):
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    else:
+        yield b"data: " + orjson.dumps(payload) + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def _model_route(
+    state: MockState, builder: Builder, *, model_required: bool = True
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        state.total += 1
+        state.routes[request.url.path] += 1
+        state.in_flight += 1
+        if state.in_flight > state.max_in_flight:
+            state.max_in_flight = state.in_flight
+        try:
+            return await _answer(state, builder, model_required, request)
+        finally:
+            state.in_flight -= 1
+
+    return endpoint
+
+
+async def _answer(
+    state: MockState, builder: Builder, model_required: bool, request: Request
+) -> Response:
+    """One model request, in the order a real provider checks things."""
+    config = state.config
+    headers = request.headers
+    custom_id = headers.get("x-batchgate-custom-id")
+    if custom_id is not None:
+        state.custom_ids[custom_id] += 1
+
+    if config.api_key and headers.get("authorization") != f"Bearer {config.api_key}":
+        return _error(401, "Incorrect API key provided.", "invalid_api_key")
+    wait = state.take_token()
+    if wait is not None:
+        state.sent_429 += 1
+        return _error(
+            429,
+            "Rate limit reached (requests per second).",
+            "rate_limit_exceeded",
+            headers=_retry_headers(wait),
+        )
+    if config.rate_429 and state.rng.random() < config.rate_429:
+        state.sent_429 += 1
+        return _error(
+            429,
+            "Rate limit reached.",
+            "rate_limit_exceeded",
+            headers=_retry_headers(config.retry_after),
+        )
+
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "The request body must be a JSON object.", "invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        if model_required:
+            return _error(
+                400, "you must provide a model parameter", "missing_required_parameter", "model"
+            )
+        model = "omni-moderation-latest"
+
+    delay = config.latency_ms
+    if config.latency_jitter_ms:
+        delay += state.rng.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
+    if delay > 0:
+        await asyncio.sleep(delay / 1000)
+
+    if config.failure_rate and state.rng.random() < config.failure_rate:
+        state.sent_5xx += 1
+        return _error(500, "The server had an error while processing your request.", "server_error")
+
+    payload = builder(state, body, model)
+    if custom_id is not None:
+        state.custom_ids_ok[custom_id] += 1
+    request_id = {"x-request-id": f"req_mock{next(state.ids):010d}"}
+    if body.get("stream") is True:
+        state.streamed += 1
+        return StreamingResponse(
+            _sse(payload, builder is _chat), headers=request_id, media_type="text/event-stream"
+        )
+    return _json(payload, headers=request_id)
+
+
+def create_mock_app(config: MockConfig | None = None) -> Starlette:
+    """The fake provider as an ASGI app; `app.state.mock` holds its counters."""
+    state = MockState(dataclasses.replace(config) if config else MockConfig())
+
+    async def models(request: Request) -> Response:
+        config = state.config
+        if config.api_key and request.headers.get("authorization") != f"Bearer {config.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        names = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "omni-moderation-latest")
+        return _json(
+            {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": 0, "owned_by": "batchgate-mock"}
+                    for n in names
+                ],
+            }
+        )
+
+    async def stats(request: Request) -> Response:
+        return _json(state.stats())
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return _json(state.stats())
+
+    async def configure(request: Request) -> Response:
+        try:
+            changes = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(changes, dict):
+            return _error(400, "The request body must be a JSON object.")
+        unknown = sorted(set(changes) - _RUNTIME_FIELDS)
+        if unknown:
+            return _error(400, f"Unknown config fields: {', '.join(unknown)}.")
+        state.config = dataclasses.replace(state.config, **changes)
+        if "seed" in changes:
+            state.rng = random.Random(changes["seed"])
+        return _json(dataclasses.asdict(state.config))
+
+    routes = [
+        Route("/v1/chat/completions", _model_route(state, _chat), methods=["POST"]),
+        Route("/v1/completions", _model_route(state, _completion), methods=["POST"]),
+        Route("/v1/embeddings", _model_route(state, _embeddings), methods=["POST"]),
+        Route("/v1/responses", _model_route(state, _responses), methods=["POST"]),
+        Route(
+            "/v1/moderations",
+            _model_route(state, _moderations, model_required=False),
+            methods=["POST"],
+        ),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/stats/reset", reset, methods=["POST"]),
+        Route("/config", configure, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app.state.mock = state
+    return app
+
+
+# -- running it -------------------------------------------------------------------
+
+
+def _free_socket(host: str, port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+@contextlib.contextmanager
+def serve_mock_in_thread(config: MockConfig | None = None) -> Iterator[str]:
+    """Run the mock under uvicorn in a background thread; yield its base URL ("…/v1").
+
+    It listens on a port the OS picks (`config.port` is ignored), so tests and
+    benchmarks never collide. Leaving the block stops the server.
+    """
+    import uvicorn
+
+    config = config or MockConfig()
+    sock = _free_socket(config.host)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_mock_app(config), log_level="warning", access_log=False, lifespan="off"
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="mock-upstream", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("mock upstream did not start")
+            time.sleep(0.01)
+        yield f"http://{config.host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `batchgate mock-upstream` flags."""
+    defaults = MockConfig()
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=defaults.latency_ms,
+        help="mean added latency per request",
+    )
+    parser.add_argument(
+        "--latency-jitter-ms",
+        type=float,
+        default=defaults.latency_jitter_ms,
+        help="uniform jitter around the mean",
+    )
+    parser.add_argument(
+        "--failure-rate",
+        type=float,
+        default=defaults.failure_rate,
+        help="share of requests answered 500 (0..1)",
+    )
+    parser.add_argument(
+        "--rate-429",
+        type=float,
+        default=defaults.rate_429,
+        help="share of requests answered 429 with Retry-After (0..1)",
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=float,
+        default=defaults.retry_after,
+        help="Retry-After seconds sent with random 429s",
+    )
+    parser.add_argument(
+        "--rps-limit",
+        type=float,
+        default=None,
+        help="token-bucket limit in requests per second; beyond it, 429",
+    )
+    parser.add_argument(
+        "--api-key", default=None, help="if set, require 'Authorization: Bearer <key>'"
+    )
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> MockConfig:
+    for name in ("failure_rate", "rate_429"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be between 0 and 1")
+    return MockConfig(
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        failure_rate=args.failure_rate,
+        rate_429=args.rate_429,
+        retry_after=args.retry_after,
+        rps_limit=args.rps_limit,
+        api_key=args.api_key,
+        seed=args.seed,
+    )
+
+
+def run_mock_upstream(args: argparse.Namespace) -> int:
+    """Serve the mock until interrupted."""
+    import uvicorn
+
+    config = config_from_args(args)
+    print(f"mock upstream on http://{config.host}:{config.port}/v1", flush=True)
+    uvicorn.run(
+        create_mock_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=getattr(args, "log_level", "info").lower(),
+        access_log=False,
+        lifespan="off",
+    )
+    return 0

@@ -1,0 +1,431 @@
+"""`batchgate up`: a local Prefect server, the gateway and a runner, as one command.
+
+Each piece runs as a child process in its own process group and logs to
+`<data_dir>/logs/<name>.log`. The supervisor only starts them in order, waits
+for each to answer, prints where things are, and stops all of them - with
+their own children (uvicorn workers, flow-run processes) - on Ctrl-C or
+SIGTERM. If one child dies, the others are stopped too: a half-running
+system is worse than a stopped one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import psutil
+
+from gateway.auth import load_or_create_secret
+from gateway.settings import Settings, load_settings
+
+PREFECT_START_TIMEOUT = 90.0
+GATEWAY_START_TIMEOUT = 60.0
+READY_TIMEOUT = 90.0
+STOP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.25
+PROGRESS_EVERY = 10.0
+LOG_TAIL_LINES = 30
+
+
+class Shutdown(BaseException):
+    """Raised by the signal handler: Ctrl-C or SIGTERM asked us to stop."""
+
+
+class StartupError(Exception):
+    """Something outside our children keeps the system from starting."""
+
+
+class ChildDied(Exception):
+    def __init__(self, child: Child) -> None:
+        super().__init__(f"{child.name} exited unexpectedly (code {child.popen.returncode})")
+        self.child = child
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+@dataclass
+class Plan:
+    """Everything `up` decides before starting anything: ports, URLs, environments."""
+
+    data_dir: Path
+    gateway_port: int
+    gateway_base: str  # where this machine reaches the gateway
+    prefect_api_url: str
+    prefect_ui_url: str
+    local_prefect_port: int | None  # None when PREFECT_API_URL points elsewhere
+    base_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def reachable_host(host: str) -> str:
+    """A host to connect to when the server binds `host` (wildcards → loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def ui_url_for(api_url: str, env: Mapping[str, str]) -> str:
+    """The Prefect UI: PREFECT_UI_URL if given, else the API URL without `/api`."""
+    if env.get("PREFECT_UI_URL"):
+        return env["PREFECT_UI_URL"]
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def make_plan(settings: Settings, env: Mapping[str, str], internal_token: str) -> Plan:
+    """Decide URLs and child environments from settings and the outer environment."""
+    data_dir = settings.data_dir.resolve()
+    gateway_base = f"http://{reachable_host(settings.host)}:{settings.port}"
+    external = env.get("PREFECT_API_URL", "").strip()
+    base_env = {
+        k: v for k, v in env.items() if k not in ("PREFECT_API_URL", "BATCHGATE_INTERNAL_TOKEN")
+    }
+    base_env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+        BATCHGATE_DATA_DIR=str(data_dir),
+        BATCHGATE_INTERNAL_TOKEN=internal_token,
+    )
+    if external:
+        api_url, local_port = external, None
+    else:
+        api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+        local_port = settings.prefect_port
+        base_env["PREFECT_HOME"] = str(data_dir / "prefect")
+    base_env["PREFECT_API_URL"] = api_url
+    return Plan(
+        data_dir=data_dir,
+        gateway_port=settings.port,
+        gateway_base=gateway_base,
+        prefect_api_url=api_url,
+        prefect_ui_url=ui_url_for(api_url, env),
+        local_prefect_port=local_port,
+        base_env=base_env,
+    )
+
+
+def runner_env(plan: Plan, settings: Settings) -> dict[str, str]:
+    env = dict(plan.base_env)
+    env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    env["PREFECT_RUNNER_PROCESS_LIMIT"] = str(settings.runner_limit)
+    env["BATCHGATE_RUNNER_LIMIT"] = str(settings.runner_limit)
+    env["BATCHGATE_GATEWAY_URL"] = settings.gateway_url or plan.gateway_base
+    return env
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (we could bind it)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 64_000))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- processes
+
+
+def start_child(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Child:
+    """Start a child in its own session (so one killpg reaches its whole tree),
+    with stdout and stderr appended to its log file."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
+        log_file.flush()
+        popen = subprocess.Popen(
+            argv,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Child(name=name, popen=popen, log_path=log_path)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_child(child: Child, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the child's process group, wait up to `timeout`, then SIGKILL
+    the group and any descendant that left it."""
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    deadline = time.monotonic() + timeout
+    _signal_group(child.pid, signal.SIGTERM)
+    try:
+        child.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(child.pid, signal.SIGKILL)
+        child.popen.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=max(1.0, deadline - time.monotonic()))
+    _signal_group(child.pid, signal.SIGKILL)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def check_alive(children: list[Child]) -> None:
+    for child in children:
+        if child.popen.poll() is not None:
+            raise ChildDied(child)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float, children: list[Child]) -> None:
+    """Poll `check` until it is true, failing fast if a child dies meanwhile."""
+    start = time.monotonic()
+    next_note = start + PROGRESS_EVERY
+    while True:
+        check_alive(children)
+        if check():
+            return
+        now = time.monotonic()
+        if now - start > timeout:
+            raise StartupError(f"{what} did not come up within {timeout:.0f} s")
+        if now >= next_note:
+            print(f"  still waiting for {what} ({now - start:.0f} s)", flush=True)
+            next_note = now + PROGRESS_EVERY
+        time.sleep(POLL_INTERVAL)
+
+
+def http_status(url: str) -> int | None:
+    """The status code of GET url, or None when nothing answers."""
+    try:
+        return httpx.get(url, timeout=10.0).status_code
+    except httpx.HTTPError:
+        return None
+
+
+# ---------------------------------------------------------------- up
+
+
+def _handle_stop(signum: int, frame: FrameType | None) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """During shutdown a second Ctrl-C must not cut the cleanup short."""
+
+
+def create_first_key(plan: Plan, admin_key: str) -> str | None:
+    try:
+        response = httpx.post(
+            f"{plan.gateway_base}/admin/keys",
+            json={"name": "default"},
+            headers={"Authorization": f"Bearer {admin_key}"},
+            timeout=10.0,
+        )
+    except httpx.HTTPError as exc:
+        print(f"  could not create an API key: {exc}", flush=True)
+        return None
+    if response.status_code != 201:
+        print(
+            f"  could not create an API key: HTTP {response.status_code} {response.text}",
+            flush=True,
+        )
+        return None
+    return str(response.json()["key"])
+
+
+def print_banner(
+    plan: Plan,
+    api_key: str | None,
+    admin_key: str | None,
+    children: list[Child],
+    admin_key_source: str,
+) -> None:
+    lines = [
+        "",
+        "batchgate is up",
+        f"  gateway (OpenAI base_url): {plan.gateway_base}/v1",
+        f"  Prefect UI:                {plan.prefect_ui_url}",
+    ]
+    if api_key:
+        lines.append(f"  API key:                   {api_key}")
+        lines.append(
+            "    (a new key named 'default' is created at every start; list and revoke"
+            " keys with GET/DELETE /admin/keys)"
+        )
+    if admin_key:
+        lines.append(f"  admin key (shown once):    {admin_key}")
+    lines.append(f"  admin key stored in:       {admin_key_source}")
+    lines.append("  logs:")
+    lines.extend(f"    {child.name:<15} {child.log_path}" for child in children)
+    print("\n".join(lines), flush=True)
+
+
+def run(settings: Settings, children: list[Child]) -> int:
+    """Start everything, then watch the children until one dies (the caller
+    stops them all on return or on Shutdown)."""
+    token = (
+        settings.internal_token or load_or_create_secret(settings.data_dir / "internal_token")[0]
+    )
+    plan = make_plan(settings, os.environ, token)
+    if settings.admin_key:
+        admin_key, admin_created = settings.admin_key, False
+        admin_key_source = "BATCHGATE_ADMIN_KEY"
+    else:
+        admin_key, admin_created = load_or_create_secret(plan.data_dir / "admin_key")
+        admin_key_source = str(plan.data_dir / "admin_key")
+
+    if not port_is_free(settings.host, settings.port):
+        raise StartupError(
+            f"port {settings.port} on {settings.host} is already in use; stop "
+            "what runs there or set BATCHGATE_PORT"
+        )
+    if plan.local_prefect_port is not None and not port_is_free(
+        "127.0.0.1", plan.local_prefect_port
+    ):
+        raise StartupError(
+            f"port {plan.local_prefect_port} (Prefect server) is already in use; stop what "
+            "runs there, set BATCHGATE_PREFECT_PORT, or point PREFECT_API_URL at a running "
+            "Prefect server"
+        )
+
+    started = time.monotonic()
+    python = sys.executable
+    print(f"data directory: {plan.data_dir}", flush=True)
+    if plan.local_prefect_port is not None:
+        print(
+            f"starting Prefect server on port {plan.local_prefect_port} "
+            "(SQLite under the data directory; first start takes ~20 s)",
+            flush=True,
+        )
+        children.append(
+            start_child(
+                "prefect-server",
+                [
+                    python,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(plan.local_prefect_port),
+                    "--analytics-off",
+                ],
+                plan.base_env,
+                plan.log_dir,
+            )
+        )
+    else:
+        print(f"using the Prefect server at {plan.prefect_api_url}", flush=True)
+    # The gateway does not need Prefect to start, so both come up together.
+    print(f"starting gateway on {settings.host}:{settings.port}", flush=True)
+    children.append(
+        start_child("gateway", [python, "-m", "gateway.cli", "serve"], plan.base_env, plan.log_dir)
+    )
+
+    wait_until(
+        lambda: http_status(f"{plan.prefect_api_url}/health") == 200,
+        "the Prefect server",
+        PREFECT_START_TIMEOUT,
+        children,
+    )
+    print("Prefect server is up; starting the runner", flush=True)
+    children.append(
+        start_child(
+            "runner",
+            [python, "-m", "gateway.cli", "worker"],
+            runner_env(plan, settings),
+            plan.log_dir,
+        )
+    )
+    wait_until(
+        lambda: http_status(f"{plan.gateway_base}/health") is not None,
+        "the gateway",
+        GATEWAY_START_TIMEOUT,
+        children,
+    )
+
+    api_key = create_first_key(plan, admin_key)
+    print_banner(plan, api_key, admin_key if admin_created else None, children, admin_key_source)
+    wait_until(
+        lambda: http_status(f"{plan.gateway_base}/health") == 200,
+        "the runner to register the flows",
+        READY_TIMEOUT,
+        children,
+    )
+    print(f"ready after {time.monotonic() - started:.0f} s - press Ctrl-C to stop", flush=True)
+    while True:
+        check_alive(children)
+        time.sleep(POLL_INTERVAL)
+
+
+def up(args: argparse.Namespace) -> int:
+    """Run until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1)."""
+    # Readiness polls would otherwise log one line each at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    children: list[Child] = []
+    previous = {sig: signal.signal(sig, _handle_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 1
+    try:
+        run(load_settings(), children)
+    except Shutdown:
+        code = 0
+    except StartupError as exc:
+        print(f"batchgate up: {exc}", file=sys.stderr, flush=True)
+    except ChildDied as exc:
+        print(
+            f"batchgate up: {exc}; last lines of {exc.child.log_path}:\n"
+            f"{log_tail(exc.child.log_path)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    finally:
+        for sig in previous:
+            signal.signal(sig, _ignore)
+        if children:
+            print("stopping ...", flush=True)
+        for child in reversed(children):
+            stop_child(child)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if children:
+        print("stopped", flush=True)
+    return code

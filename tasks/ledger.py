@@ -1,0 +1,315 @@
+"""The gateway side of a batch run: leases, plan, chunk checkpoints, finalize.
+
+Only the process that owns DuckDB and the blob directory (the gateway)
+builds a `BatchLedger`. Flow runs reach it through the internal HTTP API
+(`gateway/routes/internal.py`) or, in unit tests, the in-process twin in
+`tasks/worker_api.py`. Every write carries the run's lease token, so a run
+that lost its lease (the reconciler gave the batch to a new run) cannot
+write over the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from storage.blobs import BlobStore
+from storage.jsonl import iter_chunk_lines
+from storage.metadata import MetadataStore, now
+from storage.records import BatchRecord, ChunkRecord, FileRecord
+from tasks import status as st
+from tasks.results import result_line
+from tasks.usage import sum_usage
+
+log = logging.getLogger("batchgate.ledger")
+
+INTERRUPTED_FINALIZE = "Batch was interrupted during finalization and could not be finalized again"
+
+
+class LedgerError(Exception):
+    """Base for refusals the internal API turns into 4xx answers."""
+
+    status = 400
+
+
+class BatchNotFound(LedgerError):
+    status = 404
+
+
+class LeaseLost(LedgerError):
+    status = 409
+
+
+class InputUnavailable(LedgerError):
+    status = 410
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ends: which status, and the error code for lines that never ran."""
+
+    target: str
+    unrun_code: str | None
+    unrun_message: str | None
+
+
+OUTCOMES = {
+    "completed": Outcome("completed", None, None),
+    "cancelled": Outcome("cancelled", "batch_cancelled", "The batch was cancelled before "
+                         "this request was sent."),
+    "expired": Outcome("expired", "batch_expired", "The batch expired before this request "
+                       "was sent."),
+}
+
+
+def derived_file_id(batch_id: str, kind: str) -> str:
+    """Output/error file ids derived from the batch id, so finalize is idempotent."""
+    digest = hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
+    return f"file-{digest}"
+
+
+def part_name(batch_id: str, index: int, kind: str) -> str:
+    return f"{batch_id}.c{index:06d}.{kind}"
+
+
+class BatchLedger:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, *, lease_seconds: int) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.lease_seconds = lease_seconds
+
+    # -- reading ----------------------------------------------------------
+
+    def batch(self, batch_id: str) -> BatchRecord:
+        batch = self.store.get_batch(batch_id)
+        if batch is None:
+            raise BatchNotFound(f"No such Batch object: {batch_id}")
+        return batch
+
+    def _leased(self, batch_id: str, token: str) -> BatchRecord:
+        batch = self.batch(batch_id)
+        if batch.lease_token != token:
+            raise LeaseLost(f"lease on {batch_id} is held by another run")
+        return batch
+
+    def control(self, batch: BatchRecord) -> dict[str, Any]:
+        """What a run needs to know between requests: status and deadline."""
+        return {"status": batch.status, "expires_at": batch.expires_at,
+                "endpoint": batch.endpoint, "total": batch.total,
+                "lease_seconds": self.lease_seconds}
+
+    # -- leases -------------------------------------------------------------
+
+    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
+        """Take the batch for a run unless another live run holds it."""
+        batch = self.batch(batch_id)
+        if batch.is_terminal:
+            return {"lease_token": None, **self.control(batch)}
+        held = batch.lease_token is not None and (batch.lease_expires_at or 0) > time.time()
+        if held:
+            raise LeaseLost(f"{batch_id} is being processed by another run")
+        token = secrets.token_hex(16)
+        fields: dict[str, Any] = {"lease_token": token,
+                                  "lease_expires_at": time.time() + self.lease_seconds}
+        if flow_run_id:
+            fields["flow_run_id"] = flow_run_id
+        if not self.store.transition_batch(batch_id, [batch.status], **fields):
+            raise LeaseLost(f"{batch_id} changed while being claimed")
+        return {"lease_token": token, **self.control(self.batch(batch_id))}
+
+    def renew(self, batch_id: str, token: str) -> dict[str, Any]:
+        batch = self._leased(batch_id, token)
+        if not batch.is_terminal:
+            self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
+        return self.control(batch)
+
+    def release(self, batch_id: str, token: str) -> None:
+        batch = self.batch(batch_id)
+        if batch.lease_token == token:
+            self.store.update_batch(batch_id, lease_token=None, lease_expires_at=None)
+
+    # -- input and plan ------------------------------------------------------
+
+    def _input_file(self, batch: BatchRecord) -> FileRecord:
+        record = self.store.get_file(batch.input_file_id, batch.api_key_id)
+        if record is None or not self.blobs.exists(record.blob_name):
+            raise InputUnavailable(f"Input file {batch.input_file_id} is no longer available.")
+        return record
+
+    def input_blocks(self, batch_id: str) -> Iterator[bytes]:
+        return self.blobs.iter_bytes(self._input_file(self.batch(batch_id)).blob_name)
+
+    def save_plan(self, batch_id: str, token: str, *, total: int, chunks: Sequence[dict],
+                  errors: Sequence[dict], models: Sequence[str]) -> dict[str, Any]:
+        """Record validation: a failed batch with its errors, or the chunk plan."""
+        batch = self._leased(batch_id, token)
+        planned_while_cancelling = batch.status == "cancelling" and not self.store.get_chunks(
+            batch_id)
+        if batch.status != "validating" and not planned_while_cancelling:
+            return self.control(batch)
+        at = now()
+        if errors:
+            self.store.transition_batch(batch_id, ["validating", "cancelling"], status="failed",
+                                        errors=list(errors), total=0, **st.stamp("failed", at))
+        else:
+            self.store.save_chunks(batch_id, [
+                ChunkRecord(batch_id=batch_id, chunk_index=c["index"],
+                            start_offset=c["start_offset"], end_offset=c["end_offset"],
+                            first_line=c["first_line"], line_count=c["line_count"])
+                for c in chunks
+            ])
+            if planned_while_cancelling:  # keep cancelling; finalize ends it
+                self.store.update_batch(batch_id, total=total)
+                return self.control(self.batch(batch_id))
+            self.store.transition_batch(batch_id, ["validating"], status="in_progress",
+                                        total=total, model=models[0] if models else None,
+                                        **st.stamp("in_progress", at))
+        return self.control(self.batch(batch_id))
+
+    def chunks(self, batch_id: str) -> list[ChunkRecord]:
+        return self.store.get_chunks(batch_id)
+
+    def chunk_input(self, batch_id: str, index: int) -> bytes:
+        batch = self.batch(batch_id)
+        chunk = self._chunk(batch_id, index)
+        return self.blobs.read_range(self._input_file(batch).blob_name,
+                                     chunk.start_offset, chunk.end_offset)
+
+    def _chunk(self, batch_id: str, index: int) -> ChunkRecord:
+        for chunk in self.store.get_chunks(batch_id):
+            if chunk.chunk_index == index:
+                return chunk
+        raise BatchNotFound(f"{batch_id} has no chunk {index}")
+
+    # -- checkpoints --------------------------------------------------------
+
+    def record_chunk(self, batch_id: str, token: str, index: int, *, output: bytes,
+                     errors: bytes, completed: int, failed: int,
+                     usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]:
+        """Write a finished chunk's part files, then mark it done: the checkpoint.
+
+        Both parts are always written (maybe empty) so a retried chunk replaces
+        every trace of an earlier attempt."""
+        batch = self._leased(batch_id, token)
+        if batch.is_terminal:
+            return self.control(batch)
+        self._chunk(batch_id, index)
+        self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
+        self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
+        self.store.complete_chunk(batch_id, index, completed=completed, failed=failed,
+                                  usage=usage, model=model)
+        self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
+        return self.control(self.batch(batch_id))
+
+    # -- ending -------------------------------------------------------------
+
+    def fail(self, batch_id: str, token: str | None, errors: Sequence[dict]) -> BatchRecord:
+        batch = self.batch(batch_id) if token is None else self._leased(batch_id, token)
+        if not batch.is_terminal:
+            self.store.transition_batch(batch_id, st.sources_of("failed"), status="failed",
+                                        errors=list(errors), **st.stamp("failed", now()))
+            self._remove_parts(batch_id)
+        return self.batch(batch_id)
+
+    def finalize(self, batch_id: str, token: str, outcome_name: str) -> BatchRecord:
+        """Turn the checkpoints into output and error files and end the batch.
+
+        Idempotent: file ids derive from the batch id and blobs are written
+        atomically, so running it again after a crash gives the same result.
+        A batch someone else already ended is left exactly as it is."""
+        batch = self._leased(batch_id, token)
+        if batch.is_terminal:
+            return batch
+        outcome = OUTCOMES["cancelled"] if batch.status == "cancelling" else OUTCOMES[
+            outcome_name]
+        if outcome.target == "completed" and batch.status == "in_progress":
+            self.store.transition_batch(batch_id, ["in_progress"], status="finalizing",
+                                        **st.stamp("finalizing", now()))
+        try:
+            self._write_results(self.batch(batch_id), outcome)
+        except Exception as exc:
+            log.exception("finalize of %s failed", batch_id)
+            return self.fail(batch_id, None, [{
+                "code": "finalization_failed", "param": None, "line": None,
+                "message": f"{INTERRUPTED_FINALIZE}: {exc}",
+            }])
+        return self.batch(batch_id)
+
+    def _write_results(self, batch: BatchRecord, outcome: Outcome) -> None:
+        chunks = self.store.get_chunks(batch.id)
+        if not chunks:
+            raise RuntimeError("no execution plan was recorded")
+        out_id, err_id = derived_file_id(batch.id, "output"), derived_file_id(batch.id, "error")
+        completed = failed = 0
+        with self.blobs.writer(out_id) as out, self.blobs.writer(err_id) as err:
+            for chunk in chunks:
+                if chunk.done:
+                    self._copy_part(part_name(batch.id, chunk.chunk_index, "out"), out)
+                    self._copy_part(part_name(batch.id, chunk.chunk_index, "err"), err)
+                    completed += chunk.completed
+                    failed += chunk.failed
+                else:
+                    failed += self._write_unrun(batch, chunk, outcome, err)
+        at = now()
+        expires_at = (batch.created_at + batch.output_expires_after_seconds
+                      if batch.output_expires_after_seconds else None)
+        files = {"output": (out_id, completed), "error": (err_id, failed)}
+        ids: dict[str, str | None] = {}
+        for kind, (file_id, count) in files.items():
+            if count == 0:
+                self.blobs.delete(file_id)
+                ids[kind] = None
+                continue
+            ids[kind] = file_id
+            if self.store.get_file(file_id, include_gone=True) is None:
+                self.store.insert_file(FileRecord(
+                    id=file_id, api_key_id=batch.api_key_id,
+                    filename=f"{batch.id}_{kind}.jsonl", purpose="batch_output",
+                    bytes=self.blobs.size(file_id), created_at=at, expires_at=expires_at,
+                    deleted_at=None, blob_name=file_id, mime_type="application/jsonl"))
+        usage = sum_usage([c.usage for c in chunks if c.done])
+        model = next((c.model for c in chunks if c.done and c.model), None) or batch.model
+        moved = self.store.transition_batch(
+            batch.id, st.sources_of(outcome.target), status=outcome.target,
+            output_file_id=ids["output"], error_file_id=ids["error"], completed=completed,
+            failed=failed, usage=usage, model=model, lease_token=None, lease_expires_at=None,
+            **st.stamp(outcome.target, at))
+        if not moved:  # ended by someone else meanwhile: leave it exactly as set
+            for file_id in (out_id, err_id):
+                self.store.update_file(file_id, deleted_at=at)
+                self.blobs.delete(file_id)
+        self._remove_parts(batch.id)
+
+    def _copy_part(self, name: str, out: Any) -> None:
+        if not self.blobs.exists(name):
+            raise RuntimeError(f"checkpoint part {name} is missing")
+        with self.blobs.open(name) as handle:
+            shutil.copyfileobj(handle, out, 1 << 20)
+
+    def _write_unrun(self, batch: BatchRecord, chunk: ChunkRecord, outcome: Outcome,
+                     err: Any) -> int:
+        """Error lines for a chunk that never ran (cancel or expiry)."""
+        if outcome.unrun_code is None:
+            raise RuntimeError(f"chunk {chunk.chunk_index} never finished")
+        data = self.chunk_input(batch.id, chunk.chunk_index)
+        count = 0
+        for _, raw in iter_chunk_lines(data):
+            custom_id = orjson.loads(raw).get("custom_id")
+            err.write(result_line(custom_id, None, code=outcome.unrun_code,
+                                  message=outcome.unrun_message))
+            count += 1
+        return count
+
+    def _remove_parts(self, batch_id: str) -> None:
+        for chunk in self.store.get_chunks(batch_id):
+            for kind in ("out", "err"):
+                self.blobs.delete(part_name(batch_id, chunk.chunk_index, kind))
+

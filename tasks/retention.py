@@ -1,0 +1,39 @@
+"""Deleting expired files (SPEC section 5): the work of the `retention` flow.
+
+A file goes when its own `expires_at` passes. Output and error files also
+go when their batch's `output_expires_after` (anchored at the batch's
+`created_at`) passes; the input file keeps its own expiry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore, now
+
+
+def delete_file(store: MetadataStore, blobs: BlobStore, file_id: str) -> bool:
+    """Soft-delete one file: the row keeps `deleted_at`, the bytes go at once."""
+    record = store.get_file(file_id, include_gone=True)
+    if record is None or record.deleted_at is not None:
+        return False
+    store.mark_file_deleted(file_id)
+    blobs.delete(record.blob_name)
+    return True
+
+
+def sweep(store: MetadataStore, blobs: BlobStore, at: int | None = None) -> dict[str, Any]:
+    at = at if at is not None else now()
+    deleted: list[str] = []
+    for record in store.expired_files(at):
+        if delete_file(store, blobs, record.id):
+            deleted.append(record.id)
+    for batch in store.terminal_batches():
+        seconds = batch.output_expires_after_seconds
+        if not seconds or batch.created_at + seconds > at:
+            continue
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id and delete_file(store, blobs, file_id):
+                deleted.append(file_id)
+    return {"deleted_files": len(deleted), "file_ids": deleted}

@@ -1,0 +1,309 @@
+"""The upstream client: one request line -> one provider response, with retries.
+
+httpx's API on the `httpx-aiohttp` transport (httpx's own pool collapses under
+many concurrent connections; DESIGN "Choices already checked"). One
+`UpstreamClient` per worker process shares one connection pool, and a
+semaphore per provider keeps at most `max_concurrency` requests in flight to
+it. The semaphore is held for one attempt only, never across a backoff
+sleep, so a waiting line does not block the others.
+
+Retries (SPEC section 4): 429, 5xx, timeouts and connection errors are
+retried with exponential backoff and full jitter, waiting at least what the
+provider asks in `retry-after-ms` / `Retry-After` (seconds or an HTTP date);
+other 4xx are final at once. `should_stop` (cancel, expiry) is checked before
+every attempt and during backoff sleeps.
+
+The hot path does no logging and no string formatting beyond the headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from httpx_aiohttp import AiohttpTransport
+
+from storage.records import ProviderRecord
+
+NON_JSON_BODY: dict[str, Any] = {
+    "error": {
+        "message": "upstream returned a non-JSON body",
+        "type": "upstream_error",
+        "param": None,
+        "code": "invalid_upstream_response",
+    }
+}
+# Longest single sleep while waiting, so `should_stop` is seen within a second.
+_STOP_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResult:
+    """The outcome of one line after all its attempts.
+
+    `status_code` is None when no response ever arrived; then `error_code`
+    says why ("timeout", "connection_error", "stopped"). A response whose body
+    is not a JSON object carries NON_JSON_BODY and error_code
+    "invalid_upstream_response", so `ok` is False even for a 2xx.
+    """
+
+    status_code: int | None
+    body: dict[str, Any] | None
+    request_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.status_code is not None
+            and 200 <= self.status_code < 300
+            and self.error_code is None
+        )
+
+
+def is_retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the provider asks us to wait, or None if it does not say.
+
+    `retry-after-ms` (OpenAI's, precise) wins over `Retry-After`, which is
+    either seconds or an HTTP date.
+    """
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    *,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based).
+
+    Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))], so many
+    lines rejected together do not come back together. Never less than the
+    provider's `Retry-After`.
+    """
+    delay = rand() * min(cap, base * (2 ** (attempt - 1)))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def parse_body(content: bytes) -> dict[str, Any] | None:
+    """The response body as a JSON object, or None if it is anything else."""
+    try:
+        parsed = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _transport_error_code(exc: BaseException) -> str:
+    """ "timeout" or "connection_error" for an exception raised by the transport.
+
+    The aiohttp transport maps some plain connection failures (a server that
+    hung up) onto httpx.ConnectTimeout, so look at the original cause first.
+    """
+    cause = exc.__cause__
+    if cause is not None:
+        return "timeout" if isinstance(cause, TimeoutError) else "connection_error"
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    return "connection_error"
+
+
+@dataclass(slots=True)
+class _Attempt:
+    result: UpstreamResult
+    retryable: bool
+    retry_after: float | None = None
+
+
+class UpstreamClient:
+    """Sends request lines to providers; one per worker process, shared by all chunks."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        timeout: float = 600.0,
+        retry_after_max: float = 300.0,
+        max_connections: int = 1024,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.retry_after_max = retry_after_max
+        self._sleep = sleep
+        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        )
+        # trust_env=False: proxy variables would otherwise mount httpx's own
+        # transport for proxied hosts, off the aiohttp hot path.
+        self._client = httpx.AsyncClient(
+            transport=AiohttpTransport(limits=limits, trust_env=False),
+            timeout=httpx.Timeout(timeout),
+            trust_env=False,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> UpstreamClient:
+        """Build from an object with the `Settings` upstream fields (duck-typed,
+        because tasks never import the gateway)."""
+        params: dict[str, Any] = {
+            "max_attempts": settings.max_attempts,
+            "backoff_base": settings.backoff_base_seconds,
+            "backoff_max": settings.backoff_max_seconds,
+            "timeout": settings.request_timeout_seconds,
+        }
+        params.update(overrides)
+        return cls(**params)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> UpstreamClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _semaphore(self, provider: ProviderRecord) -> asyncio.Semaphore:
+        """The provider's semaphore; a new limit (admin change) gets a new one."""
+        limit = max(1, provider.max_concurrency)
+        entry = self._semaphores.get(provider.name)
+        if entry is None or entry[0] != limit:
+            entry = (limit, asyncio.Semaphore(limit))
+            self._semaphores[provider.name] = entry
+        return entry[1]
+
+    async def send(
+        self,
+        provider: ProviderRecord,
+        path: str,
+        body: bytes,
+        *,
+        custom_id: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> UpstreamResult:
+        """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says."""
+        url = provider.base_url.rstrip("/") + path
+        headers = {"Content-Type": "application/json"}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        if custom_id is not None:
+            headers["X-Batchgate-Custom-Id"] = custom_id
+        semaphore = self._semaphore(provider)
+
+        attempt = 0
+        while True:
+            if should_stop is not None and should_stop():
+                return _stopped(attempt)
+            attempt += 1
+            async with semaphore:
+                outcome = await self._attempt(url, headers, body, attempt)
+            if not outcome.retryable or attempt >= self.max_attempts:
+                return outcome.result
+            retry_after = outcome.retry_after
+            if retry_after is not None:
+                retry_after = min(retry_after, self.retry_after_max)
+            delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after)
+            if await self._wait(delay, should_stop):
+                return _stopped(attempt)
+
+    async def _attempt(
+        self, url: str, headers: dict[str, str], body: bytes, attempt: int
+    ) -> _Attempt:
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post(url, content=body, headers=headers)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            message = f"invalid provider URL {url!r}: {exc}"
+            return _Attempt(
+                UpstreamResult(None, None, None, "connection_error", message, attempt), False
+            )
+        except (httpx.TransportError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            code = _transport_error_code(exc)
+            message = (
+                f"upstream request timed out after {self.timeout:g} s"
+                if code == "timeout"
+                else f"could not connect to upstream: {type(exc).__name__}: {exc}"
+            )
+            return _Attempt(UpstreamResult(None, None, None, code, message, attempt), True)
+
+        status = response.status_code
+        parsed = parse_body(response.content)
+        error_code = None
+        if parsed is None:
+            parsed = NON_JSON_BODY
+            error_code = "invalid_upstream_response"
+        result = UpstreamResult(
+            status, parsed, response.headers.get("x-request-id"), error_code, None, attempt
+        )
+        if not is_retryable_status(status):
+            return _Attempt(result, False)
+        return _Attempt(result, True, parse_retry_after(response.headers))
+
+    async def _wait(self, delay: float, should_stop: Callable[[], bool] | None) -> bool:
+        """Sleep `delay` seconds; True if `should_stop` became true meanwhile."""
+        if should_stop is None:
+            await self._sleep(delay)
+            return False
+        remaining = delay
+        while remaining > 0:
+            step = min(remaining, _STOP_POLL_SECONDS)
+            await self._sleep(step)
+            remaining -= step
+            if should_stop():
+                return True
+        return False
+
+
+def _stopped(attempts: int) -> UpstreamResult:
+    return UpstreamResult(
+        None,
+        None,
+        None,
+        "stopped",
+        "the batch stopped (cancelled or expired) before this request ran",
+        attempts,
+    )

@@ -1,0 +1,195 @@
+"""How a flow run talks to the gateway: one interface, two twins.
+
+`HttpWorkerAPI` is what runs in production: plain HTTP to the gateway's
+internal API with the internal token, so a worker can run on any machine.
+`LocalWorkerAPI` calls the same `BatchLedger` in-process, so unit tests run
+the very same tasks without HTTP. Both raise the ledger's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from storage.metadata import MetadataStore
+from storage.records import ProviderRecord
+from tasks.ledger import (
+    BatchLedger,
+    BatchNotFound,
+    InputUnavailable,
+    LeaseLost,
+    LedgerError,
+)
+
+log = logging.getLogger("batchgate.worker")
+
+
+class WorkerAPI(Protocol):
+    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]: ...
+    def renew(self, batch_id: str, token: str) -> dict[str, Any]: ...
+    def release(self, batch_id: str, token: str) -> None: ...
+    def input_blocks(self, batch_id: str) -> AbstractContextManager[Iterator[bytes]]: ...
+    def save_plan(self, batch_id: str, token: str, *, total: int, chunks: Sequence[dict],
+                  errors: Sequence[dict], models: Sequence[str]) -> dict[str, Any]: ...
+    def chunks(self, batch_id: str) -> list[dict[str, Any]]: ...
+    def chunk_input(self, batch_id: str, index: int) -> bytes: ...
+    def record_chunk(self, batch_id: str, token: str, index: int, *, output: bytes,
+                     errors: bytes, completed: int, failed: int,
+                     usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]: ...
+    def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]: ...
+    def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]: ...
+    def providers(self) -> list[ProviderRecord]: ...
+    def retention(self) -> dict[str, Any]: ...
+
+
+class LocalWorkerAPI:
+    """The in-process twin: the ledger called directly."""
+
+    def __init__(self, ledger: BatchLedger, store: MetadataStore) -> None:
+        self.ledger = ledger
+        self.store = store
+
+    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
+        return self.ledger.claim(batch_id, flow_run_id)
+
+    def renew(self, batch_id: str, token: str) -> dict[str, Any]:
+        return self.ledger.renew(batch_id, token)
+
+    def release(self, batch_id: str, token: str) -> None:
+        self.ledger.release(batch_id, token)
+
+    @contextmanager
+    def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
+        yield self.ledger.input_blocks(batch_id)
+
+    def save_plan(self, batch_id: str, token: str, **plan: Any) -> dict[str, Any]:
+        return self.ledger.save_plan(batch_id, token, **plan)
+
+    def chunks(self, batch_id: str) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.ledger.chunks(batch_id)]
+
+    def chunk_input(self, batch_id: str, index: int) -> bytes:
+        return self.ledger.chunk_input(batch_id, index)
+
+    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any
+                     ) -> dict[str, Any]:
+        return self.ledger.record_chunk(batch_id, token, index, **result)
+
+    def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
+        return asdict(self.ledger.finalize(batch_id, token, outcome))
+
+    def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
+        return asdict(self.ledger.fail(batch_id, token, errors))
+
+    def providers(self) -> list[ProviderRecord]:
+        return self.store.list_providers()
+
+    def retention(self) -> dict[str, Any]:
+        from tasks.retention import sweep
+
+        return sweep(self.store, self.ledger.blobs)
+
+
+_ERRORS: dict[int, type[LedgerError]] = {404: BatchNotFound, 409: LeaseLost,
+                                          410: InputUnavailable}
+
+
+class HttpWorkerAPI:
+    """The production twin: the gateway's internal API over HTTP.
+
+    Connection failures are retried for `patience` seconds, so a gateway
+    restart pauses a run instead of killing it."""
+
+    def __init__(self, base_url: str, token: str, *, patience: float = 120.0) -> None:
+        self.base = base_url.rstrip("/") + "/internal"
+        self.patience = patience
+        self.http = httpx.Client(headers={"Authorization": f"Bearer {token}"},
+                                 timeout=httpx.Timeout(60.0, connect=5.0))
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> HttpWorkerAPI:
+        if not settings.internal_token:
+            raise RuntimeError("BATCHGATE_INTERNAL_TOKEN is not set for this worker")
+        return cls(settings.public_url, settings.internal_token)
+
+    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        deadline = time.monotonic() + self.patience
+        delay = 0.5
+        content = orjson.dumps(body) if body is not None else None
+        while True:
+            try:
+                response = self.http.request(method, self.base + path, content=content,
+                                             headers={"content-type": "application/json"})
+            except httpx.TransportError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("gateway unreachable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if response.status_code >= 500 and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if response.status_code in _ERRORS:
+                message = response.json().get("error", {}).get("message", response.text)
+                raise _ERRORS[response.status_code](message)
+            response.raise_for_status()
+            return response
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        return orjson.loads(self._request(method, path, body).content)
+
+    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
+        return self._json("POST", f"/batches/{batch_id}/claim", {"flow_run_id": flow_run_id})
+
+    def renew(self, batch_id: str, token: str) -> dict[str, Any]:
+        return self._json("POST", f"/batches/{batch_id}/renew", {"lease_token": token})
+
+    def release(self, batch_id: str, token: str) -> None:
+        self._request("POST", f"/batches/{batch_id}/release", {"lease_token": token})
+
+    @contextmanager
+    def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
+        with self.http.stream("GET", f"{self.base}/batches/{batch_id}/input") as response:
+            if response.status_code in _ERRORS:
+                response.read()
+                raise _ERRORS[response.status_code](response.text)
+            response.raise_for_status()
+            yield response.iter_bytes(1 << 20)
+
+    def save_plan(self, batch_id: str, token: str, **plan: Any) -> dict[str, Any]:
+        return self._json("POST", f"/batches/{batch_id}/plan", {"lease_token": token, **plan})
+
+    def chunks(self, batch_id: str) -> list[dict[str, Any]]:
+        return self._json("GET", f"/batches/{batch_id}/chunks")
+
+    def chunk_input(self, batch_id: str, index: int) -> bytes:
+        return self._request("GET", f"/batches/{batch_id}/chunks/{index}/input").content
+
+    def record_chunk(self, batch_id: str, token: str, index: int, *, output: bytes,
+                     errors: bytes, **result: Any) -> dict[str, Any]:
+        body = {"lease_token": token, "output": output.decode(), "errors": errors.decode(),
+                **result}
+        return self._json("POST", f"/batches/{batch_id}/chunks/{index}", body)
+
+    def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
+        return self._json("POST", f"/batches/{batch_id}/finalize",
+                          {"lease_token": token, "outcome": outcome})
+
+    def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
+        return self._json("POST", f"/batches/{batch_id}/fail",
+                          {"lease_token": token, "errors": list(errors)})
+
+    def providers(self) -> list[ProviderRecord]:
+        return [ProviderRecord(**p) for p in self._json("GET", "/providers")]
+
+    def retention(self) -> dict[str, Any]:
+        return self._json("POST", "/retention")

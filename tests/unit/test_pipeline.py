@@ -1,0 +1,276 @@
+"""The batch pipeline (validate -> execute -> finalize) against the in-process
+worker API, a real DuckDB file, and the mock provider over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from flows.process_batch import drive_batch
+from gateway.mock_upstream import MockConfig, create_mock_app
+from gateway.settings import Settings
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore, now
+from storage.records import BatchRecord, FileRecord, ProviderRecord
+from tasks.ledger import BatchLedger
+from tasks.retention import sweep
+from tasks.upstream import UpstreamClient
+from tasks.worker_api import LocalWorkerAPI
+from tests.servers import ThreadedServer
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[ThreadedServer]:
+    with ThreadedServer(create_mock_app(MockConfig(seed=1))) as server:
+        yield server
+
+
+class Harness:
+    def __init__(self, root: Path, mock_url: str, **settings: Any) -> None:
+        self.settings = Settings(data_dir=root, chunk_size=settings.pop("chunk_size", 10),
+                                 lease_seconds=30, backoff_base_seconds=0.01,
+                                 backoff_max_seconds=0.05, **settings)
+        self.store = MetadataStore(self.settings.db_path)
+        self.blobs = BlobStore(self.settings.blob_dir)
+        self.ledger = BatchLedger(self.store, self.blobs, lease_seconds=30)
+        self.api = LocalWorkerAPI(self.ledger, self.store)
+        self.mock_url = mock_url
+        self.key, _ = self.store.create_api_key("test")
+        self.store.upsert_provider(ProviderRecord(name="openai", base_url=f"{mock_url}/v1",
+                                                  api_key="sk-mock", is_default=True,
+                                                  max_concurrency=16))
+        self.store.upsert_provider(ProviderRecord(name="mistral", base_url=f"{mock_url}/v1",
+                                                  api_key="sk-mistral"))
+        httpx.post(f"{mock_url}/stats/reset")
+        httpx.post(f"{mock_url}/config", json={"latency_ms": 0, "failure_rate": 0,
+                                                "rate_429": 0})
+
+    def add_batch(self, lines: list[Any], endpoint: str = CHAT, **fields: Any) -> str:
+        data = b"".join((ln if isinstance(ln, bytes) else orjson.dumps(ln)) + b"\n"
+                        for ln in lines)
+        file_id = f"file-{time.monotonic_ns()}"
+        self.blobs.write_bytes(file_id, data)
+        self.store.insert_file(FileRecord(
+            id=file_id, api_key_id=self.key.id, filename="in.jsonl", purpose="batch",
+            bytes=len(data), created_at=now(), expires_at=None, deleted_at=None,
+            blob_name=file_id))
+        batch_id = f"batch_{time.monotonic_ns()}"
+        self.store.insert_batch(BatchRecord(
+            id=batch_id, api_key_id=self.key.id, endpoint=endpoint, input_file_id=file_id,
+            completion_window="24h", status="validating", created_at=now(),
+            expires_at=fields.pop("expires_at", now() + 86400), **fields))
+        return batch_id
+
+    async def run(self, batch_id: str) -> BatchRecord:
+        async with UpstreamClient.from_settings(self.settings) as client:
+            await drive_batch(self.api, client, batch_id, settings=self.settings)
+        batch = self.store.get_batch(batch_id)
+        assert batch is not None
+        return batch
+
+    def lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        record = self.store.get_file(file_id)
+        assert record is not None and record.purpose == "batch_output"
+        return [orjson.loads(x) for x in self.blobs.path(record.blob_name).read_bytes()
+                .splitlines()]
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.mock_url}/stats").json()
+
+
+@pytest.fixture
+def h(tmp_path: Path, mock: ThreadedServer) -> Iterator[Harness]:
+    harness = Harness(tmp_path, mock.url)
+    yield harness
+    harness.store.close()
+
+
+def chat(i: int, model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+    return {"custom_id": f"req-{i}", "method": "POST", "url": CHAT,
+            "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}],
+                     **extra}}
+
+
+async def test_chat_batch_completes_with_every_line_once_and_usage(h: Harness) -> None:
+    batch_id = h.add_batch([chat(i) for i in range(35)])
+    batch = await h.run(batch_id)
+    assert batch.status == "completed"
+    assert (batch.total, batch.completed, batch.failed) == (35, 35, 0)
+    out = h.lines(batch.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(35))
+    assert batch.error_file_id is None
+    assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in out)
+    assert all(x["id"].startswith("batch_req_") for x in out)
+    expected_in = sum(x["response"]["body"]["usage"]["prompt_tokens"] for x in out)
+    expected_out = sum(x["response"]["body"]["usage"]["completion_tokens"] for x in out)
+    assert batch.usage is not None
+    assert batch.usage["input_tokens"] == expected_in > 0
+    assert batch.usage["output_tokens"] == expected_out > 0
+    assert batch.usage["total_tokens"] == expected_in + expected_out
+    assert batch.model == "gpt-4o-mini"
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    assert h.stats()["duplicates_ok"] == []
+
+
+async def test_bad_lines_fail_the_batch_naming_each_line(h: Harness) -> None:
+    lines: list[Any] = [chat(i) for i in range(20)]
+    bad = {3: b"{not json", 7: {"method": "POST", "url": CHAT, "body": {}},
+           11: chat(0), 15: {**chat(14), "url": "/v1/embeddings"}, 19: b"[1, 2]"}
+    for number, value in bad.items():
+        lines[number - 1] = value
+    batch = await h.run(h.add_batch(lines))
+    assert batch.status == "failed" and batch.failed_at
+    assert batch.errors is not None
+    assert [e["line"] for e in batch.errors] == [3, 7, 11, 15, 19]
+    mismatch = next(e for e in batch.errors if e["line"] == 15)
+    assert "does not match batch endpoint" in mismatch["message"]
+    assert h.stats()["total"] == 0
+
+
+async def test_stream_true_gets_a_json_body(h: Harness) -> None:
+    batch = await h.run(h.add_batch([chat(1, stream=True)]))
+    assert batch.status == "completed"
+    (line,) = h.lines(batch.output_file_id)
+    assert line["response"]["body"]["choices"][0]["message"]["content"]
+    assert h.stats()["streamed"] == 0
+
+
+async def test_unknown_provider_fails_only_that_line(h: Harness) -> None:
+    lines = [chat(1), chat(2, model="non-existent-provider/model"), chat(3)]
+    batch = await h.run(h.add_batch(lines))
+    assert (batch.status, batch.completed, batch.failed) == ("completed", 2, 1)
+    (err,) = h.lines(batch.error_file_id)
+    assert err["custom_id"] == "req-2"
+    assert err["response"]["status_code"] >= 400 and err["response"]["body"]["error"]
+
+
+async def test_no_successes_means_no_output_file(h: Harness) -> None:
+    batch = await h.run(h.add_batch([chat(1, model="nope/x")]))
+    assert batch.status == "completed" and batch.output_file_id is None
+    assert batch.error_file_id is not None
+
+
+async def test_embeddings_route_to_embeddings_upstream(h: Harness) -> None:
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "mistral/mistral-embed", "input": f"text {i}"}}
+             for i in range(12)]
+    batch = await h.run(h.add_batch(lines, endpoint="/v1/embeddings"))
+    assert (batch.status, batch.completed) == ("completed", 12)
+    out = h.lines(batch.output_file_id)
+    assert all(x["response"]["body"]["object"] == "list" for x in out)
+    assert h.stats()["routes"].get("/v1/embeddings") == 12
+    assert batch.usage and batch.usage["input_tokens"] > 0
+
+
+async def test_cancel_mid_run_keeps_partial_results(h: Harness) -> None:
+    httpx.post(f"{h.mock_url}/config", json={"latency_ms": 50})
+    h.settings.chunk_parallelism = 1
+    batch_id = h.add_batch([chat(i) for i in range(60)])
+
+    async def cancel_soon() -> None:
+        while (b := h.store.get_batch(batch_id)) and b.completed < 10:
+            await asyncio.sleep(0.02)
+        h.store.transition_batch(batch_id, ["in_progress"], status="cancelling",
+                                 cancelling_at=now())
+
+    canceller = asyncio.create_task(cancel_soon())
+    batch = await h.run(batch_id)
+    await canceller
+    assert batch.status == "cancelled" and batch.cancelled_at
+    out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
+    assert 10 <= len(out) < 60
+    assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(60))
+    assert {x["error"]["code"] for x in err} == {"batch_cancelled"}
+    assert (batch.completed, batch.failed) == (len(out), len(err))
+
+
+async def test_expiry_stops_the_run(h: Harness) -> None:
+    httpx.post(f"{h.mock_url}/config", json={"latency_ms": 100})
+    h.settings.chunk_parallelism = 1
+    batch_id = h.add_batch([chat(i) for i in range(80)], expires_at=now() + 2)
+    batch = await h.run(batch_id)
+    assert batch.status == "expired" and batch.expired_at
+    out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
+    assert len(out) > 0 and len(err) > 0
+    assert {x["error"]["code"] for x in err} == {"batch_expired"}
+    assert len({x["custom_id"] for x in out + err}) == 80
+
+
+async def test_resume_skips_finished_chunks(h: Harness) -> None:
+    batch_id = h.add_batch([chat(i) for i in range(30)])
+    claim = h.api.claim(batch_id, None)
+    from flows.process_batch import validate_input
+
+    validate_input(h.api, batch_id, claim["lease_token"], CHAT, 10, 1000)
+    # chunk 0 finished before the "crash"; its lines must not be sent again
+    first = h.ledger.chunk_input(batch_id, 0)
+    done_ids = [orjson.loads(x)["custom_id"] for x in first.splitlines() if x.strip()]
+    fake = b"".join(orjson.dumps({"id": "batch_req_x", "custom_id": c, "response": {
+        "status_code": 200, "request_id": None, "body": {}}, "error": None}) + b"\n"
+        for c in done_ids)
+    h.api.record_chunk(batch_id, claim["lease_token"], 0, output=fake, errors=b"",
+                       completed=len(done_ids), failed=0, usage=None, model=None)
+    h.store.update_batch(batch_id, lease_expires_at=time.time() - 1)  # the run died
+    batch = await h.run(batch_id)
+    assert (batch.status, batch.completed) == ("completed", 30)
+    sent = h.stats()["custom_ids"]
+    assert not set(done_ids) & set(sent)
+    assert len(sent) == 20
+    assert len({x["custom_id"] for x in h.lines(batch.output_file_id)}) == 30
+
+
+async def test_interrupted_finalize_without_plan_fails_clearly(h: Harness) -> None:
+    batch_id = h.add_batch([chat(1)])
+    h.store.update_batch(batch_id, status="finalizing", finalizing_at=now())
+    batch = await h.run(batch_id)
+    assert batch.status == "failed"
+    assert batch.errors and "interrupted during finalization" in batch.errors[0]["message"]
+
+
+async def test_interrupted_finalize_is_run_again(h: Harness) -> None:
+    batch_id = h.add_batch([chat(i) for i in range(15)])
+    first = await h.run(batch_id)
+    assert first.status == "completed"
+    # a second finalize of an ended batch changes nothing
+    claim = h.ledger.claim(batch_id, None)
+    assert claim["lease_token"] is None and claim["status"] == "completed"
+
+
+async def test_status_set_elsewhere_is_left_alone(h: Harness) -> None:
+    httpx.post(f"{h.mock_url}/config", json={"latency_ms": 30})
+    batch_id = h.add_batch([chat(i) for i in range(40)])
+
+    async def end_elsewhere() -> None:
+        while (b := h.store.get_batch(batch_id)) and b.status != "in_progress":
+            await asyncio.sleep(0.01)
+        h.store.update_batch(batch_id, status="cancelled", cancelled_at=now())
+
+    task = asyncio.create_task(end_elsewhere())
+    batch = await h.run(batch_id)
+    await task
+    assert batch.status == "cancelled"
+    assert batch.output_file_id is None and batch.error_file_id is None
+
+
+async def test_retention_deletes_expired_outputs_keeps_input(h: Harness) -> None:
+    batch_id = h.add_batch([chat(i) for i in range(3)], output_expires_after_seconds=3600,
+                           output_expires_after_anchor="created_at")
+    batch = await h.run(batch_id)
+    assert batch.output_file_id
+    h.store.update_batch(batch_id, created_at=now() - 3700)
+    result = sweep(h.store, h.blobs)
+    assert batch.output_file_id in result["file_ids"]
+    assert h.store.get_file(batch.output_file_id) is None
+    assert not h.blobs.exists(batch.output_file_id)
+    assert h.store.get_file(batch.input_file_id) is not None
