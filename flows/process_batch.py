@@ -39,32 +39,53 @@ log = logging.getLogger("batchgate.worker")
 # -- the steps, as plain functions ---------------------------------------------
 
 
-def validate_input(api: WorkerAPI, batch_id: str, token: str, endpoint: str,
-                   chunk_size: int, max_lines: int) -> dict[str, Any]:
+def validate_input(
+    api: WorkerAPI, batch_id: str, token: str, endpoint: str, chunk_size: int, max_lines: int
+) -> dict[str, Any]:
     """Stream the input through the validator and record the plan (or the errors)."""
     try:
         with api.input_blocks(batch_id) as blocks:
-            result = validate_jsonl(blocks, endpoint, chunk_size=chunk_size,
-                                    max_lines=max_lines)
+            result = validate_jsonl(blocks, endpoint, chunk_size=chunk_size, max_lines=max_lines)
     except InputUnavailable as exc:
-        api.fail(batch_id, token, [{"code": "invalid_request", "message": str(exc),
-                                    "param": "input_file_id", "line": None}])
+        api.fail(
+            batch_id,
+            token,
+            [
+                {
+                    "code": "invalid_request",
+                    "message": str(exc),
+                    "param": "input_file_id",
+                    "line": None,
+                }
+            ],
+        )
         return {"status": "failed", "endpoint": endpoint}
-    return api.save_plan(batch_id, token, total=result.total,
-                         chunks=[asdict(c) for c in result.chunks],
-                         errors=[e.as_dict() for e in result.errors], models=result.models)
+    return api.save_plan(
+        batch_id,
+        token,
+        total=result.total,
+        chunks=[asdict(c) for c in result.chunks],
+        errors=[e.as_dict() for e in result.errors],
+        models=result.models,
+    )
 
 
-async def run_chunk(api: WorkerAPI, client: UpstreamClient, control: RunControl,
-                    providers: Sequence[ProviderRecord], chunk: dict[str, Any]
-                    ) -> dict[str, Any]:
+async def run_chunk(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    control: RunControl,
+    providers: Sequence[ProviderRecord],
+    chunk: dict[str, Any],
+) -> dict[str, Any]:
     """Execute one chunk and post its checkpoint; returns the batch's control."""
     index = chunk["chunk_index"]
     data = await asyncio.to_thread(api.chunk_input, control.batch_id, index)
-    result = await execute_lines(parse_chunk(data), control.endpoint, providers, client,
-                                 lambda: control.reason)
-    return await asyncio.to_thread(api.record_chunk, control.batch_id, control.token, index,
-                                   **result.as_post())
+    result = await execute_lines(
+        parse_chunk(data), control.endpoint, providers, client, lambda: control.reason
+    )
+    return await asyncio.to_thread(
+        api.record_chunk, control.batch_id, control.token, index, **result.as_post()
+    )
 
 
 def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
@@ -91,9 +112,15 @@ class Steps:
 OUTCOME_OF_REASON = {None: "completed", "cancelled": "cancelled", "expired": "expired"}
 
 
-async def drive_batch(api: WorkerAPI, client: UpstreamClient, batch_id: str, *,
-                      settings: Settings, steps: Steps | None = None,
-                      flow_run_id: str | None = None) -> str:
+async def drive_batch(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    batch_id: str,
+    *,
+    settings: Settings,
+    steps: Steps | None = None,
+    flow_run_id: str | None = None,
+) -> str:
     """Take the batch, bring it to a terminal status, return that status.
 
     Resumes where the checkpoints say: a batch already in progress skips done
@@ -115,13 +142,22 @@ async def drive_batch(api: WorkerAPI, client: UpstreamClient, batch_id: str, *,
             return "lease_lost"
 
 
-async def _drive(api: WorkerAPI, client: UpstreamClient, control: RunControl,
-                 settings: Settings, steps: Steps) -> str:
+async def _drive(
+    api: WorkerAPI, client: UpstreamClient, control: RunControl, settings: Settings, steps: Steps
+) -> str:
     batch_id, token = control.batch_id, control.token
     chunks = await asyncio.to_thread(api.chunks, batch_id)
     if control.status == "validating" or (control.status == "cancelling" and not chunks):
-        control.update(steps.validate(api, batch_id, token, control.endpoint,
-                                      settings.chunk_size, settings.max_batch_lines))
+        control.update(
+            steps.validate(
+                api,
+                batch_id,
+                token,
+                control.endpoint,
+                settings.chunk_size,
+                settings.max_batch_lines,
+            )
+        )
         if control.status == "failed":
             return "failed"
         chunks = await asyncio.to_thread(api.chunks, batch_id)
@@ -135,8 +171,14 @@ async def _drive(api: WorkerAPI, client: UpstreamClient, control: RunControl,
     return batch["status"]
 
 
-async def _execute_all(api: WorkerAPI, client: UpstreamClient, control: RunControl,
-                       settings: Settings, steps: Steps, chunks: list[dict[str, Any]]) -> None:
+async def _execute_all(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    control: RunControl,
+    settings: Settings,
+    steps: Steps,
+    chunks: list[dict[str, Any]],
+) -> None:
     providers = await asyncio.to_thread(api.providers)
     pending = [c for c in chunks if not c["done"]]
     done = len(chunks) - len(pending)
@@ -160,15 +202,25 @@ async def _execute_all(api: WorkerAPI, client: UpstreamClient, control: RunContr
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 validate_task = task(name="validate", **_TASK_OPTIONS)(validate_input)
-finalize_task = task(name="finalize", retries=2, retry_delay_seconds=2,
-                     **_TASK_OPTIONS)(finalize_batch)
+finalize_task = task(name="finalize", retries=2, retry_delay_seconds=2, **_TASK_OPTIONS)(
+    finalize_batch
+)
 
 
-@task(name="execute-chunk", task_run_name="chunk-{chunk[chunk_index]}", retries=2,
-      retry_delay_seconds=2, **_TASK_OPTIONS)
-async def execute_chunk_task(api: WorkerAPI, client: UpstreamClient, control: RunControl,
-                             providers: Sequence[ProviderRecord], chunk: dict[str, Any]
-                             ) -> dict[str, Any]:
+@task(
+    name="execute-chunk",
+    task_run_name="chunk-{chunk[chunk_index]}",
+    retries=2,
+    retry_delay_seconds=2,
+    **_TASK_OPTIONS,
+)
+async def execute_chunk_task(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    control: RunControl,
+    providers: Sequence[ProviderRecord],
+    chunk: dict[str, Any],
+) -> dict[str, Any]:
     return await run_chunk(api, client, control, providers, chunk)
 
 
@@ -183,9 +235,13 @@ def prefect_steps(batch_id: str) -> Steps:
     async def progress(done: int, total: int) -> None:
         value = 100.0 * done / total if total else 100.0
         if not progress_id:
-            progress_id.append(await acreate_progress_artifact(
-                progress=value, key=artifact_key(batch_id, "progress"),
-                description=f"Chunks finished for {batch_id}"))
+            progress_id.append(
+                await acreate_progress_artifact(
+                    progress=value,
+                    key=artifact_key(batch_id, "progress"),
+                    description=f"Chunks finished for {batch_id}",
+                )
+            )
         else:
             await aupdate_progress_artifact(progress_id[0], progress=value)
 
@@ -203,13 +259,21 @@ def prefect_steps(batch_id: str) -> Steps:
             {"field": "output_file_id", "value": batch.get("output_file_id")},
             {"field": "error_file_id", "value": batch.get("error_file_id")},
         ]
-        rows += [{"field": f"error:{e.get('code')}", "value": e.get("line")}
-                 for e in (batch.get("errors") or [])[:20]]
-        await acreate_table_artifact(table=rows, key=artifact_key(batch_id, "summary"),
-                                     description=f"Summary of {batch_id}")
+        rows += [
+            {"field": f"error:{e.get('code')}", "value": e.get("line")}
+            for e in (batch.get("errors") or [])[:20]
+        ]
+        await acreate_table_artifact(
+            table=rows, key=artifact_key(batch_id, "summary"), description=f"Summary of {batch_id}"
+        )
 
-    return Steps(validate=validate_task, execute=execute_chunk_task, finalize=finalize_task,
-                 progress=progress, summary=summary)
+    return Steps(
+        validate=validate_task,
+        execute=execute_chunk_task,
+        finalize=finalize_task,
+        progress=progress,
+        summary=summary,
+    )
 
 
 @flow(name="process-batch", log_prints=False)
@@ -218,9 +282,14 @@ async def process_batch(batch_id: str) -> Any:
     settings = load_settings()
     api = HttpWorkerAPI.from_settings(settings)
     async with UpstreamClient.from_settings(settings) as client:
-        status = await drive_batch(api, client, batch_id, settings=settings,
-                                   steps=prefect_steps(batch_id),
-                                   flow_run_id=str(runtime.flow_run.id))
+        status = await drive_batch(
+            api,
+            client,
+            batch_id,
+            settings=settings,
+            steps=prefect_steps(batch_id),
+            flow_run_id=str(runtime.flow_run.id),
+        )
     get_run_logger().info("batch %s ended %s", batch_id, status)
     if status == "cancelled":
         return Cancelled(message=f"batch {batch_id} was cancelled")

@@ -1,10 +1,23 @@
-"""Placeholder: the retention flow lands here."""
+"""The `retention` flow: delete expired files (SPEC section 5).
+
+Scheduled by the runner (`flows/serve.py`) and by `prefect.yaml`. The sweep
+itself runs in the gateway, which owns the metadata and the blobs; this
+flow asks for it through the internal API and reports what went.
+"""
 
 from __future__ import annotations
 
-from prefect import flow
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from gateway.settings import load_settings
+from tasks.worker_api import HttpWorkerAPI
 
 
-@flow(name="retention")
-def retention() -> int:
-    return 0
+@flow(name="retention", log_prints=False)
+def retention() -> dict[str, Any]:
+    api = HttpWorkerAPI.from_settings(load_settings())
+    result = api.retention()
+    get_run_logger().info("retention deleted %d expired files", result["deleted_files"])
+    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from gateway.settings import Settings, load_settings
 
@@ -18,6 +19,7 @@ log = logging.getLogger("batchgate.runner")
 
 PROCESS_BATCH_DEPLOYMENT = "process-batch"
 RETENTION_DEPLOYMENT = "retention"
+API_WAIT_SECONDS = 120.0
 DEFAULT_POLL_SECONDS = 1.0  # Prefect's default (10 s) makes every batch start late
 
 
@@ -45,6 +47,31 @@ def poll_seconds() -> float:
     return float(raw) if raw else DEFAULT_POLL_SECONDS
 
 
+def wait_for_prefect_api(timeout: float = API_WAIT_SECONDS) -> None:
+    """Wait until the Prefect API answers, so a runner may start before (or
+    alongside) its server; `batchgate up` starts both at once to overlap
+    their start-up time. Gives up quietly: `serve` then reports the error.
+
+    Without an API URL Prefect would serve against a throwaway in-process
+    server that no gateway can reach, so that is refused outright."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise SystemExit(
+            "batchgate worker: PREFECT_API_URL is not set; point it at the Prefect "
+            "server the gateway uses (e.g. http://prefect-host:4200/api)."
+        )
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while (error := client.api_healthcheck()) is not None:
+            if time.monotonic() > deadline:
+                log.warning("Prefect API still unreachable after %.0f s: %s", timeout, error)
+                return
+            time.sleep(0.5)
+
+
 def serve_flows(settings: Settings | None = None) -> None:
     """Register `process-batch/process-batch` and `retention/retention` and
     run their flow runs until SIGTERM or Ctrl-C."""
@@ -59,6 +86,7 @@ def serve_flows(settings: Settings | None = None) -> None:
     # Flow runs are child processes of this one and read settings from the
     # environment, so put the resolved values there.
     os.environ.update(worker_environment(settings))
+    wait_for_prefect_api()
     log.info("serving flows for gateway %s (limit %d)", settings.public_url, settings.runner_limit)
     serve(
         process_batch.to_deployment(name=PROCESS_BATCH_DEPLOYMENT),

@@ -46,11 +46,16 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
         admin_key, created = load_or_create_secret(settings.data_dir / "admin_key")
         if created:
             log.warning("generated admin key, stored in %s/admin_key", settings.data_dir)
-    internal_token = settings.internal_token or load_or_create_secret(
-        settings.data_dir / "internal_token")[0]
+    internal_token = (
+        settings.internal_token or load_or_create_secret(settings.data_dir / "internal_token")[0]
+    )
     return GatewayState(
-        settings=settings, store=store, blobs=blobs, admin_key=admin_key,
-        internal_token=internal_token, flow_runs=flow_runs or PrefectFlowRuns(settings),
+        settings=settings,
+        store=store,
+        blobs=blobs,
+        admin_key=admin_key,
+        internal_token=internal_token,
+        flow_runs=flow_runs or PrefectFlowRuns(settings),
         ledger=BatchLedger(store, blobs, lease_seconds=settings.lease_seconds),
     )
 
@@ -67,8 +72,12 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
 
     app = Starlette(
         routes=[
-            *health.routes, *openapi.routes, *files.routes, *batches.routes,
-            *admin.routes, *internal.routes,
+            *health.routes,
+            *openapi.routes,
+            *files.routes,
+            *batches.routes,
+            *admin.routes,
+            *internal.routes,
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

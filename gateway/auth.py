@@ -29,8 +29,12 @@ def require_key(request: Request) -> ApiKeyRecord:
     """The caller's API key record, or 401 in the error envelope."""
     token = bearer_token(request)
     if token is None:
-        raise APIError(401, "You didn't provide an API key. Provide it in the Authorization "
-                       "header as 'Bearer YOUR_KEY'.", code="missing_api_key")
+        raise APIError(
+            401,
+            "You didn't provide an API key. Provide it in the Authorization "
+            "header as 'Bearer YOUR_KEY'.",
+            code="missing_api_key",
+        )
     record = request.app.state.gateway.store.find_api_key(token)
     if record is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")

@@ -1,10 +1,10 @@
 """The `batchgate` command: thin adapters around the app, runner and tools.
 
-    batchgate up              Prefect server + runner + gateway, all local
-    batchgate serve           the gateway alone (uvicorn)
-    batchgate worker          serve the flows against a remote gateway
-    batchgate mock-upstream   a fake OpenAI-compatible provider
-    batchgate create-key      create an API key in the local data directory
+batchgate up              Prefect server + runner + gateway, all local
+batchgate serve           the gateway alone (uvicorn)
+batchgate worker          serve the flows against a remote gateway
+batchgate mock-upstream   a fake OpenAI-compatible provider
+batchgate create-key      create an API key in the local data directory
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=False)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False
+    )
     return 0
 
 
@@ -61,16 +62,17 @@ def _cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchgate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="batchgate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--log-level", default=os.environ.get("BATCHGATE_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("up", help="start Prefect server, runner and gateway").set_defaults(
-        func=_cmd_up)
+    sub.add_parser("up", help="start Prefect server, runner and gateway").set_defaults(func=_cmd_up)
     sub.add_parser("serve", help="start the gateway only").set_defaults(func=_cmd_serve)
-    sub.add_parser("worker", help="serve the batch flows (needs BATCHGATE_GATEWAY_URL)"
-                   ).set_defaults(func=_cmd_worker)
+    sub.add_parser(
+        "worker", help="serve the batch flows (needs BATCHGATE_GATEWAY_URL)"
+    ).set_defaults(func=_cmd_worker)
 
     mock = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
     from gateway.mock_upstream import add_arguments
@@ -86,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args) or 0)
 
 

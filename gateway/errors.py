@@ -31,8 +31,15 @@ _TYPES = {
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -50,19 +57,29 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def envelope(status: int, message: str, param: str | None = None,
-             code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error" if
-                                                               status >= 500 else
-                                                               "invalid_request_error"),
-                      "param": param, "code": code}}
+def envelope(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            ),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
-def error_response(status: int, message: str, param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None
-                   ) -> JSONResponse:
-    return JSONResponse(envelope(status, message, param, code), status_code=status,
-                        headers=headers)
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(envelope(status, message, param, code), status_code=status, headers=headers)
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
@@ -85,9 +102,12 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     # This handler runs outside the request-id middleware; carry the id over.
     request_id = request.scope.get("state", {}).get("request_id")
-    return error_response(500, "The server had an error while processing your request.",
-                          code="internal_error",
-                          headers={"x-request-id": request_id} if request_id else None)
+    return error_response(
+        500,
+        "The server had an error while processing your request.",
+        code="internal_error",
+        headers={"x-request-id": request_id} if request_id else None,
+    )
 
 
 EXCEPTION_HANDLERS = {

@@ -29,8 +29,11 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() \
+        request_id = (
+            incoming
+            if 0 < len(incoming) <= 128 and incoming.isprintable()
             else f"req_{secrets.token_hex(12)}"
+        )
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:

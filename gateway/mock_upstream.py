@@ -7,7 +7,9 @@ failures come from a seeded generator), so a test can predict them.
 
 Knobs (flags, `MockConfig` fields, and `POST /config` at run time): latency
 with jitter, a rate of 500s, a rate of 429s with `Retry-After`, a token-bucket
-request-rate limit, and an optional API key.
+request-rate limit, and an optional API key. Moderations flag any input
+containing "flag-me". A body with `"stream": true` is answered with
+server-sent events, so a test can prove the gateway never asks for them.
 
 Observability for tests: `GET /stats` counts requests per route, 429s and
 5xx sent, requests in flight (and the most ever), and requests per

@@ -20,30 +20,39 @@ def parse_int(raw: str) -> int | None:
     return int(raw)
 
 
-def parse_limit(query: Mapping[str, str], *, default: int, maximum: int,
-                minimum: int = 1) -> int:
+def parse_limit(query: Mapping[str, str], *, default: int, maximum: int, minimum: int = 1) -> int:
     raw = query.get("limit")
     if raw is None:
         return default
     value = parse_int(raw)
     if value is None:
-        raise bad_request(f"Invalid 'limit': expected an integer, got {raw!r}.",
-                          param="limit", code="invalid_value")
+        raise bad_request(
+            f"Invalid 'limit': expected an integer, got {raw!r}.",
+            param="limit",
+            code="invalid_value",
+        )
     if not minimum <= value <= maximum:
-        raise bad_request(f"Invalid 'limit': must be between {minimum} and {maximum}.",
-                          param="limit", code="invalid_value")
+        raise bad_request(
+            f"Invalid 'limit': must be between {minimum} and {maximum}.",
+            param="limit",
+            code="invalid_value",
+        )
     return value
 
 
-def parse_choice(query: Mapping[str, str], name: str, choices: Iterable[str],
-                 default: str | None = None) -> str | None:
+def parse_choice(
+    query: Mapping[str, str], name: str, choices: Iterable[str], default: str | None = None
+) -> str | None:
     raw = query.get(name)
     if raw is None:
         return default
     allowed = sorted(choices)
     if raw not in allowed:
-        raise bad_request(f"Invalid '{name}': {raw!r}. Expected one of {', '.join(allowed)}.",
-                          param=name, code="invalid_value")
+        raise bad_request(
+            f"Invalid '{name}': {raw!r}. Expected one of {', '.join(allowed)}.",
+            param=name,
+            code="invalid_value",
+        )
     return raw
 
 

@@ -23,9 +23,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import httpx
 import psutil
+from pydantic import ValidationError
 
 from gateway.auth import load_or_create_secret
 from gateway.settings import Settings, load_settings
@@ -37,6 +39,7 @@ STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.25
 PROGRESS_EVERY = 10.0
 LOG_TAIL_LINES = 30
+DEPLOYMENTS = ("process-batch/process-batch", "retention/retention")
 
 
 class Shutdown(BaseException):
@@ -135,6 +138,12 @@ def runner_env(plan: Plan, settings: Settings) -> dict[str, str]:
     env["BATCHGATE_RUNNER_LIMIT"] = str(settings.runner_limit)
     env["BATCHGATE_GATEWAY_URL"] = settings.gateway_url or plan.gateway_base
     return env
+
+
+def prefect_server_command(port: int) -> list[str]:
+    """A local Prefect server on loopback; its SQLite file lives in PREFECT_HOME."""
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+            "--port", str(port), "--analytics-off"]  # fmt: skip
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -239,6 +248,15 @@ def http_status(url: str) -> int | None:
         return None
 
 
+def deployments_registered(plan: Plan) -> bool:
+    """Both deployments exist on the Prefect server (the runner registers them
+    one after the other, and /health only needs the first)."""
+    return all(
+        http_status(f"{plan.prefect_api_url}/deployments/name/{name}") == 200
+        for name in DEPLOYMENTS
+    )
+
+
 # ---------------------------------------------------------------- up
 
 
@@ -297,9 +315,10 @@ def print_banner(
     print("\n".join(lines), flush=True)
 
 
-def run(settings: Settings, children: list[Child]) -> int:
-    """Start everything, then watch the children until one dies (the caller
-    stops them all on return or on Shutdown)."""
+def run(settings: Settings, children: list[Child], log_level: str = "info") -> NoReturn:
+    """Start everything, then watch the children until one dies. Never returns:
+    it ends by an exception (Shutdown, StartupError, ChildDied), and the caller
+    stops whatever `children` holds by then."""
     token = (
         settings.internal_token or load_or_create_secret(settings.data_dir / "internal_token")[0]
     )
@@ -337,19 +356,9 @@ def run(settings: Settings, children: list[Child]) -> int:
         children.append(
             start_child(
                 "prefect-server",
-                [
-                    python,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(plan.local_prefect_port),
-                    "--analytics-off",
-                ],
-                plan.base_env,
+                prefect_server_command(plan.local_prefect_port),
+                # The server has no use for the internal token.
+                {k: v for k, v in plan.base_env.items() if k != "BATCHGATE_INTERNAL_TOKEN"},
                 plan.log_dir,
             )
         )
@@ -358,24 +367,31 @@ def run(settings: Settings, children: list[Child]) -> int:
     # The gateway does not need Prefect to start, so both come up together.
     print(f"starting gateway on {settings.host}:{settings.port}", flush=True)
     children.append(
-        start_child("gateway", [python, "-m", "gateway.cli", "serve"], plan.base_env, plan.log_dir)
+        start_child(
+            "gateway",
+            [python, "-m", "gateway.cli", "--log-level", log_level, "serve"],
+            plan.base_env,
+            plan.log_dir,
+        )
     )
 
+    # The runner waits for the Prefect API itself; starting it now overlaps
+    # its imports with the server's start-up.
+    children.append(
+        start_child(
+            "runner",
+            [python, "-m", "gateway.cli", "--log-level", log_level, "worker"],
+            runner_env(plan, settings),
+            plan.log_dir,
+        )
+    )
     wait_until(
         lambda: http_status(f"{plan.prefect_api_url}/health") == 200,
         "the Prefect server",
         PREFECT_START_TIMEOUT,
         children,
     )
-    print("Prefect server is up; starting the runner", flush=True)
-    children.append(
-        start_child(
-            "runner",
-            [python, "-m", "gateway.cli", "worker"],
-            runner_env(plan, settings),
-            plan.log_dir,
-        )
-    )
+    print("Prefect server is up", flush=True)
     wait_until(
         lambda: http_status(f"{plan.gateway_base}/health") is not None,
         "the gateway",
@@ -386,7 +402,10 @@ def run(settings: Settings, children: list[Child]) -> int:
     api_key = create_first_key(plan, admin_key)
     print_banner(plan, api_key, admin_key if admin_created else None, children, admin_key_source)
     wait_until(
-        lambda: http_status(f"{plan.gateway_base}/health") == 200,
+        lambda: (
+            http_status(f"{plan.gateway_base}/health") == 200
+            and (plan.local_prefect_port is None or deployments_registered(plan))
+        ),
         "the runner to register the flows",
         READY_TIMEOUT,
         children,
@@ -405,10 +424,10 @@ def up(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _handle_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 1
     try:
-        run(load_settings(), children)
+        run(load_settings(), children, getattr(args, "log_level", "info"))
     except Shutdown:
         code = 0
-    except StartupError as exc:
+    except (StartupError, ValidationError) as exc:
         print(f"batchgate up: {exc}", file=sys.stderr, flush=True)
     except ChildDied as exc:
         print(

@@ -75,8 +75,14 @@ class StreamingFormParser:
     once, so the caller can stop writing and discard the partial blob.
     """
 
-    def __init__(self, content_type: str | None, sink: BinaryIO, *, max_file_bytes: int,
-                 file_field: str = FILE_FIELD) -> None:
+    def __init__(
+        self,
+        content_type: str | None,
+        sink: BinaryIO,
+        *,
+        max_file_bytes: int,
+        file_field: str = FILE_FIELD,
+    ) -> None:
         self.sink = sink
         self.max_file_bytes = max_file_bytes
         self.file_field = file_field
@@ -88,16 +94,19 @@ class StreamingFormParser:
         self._field_name = ""
         self._field_value = bytearray()
         self._ended = False
-        self._parser = MultipartParser(multipart_boundary(content_type), {
-            "on_part_begin": self._on_part_begin,
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-            "on_part_end": self._on_part_end,
-            "on_end": self._on_end,
-        })
+        self._parser = MultipartParser(
+            multipart_boundary(content_type),
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
 
     # -- public -----------------------------------------------------------
 
@@ -113,8 +122,9 @@ class StreamingFormParser:
         except FormParserError as exc:
             raise UploadMalformed(f"Malformed multipart body: {exc}", param="file") from exc
         if not self._ended:
-            raise UploadMalformed("The multipart body ended before its closing boundary.",
-                                  param="file")
+            raise UploadMalformed(
+                "The multipart body ended before its closing boundary.", param="file"
+            )
         return self.form
 
     # -- parser callbacks -------------------------------------------------
@@ -145,7 +155,8 @@ class StreamingFormParser:
                 raise UploadMalformed("Send exactly one file.", param=self.file_field)
             raw_filename = options.get(b"filename")
             self.form.filename = safe_filename(
-                raw_filename.decode("utf-8", errors="replace") if raw_filename else None)
+                raw_filename.decode("utf-8", errors="replace") if raw_filename else None
+            )
             ctype = self._headers.get("content-type")
             self.form.file_content_type = ctype.decode("latin-1").strip() if ctype else None
             self._mode = "file"
@@ -168,16 +179,18 @@ class StreamingFormParser:
         elif self._mode == "field":
             self._field_value += data[start:end]
             if len(self._field_value) > MAX_FIELD_BYTES:
-                raise UploadMalformed(f"Form field {self._field_name!r} is too long.",
-                                      param=self._field_name)
+                raise UploadMalformed(
+                    f"Form field {self._field_name!r} is too long.", param=self._field_name
+                )
 
     def _on_part_end(self) -> None:
         if self._mode == "field":
             try:
                 value = bytes(self._field_value).decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise UploadMalformed(f"Form field {self._field_name!r} is not UTF-8.",
-                                      param=self._field_name) from exc
+                raise UploadMalformed(
+                    f"Form field {self._field_name!r} is not UTF-8.", param=self._field_name
+                ) from exc
             self.form.fields[self._field_name] = value
         self._mode = None
 

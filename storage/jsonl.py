@@ -23,9 +23,9 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 BOM = b"\xef\xbb\xbf"
-# Far above any sane request (OpenAI caps a whole batch file at 200 MB) yet a
-# hard ceiling on what one line can cost in memory.
-MAX_LINE_BYTES = 64 << 20
+# Room for a request with large inline images, yet a hard ceiling on what one
+# line can cost: reading it takes about twice its size, parsing it about once more.
+MAX_LINE_BYTES = 32 << 20
 READ_BUFFER = 1 << 20
 
 
@@ -63,7 +63,7 @@ class _BlockReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         while not self._pending:
             block = next(self._blocks, None)
             if block is None:

@@ -98,9 +98,7 @@ class MetadataStore:
                     continue
                 with self.transaction():
                     self._conn.execute(body)
-                    self._conn.execute(
-                        "INSERT INTO schema_version VALUES (?, ?)", [number, now()]
-                    )
+                    self._conn.execute("INSERT INTO schema_version VALUES (?, ?)", [number, now()])
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -117,8 +115,9 @@ class MetadataStore:
         with self._lock:
             return self._conn.execute(sql, list(params)).fetchall()
 
-    def _fetch(self, table: str, record_cls: type[R], where: str, params: Sequence[Any],
-               tail: str = "") -> list[R]:
+    def _fetch(
+        self, table: str, record_cls: type[R], where: str, params: Sequence[Any], tail: str = ""
+    ) -> list[R]:
         cols = _columns(record_cls)
         sql = f"SELECT {', '.join(cols)} FROM {table} WHERE {where} {tail}"
         rows = self.execute(sql, params)
@@ -130,8 +129,9 @@ class MetadataStore:
         marks = ", ".join("?" for _ in values)
         self.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(values.values()))
 
-    def _update(self, table: str, key_where: str, key_params: Sequence[Any],
-                fields: dict[str, Any]) -> int:
+    def _update(
+        self, table: str, key_where: str, key_params: Sequence[Any], fields: dict[str, Any]
+    ) -> int:
         if not fields:
             return 0
         values = _encode(table, fields)
@@ -155,18 +155,24 @@ class MetadataStore:
 
     def find_api_key(self, clear_key: str) -> ApiKeyRecord | None:
         found = self._fetch(
-            "api_keys", ApiKeyRecord, "key_hash = ? AND revoked_at IS NULL",
+            "api_keys",
+            ApiKeyRecord,
+            "key_hash = ? AND revoked_at IS NULL",
             [ids.hash_key(clear_key)],
         )
         return found[0] if found else None
 
     def list_api_keys(self) -> list[ApiKeyRecord]:
-        return self._fetch("api_keys", ApiKeyRecord, "revoked_at IS NULL", [],
-                           "ORDER BY created_at, id")
+        return self._fetch(
+            "api_keys", ApiKeyRecord, "revoked_at IS NULL", [], "ORDER BY created_at, id"
+        )
 
     def revoke_api_key(self, key_id: str) -> bool:
-        return bool(self._update("api_keys", "id = ? AND revoked_at IS NULL", [key_id],
-                                 {"revoked_at": now()}))
+        return bool(
+            self._update(
+                "api_keys", "id = ? AND revoked_at IS NULL", [key_id], {"revoked_at": now()}
+            )
+        )
 
     # -- files ------------------------------------------------------------
 
@@ -174,8 +180,9 @@ class MetadataStore:
         self._insert("files", record)
         return record
 
-    def get_file(self, file_id: str, api_key_id: str | None = None, *,
-                 include_gone: bool = False) -> FileRecord | None:
+    def get_file(
+        self, file_id: str, api_key_id: str | None = None, *, include_gone: bool = False
+    ) -> FileRecord | None:
         """A file visible to `api_key_id` (any owner when None); deleted or expired
         files are invisible unless `include_gone`."""
         where, params = ["id = ?"], [file_id]
@@ -188,13 +195,18 @@ class MetadataStore:
         found = self._fetch("files", FileRecord, " AND ".join(where), params)
         return found[0] if found else None
 
-    def list_files(self, api_key_id: str, *, purpose: str | None = None, limit: int = 10000,
-                   order: str = "desc", after: FileRecord | None = None
-                   ) -> tuple[list[FileRecord], bool]:
+    def list_files(
+        self,
+        api_key_id: str,
+        *,
+        purpose: str | None = None,
+        limit: int = 10000,
+        order: str = "desc",
+        after: FileRecord | None = None,
+    ) -> tuple[list[FileRecord], bool]:
         """One page of a key's live files, ordered by (created_at, id)."""
         direction = "DESC" if order == "desc" else "ASC"
-        where = ["api_key_id = ?", "deleted_at IS NULL",
-                 "(expires_at IS NULL OR expires_at > ?)"]
+        where = ["api_key_id = ?", "deleted_at IS NULL", "(expires_at IS NULL OR expires_at > ?)"]
         params: list[Any] = [api_key_id, now()]
         if purpose:
             where.append("purpose = ?")
@@ -204,23 +216,31 @@ class MetadataStore:
             where.append(f"(created_at, id) {op} (?, ?)")
             params.extend([after.created_at, after.id])
         rows = self._fetch(
-            "files", FileRecord, " AND ".join(where), params,
+            "files",
+            FileRecord,
+            " AND ".join(where),
+            params,
             f"ORDER BY created_at {direction}, id {direction} LIMIT {int(limit) + 1}",
         )
         return rows[:limit], len(rows) > limit
 
     def mark_file_deleted(self, file_id: str) -> bool:
-        return bool(self._update("files", "id = ? AND deleted_at IS NULL", [file_id],
-                                 {"deleted_at": now()}))
+        return bool(
+            self._update("files", "id = ? AND deleted_at IS NULL", [file_id], {"deleted_at": now()})
+        )
 
     def update_file(self, file_id: str, **fields: Any) -> int:
         return self._update("files", "id = ?", [file_id], fields)
 
     def expired_files(self, at: int | None = None) -> list[FileRecord]:
         """Files past their own `expires_at` that still have bytes."""
-        return self._fetch("files", FileRecord,
-                           "deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?",
-                           [at if at is not None else now()], "ORDER BY expires_at, id")
+        return self._fetch(
+            "files",
+            FileRecord,
+            "deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?",
+            [at if at is not None else now()],
+            "ORDER BY expires_at, id",
+        )
 
     def live_blob_names(self) -> set[str]:
         return {r[0] for r in self.execute("SELECT blob_name FROM files WHERE deleted_at IS NULL")}
@@ -239,37 +259,53 @@ class MetadataStore:
         found = self._fetch("batches", BatchRecord, where, params)
         return found[0] if found else None
 
-    def list_batches(self, api_key_id: str, *, limit: int = 20,
-                     after: BatchRecord | None = None) -> tuple[list[BatchRecord], bool]:
+    def list_batches(
+        self, api_key_id: str, *, limit: int = 20, after: BatchRecord | None = None
+    ) -> tuple[list[BatchRecord], bool]:
         where, params = ["api_key_id = ?"], [api_key_id]
         if after is not None:
             where.append("(created_at, id) < (?, ?)")
             params.extend([after.created_at, after.id])
-        rows = self._fetch("batches", BatchRecord, " AND ".join(where), params,
-                           f"ORDER BY created_at DESC, id DESC LIMIT {int(limit) + 1}")
+        rows = self._fetch(
+            "batches",
+            BatchRecord,
+            " AND ".join(where),
+            params,
+            f"ORDER BY created_at DESC, id DESC LIMIT {int(limit) + 1}",
+        )
         return rows[:limit], len(rows) > limit
 
     def update_batch(self, batch_id: str, **fields: Any) -> int:
         return self._update("batches", "id = ?", [batch_id], fields)
 
-    def transition_batch(self, batch_id: str, from_statuses: Iterable[str],
-                         **fields: Any) -> bool:
+    def transition_batch(self, batch_id: str, from_statuses: Iterable[str], **fields: Any) -> bool:
         """Compare-and-set: apply `fields` only while the status is one of
         `from_statuses`, so a concurrent cancel or outside change wins."""
         allowed = list(from_statuses)
         marks = ", ".join("?" for _ in allowed)
-        return bool(self._update("batches", f"id = ? AND status IN ({marks})",
-                                 [batch_id, *allowed], fields))
+        return bool(
+            self._update("batches", f"id = ? AND status IN ({marks})", [batch_id, *allowed], fields)
+        )
 
     def terminal_batches(self) -> list[BatchRecord]:
         marks = ", ".join("?" for _ in TERMINAL_STATUSES)
-        return self._fetch("batches", BatchRecord, f"status IN ({marks})",
-                           sorted(TERMINAL_STATUSES), "ORDER BY created_at ASC, id ASC")
+        return self._fetch(
+            "batches",
+            BatchRecord,
+            f"status IN ({marks})",
+            sorted(TERMINAL_STATUSES),
+            "ORDER BY created_at ASC, id ASC",
+        )
 
     def live_batches(self) -> list[BatchRecord]:
         marks = ", ".join("?" for _ in LIVE_STATUSES)
-        return self._fetch("batches", BatchRecord, f"status IN ({marks})",
-                           sorted(LIVE_STATUSES), "ORDER BY created_at ASC, id ASC")
+        return self._fetch(
+            "batches",
+            BatchRecord,
+            f"status IN ({marks})",
+            sorted(LIVE_STATUSES),
+            "ORDER BY created_at ASC, id ASC",
+        )
 
     # -- chunks (the execution checkpoint) --------------------------------
 
@@ -282,8 +318,9 @@ class MetadataStore:
             if existing and existing[0]:
                 return
             for chunk in chunks:
-                values = _encode("batch_chunks",
-                                 {c: getattr(chunk, c) for c in _columns(ChunkRecord)})
+                values = _encode(
+                    "batch_chunks", {c: getattr(chunk, c) for c in _columns(ChunkRecord)}
+                )
                 conn.execute(
                     f"INSERT INTO batch_chunks ({', '.join(values)}) "
                     f"VALUES ({', '.join('?' for _ in values)})",
@@ -291,19 +328,34 @@ class MetadataStore:
                 )
 
     def get_chunks(self, batch_id: str) -> list[ChunkRecord]:
-        return self._fetch("batch_chunks", ChunkRecord, "batch_id = ?", [batch_id],
-                           "ORDER BY chunk_index")
+        return self._fetch(
+            "batch_chunks", ChunkRecord, "batch_id = ?", [batch_id], "ORDER BY chunk_index"
+        )
 
-    def complete_chunk(self, batch_id: str, chunk_index: int, *, completed: int, failed: int,
-                       usage: dict[str, Any] | None, model: str | None) -> bool:
+    def complete_chunk(
+        self,
+        batch_id: str,
+        chunk_index: int,
+        *,
+        completed: int,
+        failed: int,
+        usage: dict[str, Any] | None,
+        model: str | None,
+    ) -> bool:
         """Mark a chunk done and add its counts to the batch, in one transaction.
         Returns False if it was already done (a repeated post changes nothing)."""
         with self.transaction() as conn:
             row = conn.execute(
                 "UPDATE batch_chunks SET done = TRUE, completed = ?, failed = ?, usage = ?, "
                 "model = ? WHERE batch_id = ? AND chunk_index = ? AND NOT done RETURNING 1",
-                [completed, failed, orjson.dumps(usage).decode() if usage else None, model,
-                 batch_id, chunk_index],
+                [
+                    completed,
+                    failed,
+                    orjson.dumps(usage).decode() if usage else None,
+                    model,
+                    batch_id,
+                    chunk_index,
+                ],
             ).fetchall()
             if not row:
                 return False
@@ -318,11 +370,11 @@ class MetadataStore:
     def upsert_provider(self, record: ProviderRecord) -> ProviderRecord:
         with self.transaction() as conn:
             if record.is_default:
-                conn.execute("UPDATE providers SET is_default = FALSE WHERE name <> ?",
-                             [record.name])
+                conn.execute(
+                    "UPDATE providers SET is_default = FALSE WHERE name <> ?", [record.name]
+                )
             conn.execute("DELETE FROM providers WHERE name = ?", [record.name])
-            values = _encode("providers",
-                             {c: getattr(record, c) for c in _columns(ProviderRecord)})
+            values = _encode("providers", {c: getattr(record, c) for c in _columns(ProviderRecord)})
             conn.execute(
                 f"INSERT INTO providers ({', '.join(values)}) "
                 f"VALUES ({', '.join('?' for _ in values)})",

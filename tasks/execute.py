@@ -51,9 +51,14 @@ class ChunkResult:
 
     def as_post(self) -> dict[str, Any]:
         """The fields of the checkpoint post to the gateway."""
-        return {"output": bytes(self.output), "errors": bytes(self.errors),
-                "completed": self.completed, "failed": self.failed,
-                "usage": self.usage if self.completed else None, "model": self.model}
+        return {
+            "output": bytes(self.output),
+            "errors": bytes(self.errors),
+            "completed": self.completed,
+            "failed": self.failed,
+            "usage": self.usage if self.completed else None,
+            "model": self.model,
+        }
 
 
 def parse_chunk(data: bytes) -> list[dict[str, Any]]:
@@ -61,9 +66,13 @@ def parse_chunk(data: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(raw) for _, raw in iter_chunk_lines(data)]
 
 
-async def execute_lines(lines: Sequence[dict[str, Any]], endpoint: str,
-                        providers: Sequence[ProviderRecord], client: UpstreamClient,
-                        stop_reason: Callable[[], str | None]) -> ChunkResult:
+async def execute_lines(
+    lines: Sequence[dict[str, Any]],
+    endpoint: str,
+    providers: Sequence[ProviderRecord],
+    client: UpstreamClient,
+    stop_reason: Callable[[], str | None],
+) -> ChunkResult:
     """Run every line; each ends as exactly one output or error line, in input order."""
     path = UPSTREAM_PATHS[endpoint]
 
@@ -76,21 +85,30 @@ async def execute_lines(lines: Sequence[dict[str, Any]], endpoint: str,
         body = line["body"]
         route = resolve_route(body.get("model"), providers)
         if isinstance(route, RoutingError):
-            response = {"status_code": route.status, "request_id": None,
-                        "body": route.error_body()}
+            response = {"status_code": route.status, "request_id": None, "body": route.error_body()}
             return False, result_line(custom_id, response), None
         if stop_reason():
             return False, stopped_line(custom_id), None
         result = await client.send(
-            route.provider, path, orjson.dumps(prepare_body(body, route.upstream_model)),
-            custom_id=custom_id, should_stop=lambda: stop_reason() is not None)
+            route.provider,
+            path,
+            orjson.dumps(prepare_body(body, route.upstream_model)),
+            custom_id=custom_id,
+            should_stop=lambda: stop_reason() is not None,
+        )
         if result.status_code is None:
             if result.error_code == "stopped":
                 return False, stopped_line(custom_id), None
-            return False, result_line(custom_id, None, code=result.error_code,
-                                      message=result.error_message), None
-        response = {"status_code": result.status_code, "request_id": result.request_id,
-                    "body": result.body}
+            return (
+                False,
+                result_line(custom_id, None, code=result.error_code, message=result.error_message),
+                None,
+            )
+        response = {
+            "status_code": result.status_code,
+            "request_id": result.request_id,
+            "body": result.body,
+        }
         return result.ok, result_line(custom_id, response), result.body
 
     outcome = ChunkResult()

@@ -63,10 +63,12 @@ class Outcome:
 
 OUTCOMES = {
     "completed": Outcome("completed", None, None),
-    "cancelled": Outcome("cancelled", "batch_cancelled", "The batch was cancelled before "
-                         "this request was sent."),
-    "expired": Outcome("expired", "batch_expired", "The batch expired before this request "
-                       "was sent."),
+    "cancelled": Outcome(
+        "cancelled", "batch_cancelled", "The batch was cancelled before this request was sent."
+    ),
+    "expired": Outcome(
+        "expired", "batch_expired", "The batch expired before this request was sent."
+    ),
 }
 
 
@@ -102,9 +104,13 @@ class BatchLedger:
 
     def control(self, batch: BatchRecord) -> dict[str, Any]:
         """What a run needs to know between requests: status and deadline."""
-        return {"status": batch.status, "expires_at": batch.expires_at,
-                "endpoint": batch.endpoint, "total": batch.total,
-                "lease_seconds": self.lease_seconds}
+        return {
+            "status": batch.status,
+            "expires_at": batch.expires_at,
+            "endpoint": batch.endpoint,
+            "total": batch.total,
+            "lease_seconds": self.lease_seconds,
+        }
 
     # -- leases -------------------------------------------------------------
 
@@ -117,8 +123,10 @@ class BatchLedger:
         if held:
             raise LeaseLost(f"{batch_id} is being processed by another run")
         token = secrets.token_hex(16)
-        fields: dict[str, Any] = {"lease_token": token,
-                                  "lease_expires_at": time.time() + self.lease_seconds}
+        fields: dict[str, Any] = {
+            "lease_token": token,
+            "lease_expires_at": time.time() + self.lease_seconds,
+        }
         if flow_run_id:
             fields["flow_run_id"] = flow_run_id
         if not self.store.transition_batch(batch_id, [batch.status], **fields):
@@ -147,31 +155,59 @@ class BatchLedger:
     def input_blocks(self, batch_id: str) -> Iterator[bytes]:
         return self.blobs.iter_bytes(self._input_file(self.batch(batch_id)).blob_name)
 
-    def save_plan(self, batch_id: str, token: str, *, total: int, chunks: Sequence[dict],
-                  errors: Sequence[dict], models: Sequence[str]) -> dict[str, Any]:
+    def save_plan(
+        self,
+        batch_id: str,
+        token: str,
+        *,
+        total: int,
+        chunks: Sequence[dict],
+        errors: Sequence[dict],
+        models: Sequence[str],
+    ) -> dict[str, Any]:
         """Record validation: a failed batch with its errors, or the chunk plan."""
         batch = self._leased(batch_id, token)
         planned_while_cancelling = batch.status == "cancelling" and not self.store.get_chunks(
-            batch_id)
+            batch_id
+        )
         if batch.status != "validating" and not planned_while_cancelling:
             return self.control(batch)
         at = now()
         if errors:
-            self.store.transition_batch(batch_id, ["validating", "cancelling"], status="failed",
-                                        errors=list(errors), total=0, **st.stamp("failed", at))
+            self.store.transition_batch(
+                batch_id,
+                ["validating", "cancelling"],
+                status="failed",
+                errors=list(errors),
+                total=0,
+                **st.stamp("failed", at),
+            )
         else:
-            self.store.save_chunks(batch_id, [
-                ChunkRecord(batch_id=batch_id, chunk_index=c["index"],
-                            start_offset=c["start_offset"], end_offset=c["end_offset"],
-                            first_line=c["first_line"], line_count=c["line_count"])
-                for c in chunks
-            ])
+            self.store.save_chunks(
+                batch_id,
+                [
+                    ChunkRecord(
+                        batch_id=batch_id,
+                        chunk_index=c["index"],
+                        start_offset=c["start_offset"],
+                        end_offset=c["end_offset"],
+                        first_line=c["first_line"],
+                        line_count=c["line_count"],
+                    )
+                    for c in chunks
+                ],
+            )
             if planned_while_cancelling:  # keep cancelling; finalize ends it
                 self.store.update_batch(batch_id, total=total)
                 return self.control(self.batch(batch_id))
-            self.store.transition_batch(batch_id, ["validating"], status="in_progress",
-                                        total=total, model=models[0] if models else None,
-                                        **st.stamp("in_progress", at))
+            self.store.transition_batch(
+                batch_id,
+                ["validating"],
+                status="in_progress",
+                total=total,
+                model=models[0] if models else None,
+                **st.stamp("in_progress", at),
+            )
         return self.control(self.batch(batch_id))
 
     def chunks(self, batch_id: str) -> list[ChunkRecord]:
@@ -180,8 +216,9 @@ class BatchLedger:
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         batch = self.batch(batch_id)
         chunk = self._chunk(batch_id, index)
-        return self.blobs.read_range(self._input_file(batch).blob_name,
-                                     chunk.start_offset, chunk.end_offset)
+        return self.blobs.read_range(
+            self._input_file(batch).blob_name, chunk.start_offset, chunk.end_offset
+        )
 
     def _chunk(self, batch_id: str, index: int) -> ChunkRecord:
         for chunk in self.store.get_chunks(batch_id):
@@ -191,9 +228,19 @@ class BatchLedger:
 
     # -- checkpoints --------------------------------------------------------
 
-    def record_chunk(self, batch_id: str, token: str, index: int, *, output: bytes,
-                     errors: bytes, completed: int, failed: int,
-                     usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]:
+    def record_chunk(
+        self,
+        batch_id: str,
+        token: str,
+        index: int,
+        *,
+        output: bytes,
+        errors: bytes,
+        completed: int,
+        failed: int,
+        usage: dict[str, Any] | None,
+        model: str | None,
+    ) -> dict[str, Any]:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
         Both parts are always written (maybe empty) so a retried chunk replaces
@@ -204,8 +251,9 @@ class BatchLedger:
         self._chunk(batch_id, index)
         self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
         self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
-        self.store.complete_chunk(batch_id, index, completed=completed, failed=failed,
-                                  usage=usage, model=model)
+        self.store.complete_chunk(
+            batch_id, index, completed=completed, failed=failed, usage=usage, model=model
+        )
         self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))
 
@@ -214,8 +262,13 @@ class BatchLedger:
     def fail(self, batch_id: str, token: str | None, errors: Sequence[dict]) -> BatchRecord:
         batch = self.batch(batch_id) if token is None else self._leased(batch_id, token)
         if not batch.is_terminal:
-            self.store.transition_batch(batch_id, st.sources_of("failed"), status="failed",
-                                        errors=list(errors), **st.stamp("failed", now()))
+            self.store.transition_batch(
+                batch_id,
+                st.sources_of("failed"),
+                status="failed",
+                errors=list(errors),
+                **st.stamp("failed", now()),
+            )
             self._remove_parts(batch_id)
         return self.batch(batch_id)
 
@@ -228,19 +281,27 @@ class BatchLedger:
         batch = self._leased(batch_id, token)
         if batch.is_terminal:
             return batch
-        outcome = OUTCOMES["cancelled"] if batch.status == "cancelling" else OUTCOMES[
-            outcome_name]
+        outcome = OUTCOMES["cancelled"] if batch.status == "cancelling" else OUTCOMES[outcome_name]
         if outcome.target == "completed" and batch.status == "in_progress":
-            self.store.transition_batch(batch_id, ["in_progress"], status="finalizing",
-                                        **st.stamp("finalizing", now()))
+            self.store.transition_batch(
+                batch_id, ["in_progress"], status="finalizing", **st.stamp("finalizing", now())
+            )
         try:
             self._write_results(self.batch(batch_id), outcome)
         except Exception as exc:
             log.exception("finalize of %s failed", batch_id)
-            return self.fail(batch_id, None, [{
-                "code": "finalization_failed", "param": None, "line": None,
-                "message": f"{INTERRUPTED_FINALIZE}: {exc}",
-            }])
+            return self.fail(
+                batch_id,
+                None,
+                [
+                    {
+                        "code": "finalization_failed",
+                        "param": None,
+                        "line": None,
+                        "message": f"{INTERRUPTED_FINALIZE}: {exc}",
+                    }
+                ],
+            )
         return self.batch(batch_id)
 
     def _write_results(self, batch: BatchRecord, outcome: Outcome) -> None:
@@ -259,8 +320,11 @@ class BatchLedger:
                 else:
                     failed += self._write_unrun(batch, chunk, outcome, err)
         at = now()
-        expires_at = (batch.created_at + batch.output_expires_after_seconds
-                      if batch.output_expires_after_seconds else None)
+        expires_at = (
+            batch.created_at + batch.output_expires_after_seconds
+            if batch.output_expires_after_seconds
+            else None
+        )
         files = {"output": (out_id, completed), "error": (err_id, failed)}
         ids: dict[str, str | None] = {}
         for kind, (file_id, count) in files.items():
@@ -270,18 +334,36 @@ class BatchLedger:
                 continue
             ids[kind] = file_id
             if self.store.get_file(file_id, include_gone=True) is None:
-                self.store.insert_file(FileRecord(
-                    id=file_id, api_key_id=batch.api_key_id,
-                    filename=f"{batch.id}_{kind}.jsonl", purpose="batch_output",
-                    bytes=self.blobs.size(file_id), created_at=at, expires_at=expires_at,
-                    deleted_at=None, blob_name=file_id, mime_type="application/jsonl"))
+                self.store.insert_file(
+                    FileRecord(
+                        id=file_id,
+                        api_key_id=batch.api_key_id,
+                        filename=f"{batch.id}_{kind}.jsonl",
+                        purpose="batch_output",
+                        bytes=self.blobs.size(file_id),
+                        created_at=at,
+                        expires_at=expires_at,
+                        deleted_at=None,
+                        blob_name=file_id,
+                        mime_type="application/jsonl",
+                    )
+                )
         usage = sum_usage([c.usage for c in chunks if c.done])
         model = next((c.model for c in chunks if c.done and c.model), None) or batch.model
         moved = self.store.transition_batch(
-            batch.id, st.sources_of(outcome.target), status=outcome.target,
-            output_file_id=ids["output"], error_file_id=ids["error"], completed=completed,
-            failed=failed, usage=usage, model=model, lease_token=None, lease_expires_at=None,
-            **st.stamp(outcome.target, at))
+            batch.id,
+            st.sources_of(outcome.target),
+            status=outcome.target,
+            output_file_id=ids["output"],
+            error_file_id=ids["error"],
+            completed=completed,
+            failed=failed,
+            usage=usage,
+            model=model,
+            lease_token=None,
+            lease_expires_at=None,
+            **st.stamp(outcome.target, at),
+        )
         if not moved:  # ended by someone else meanwhile: leave it exactly as set
             for file_id in (out_id, err_id):
                 self.store.update_file(file_id, deleted_at=at)
@@ -294,8 +376,9 @@ class BatchLedger:
         with self.blobs.open(name) as handle:
             shutil.copyfileobj(handle, out, 1 << 20)
 
-    def _write_unrun(self, batch: BatchRecord, chunk: ChunkRecord, outcome: Outcome,
-                     err: Any) -> int:
+    def _write_unrun(
+        self, batch: BatchRecord, chunk: ChunkRecord, outcome: Outcome, err: Any
+    ) -> int:
         """Error lines for a chunk that never ran (cancel or expiry)."""
         if outcome.unrun_code is None:
             raise RuntimeError(f"chunk {chunk.chunk_index} never finished")
@@ -303,8 +386,9 @@ class BatchLedger:
         count = 0
         for _, raw in iter_chunk_lines(data):
             custom_id = orjson.loads(raw).get("custom_id")
-            err.write(result_line(custom_id, None, code=outcome.unrun_code,
-                                  message=outcome.unrun_message))
+            err.write(
+                result_line(custom_id, None, code=outcome.unrun_code, message=outcome.unrun_message)
+            )
             count += 1
         return count
 
@@ -312,4 +396,3 @@ class BatchLedger:
         for chunk in self.store.get_chunks(batch_id):
             for kind in ("out", "err"):
                 self.blobs.delete(part_name(batch_id, chunk.chunk_index, kind))
-

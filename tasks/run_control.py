@@ -21,8 +21,15 @@ log = logging.getLogger("batchgate.worker")
 
 
 class RunControl:
-    def __init__(self, api: WorkerAPI, batch_id: str, token: str, control: dict[str, Any],
-                 *, heartbeat_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        api: WorkerAPI,
+        batch_id: str,
+        token: str,
+        control: dict[str, Any],
+        *,
+        heartbeat_seconds: float | None = None,
+    ) -> None:
         self.api = api
         self.batch_id = batch_id
         self.token = token

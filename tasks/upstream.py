@@ -131,16 +131,19 @@ def parse_body(content: bytes) -> dict[str, Any] | None:
 
 
 def _transport_error_code(exc: BaseException) -> str:
-    """ "timeout" or "connection_error" for an exception raised by the transport.
+    """ "timeout" or "connection_error" for an exception raised while sending.
 
     The aiohttp transport maps some plain connection failures (a server that
-    hung up) onto httpx.ConnectTimeout, so look at the original cause first.
+    hung up) onto httpx.ConnectTimeout, so an httpx timeout counts as one only
+    when its original cause was a timeout too.
     """
-    cause = exc.__cause__
-    if cause is not None:
-        return "timeout" if isinstance(cause, TimeoutError) else "connection_error"
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, TimeoutError):  # our overall deadline, or aiohttp's own
         return "timeout"
+    if isinstance(exc, httpx.TimeoutException):
+        cause = exc.__cause__
+        return (
+            "timeout" if cause is None or isinstance(cause, TimeoutError) else ("connection_error")
+        )
     return "connection_error"
 
 
@@ -152,7 +155,11 @@ class _Attempt:
 
 
 class UpstreamClient:
-    """Sends request lines to providers; one per worker process, shared by all chunks."""
+    """Sends request lines to providers; one per worker process, shared by all chunks.
+
+    Cheap to construct: the connection pool is made on the first `send`, in
+    the running event loop.
+    """
 
     def __init__(
         self,
@@ -171,19 +178,32 @@ class UpstreamClient:
         self.timeout = timeout
         self.retry_after_max = retry_after_max
         self._sleep = sleep
-        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
-        limits = httpx.Limits(
+        self._limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
         )
+        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:
+        """Pool and semaphores for the running loop.
+
+        aiohttp sessions and semaphores belong to one event loop; a caller that
+        runs each chunk under its own `asyncio.run` gets fresh ones instead of
+        a crash (the old pool died with its loop).
+        """
         # trust_env=False: proxy variables would otherwise mount httpx's own
         # transport for proxied hosts, off the aiohttp hot path.
         self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False),
-            timeout=httpx.Timeout(timeout),
+            transport=AiohttpTransport(limits=self._limits, trust_env=False),
+            timeout=httpx.Timeout(self.timeout),
             trust_env=False,
         )
+        self._semaphores = {}
+        self._loop = loop
+        return self._client
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> UpstreamClient:
@@ -199,7 +219,9 @@ class UpstreamClient:
         return cls(**params)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = self._loop = None
 
     async def __aenter__(self) -> UpstreamClient:
         return self
@@ -226,6 +248,10 @@ class UpstreamClient:
         should_stop: Callable[[], bool] | None = None,
     ) -> UpstreamResult:
         """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says."""
+        loop = asyncio.get_running_loop()
+        client = self._client if loop is self._loop else None
+        if client is None:
+            client = self._bind(loop)
         url = provider.base_url.rstrip("/") + path
         headers = {"Content-Type": "application/json"}
         if provider.api_key:
@@ -240,7 +266,7 @@ class UpstreamClient:
                 return _stopped(attempt)
             attempt += 1
             async with semaphore:
-                outcome = await self._attempt(url, headers, body, attempt)
+                outcome = await self._attempt(client, url, headers, body, attempt)
             if not outcome.retryable or attempt >= self.max_attempts:
                 return outcome.result
             retry_after = outcome.retry_after
@@ -251,11 +277,16 @@ class UpstreamClient:
                 return _stopped(attempt)
 
     async def _attempt(
-        self, url: str, headers: dict[str, str], body: bytes, attempt: int
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        attempt: int,
     ) -> _Attempt:
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self._client.post(url, content=body, headers=headers)
+                response = await client.post(url, content=body, headers=headers)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             message = f"invalid provider URL {url!r}: {exc}"
             return _Attempt(

@@ -42,10 +42,14 @@ def usage_of(body: Any) -> Usage:
     input_tokens = _int(usage.get("input_tokens", usage.get("prompt_tokens")))
     output_tokens = _int(usage.get("output_tokens", usage.get("completion_tokens")))
     total = _int(usage.get("total_tokens")) or input_tokens + output_tokens
-    cached = _int(_details(usage, "input_tokens_details", "prompt_tokens_details")
-                  .get("cached_tokens"))
-    reasoning = _int(_details(usage, "output_tokens_details", "completion_tokens_details")
-                     .get("reasoning_tokens"))
+    cached = _int(
+        _details(usage, "input_tokens_details", "prompt_tokens_details").get("cached_tokens")
+    )
+    reasoning = _int(
+        _details(usage, "output_tokens_details", "completion_tokens_details").get(
+            "reasoning_tokens"
+        )
+    )
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,

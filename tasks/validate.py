@@ -11,10 +11,12 @@ first line past the limit, and reading stops there too.
 
 Why orjson per line and not Polars slices: measured with
 `uv run python bench/validate_bench.py` on this 2-core machine (50,000 chat
-lines, 210 MB, 1 MiB blocks, each approach in its own process): this loop
-0.31-0.37 s with 9 MB RSS growth (61 MB peak); the same framing followed by
-Polars `read_ndjson` with a header-only schema on slices of 1,000 lines
-0.60 s with 37 MB growth (89 MB peak). Every line has to be parsed in full to
+lines, 210 MB, 1 MiB blocks, each approach in its own process, best of 5):
+this loop 0.31-0.37 s wall on an idle machine (0.36 s CPU), 9 MB RSS growth,
+61 MB peak; the same framing followed by Polars `read_ndjson` with a
+header-only schema on slices of 1,000 lines 0.60 s wall (0.54 s CPU), 37 MB
+growth, 89 MB peak. (With other work on the machine both walls rose to
+0.6-0.8 s; the CPU figures held.) Every line has to be parsed in full to
 know it is valid JSON, Polars needs the lines framed and joined first, and a
 slice it refuses still needs a per-line pass to name the bad line; so Polars
 buys nothing here. Framing itself is cheap because the newline search runs in
@@ -22,7 +24,7 @@ C (`BufferedReader.readline`) and lines are never sliced or stripped.
 
 "Valid JSON" means what orjson accepts: nesting deeper than 1,024 levels,
 NaN, lone surrogates and invalid UTF-8 are `invalid_json_line`. A line longer
-than `max_line_bytes` (64 MiB) is one too, without ever being held whole.
+than `max_line_bytes` (32 MiB) is one too, without ever being held whole.
 
 Memory stays flat: lines are seen one at a time (`storage.jsonl.iter_lines`),
 and the duplicate check keeps custom_ids longer than 64 characters as a
@@ -146,8 +148,8 @@ def validate_jsonl(
     `chunks` cut the request lines into spans of `chunk_size` lines; they are
     only meaningful when the result is `ok`.
     """
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be at least 1")
+    if chunk_size < 1 or max_errors < 1:
+        raise ValueError("chunk_size and max_errors must be at least 1")
     errors: list[LineError] = []
     chunks: list[ChunkSpan] = []
     models: list[str] = []
@@ -179,7 +181,15 @@ def validate_jsonl(
             chunks.append(ChunkSpan(len(chunks), chunk_start, chunk_end, chunk_first, chunk_count))
             chunk_count = 0
 
-        error = _check_line(n, data, endpoint, first_seen, models, seen_models)
+        if data is None:
+            error = LineError(
+                "invalid_json_line",
+                f"Line {n}: the line is longer than {max_line_bytes} bytes",
+                None,
+                n,
+            )
+        else:
+            error = _check_line(n, data, endpoint, first_seen, models, seen_models)
         if error is not None:
             errors.append(error)
             if len(errors) >= max_errors:
@@ -188,25 +198,19 @@ def validate_jsonl(
     if chunk_count:
         chunks.append(ChunkSpan(len(chunks), chunk_start, chunk_end, chunk_first, chunk_count))
     if total == 0 and not errors:
-        errors.append(
-            LineError("empty_file", "The input file contains no requests.", None, None)
-        )
-    return ValidationResult(total=total, chunks=chunks, errors=errors[:max_errors], models=models)
+        errors.append(LineError("empty_file", "The input file contains no requests.", None, None))
+    return ValidationResult(total=total, chunks=chunks, errors=errors, models=models)
 
 
 def _check_line(
     n: int,
-    data: bytes | None,
+    data: bytes,
     endpoint: str,
     first_seen: dict[str | bytes, int],
     models: list[str],
     seen_models: set[str],
 ) -> LineError | None:
     """Check one request line; remember its custom_id and model as a side effect."""
-    if data is None:
-        return LineError(
-            "invalid_json_line", f"Line {n}: the line is too long to be a request", None, n
-        )
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -36,13 +36,31 @@ class WorkerAPI(Protocol):
     def renew(self, batch_id: str, token: str) -> dict[str, Any]: ...
     def release(self, batch_id: str, token: str) -> None: ...
     def input_blocks(self, batch_id: str) -> AbstractContextManager[Iterator[bytes]]: ...
-    def save_plan(self, batch_id: str, token: str, *, total: int, chunks: Sequence[dict],
-                  errors: Sequence[dict], models: Sequence[str]) -> dict[str, Any]: ...
+    def save_plan(
+        self,
+        batch_id: str,
+        token: str,
+        *,
+        total: int,
+        chunks: Sequence[dict],
+        errors: Sequence[dict],
+        models: Sequence[str],
+    ) -> dict[str, Any]: ...
     def chunks(self, batch_id: str) -> list[dict[str, Any]]: ...
     def chunk_input(self, batch_id: str, index: int) -> bytes: ...
-    def record_chunk(self, batch_id: str, token: str, index: int, *, output: bytes,
-                     errors: bytes, completed: int, failed: int,
-                     usage: dict[str, Any] | None, model: str | None) -> dict[str, Any]: ...
+    def record_chunk(
+        self,
+        batch_id: str,
+        token: str,
+        index: int,
+        *,
+        output: bytes,
+        errors: bytes,
+        completed: int,
+        failed: int,
+        usage: dict[str, Any] | None,
+        model: str | None,
+    ) -> dict[str, Any]: ...
     def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]: ...
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]: ...
     def providers(self) -> list[ProviderRecord]: ...
@@ -78,8 +96,7 @@ class LocalWorkerAPI:
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         return self.ledger.chunk_input(batch_id, index)
 
-    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any
-                     ) -> dict[str, Any]:
+    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> dict[str, Any]:
         return self.ledger.record_chunk(batch_id, token, index, **result)
 
     def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
@@ -97,8 +114,7 @@ class LocalWorkerAPI:
         return sweep(self.store, self.ledger.blobs)
 
 
-_ERRORS: dict[int, type[LedgerError]] = {404: BatchNotFound, 409: LeaseLost,
-                                          410: InputUnavailable}
+_ERRORS: dict[int, type[LedgerError]] = {404: BatchNotFound, 409: LeaseLost, 410: InputUnavailable}
 
 
 class HttpWorkerAPI:
@@ -110,8 +126,9 @@ class HttpWorkerAPI:
     def __init__(self, base_url: str, token: str, *, patience: float = 120.0) -> None:
         self.base = base_url.rstrip("/") + "/internal"
         self.patience = patience
-        self.http = httpx.Client(headers={"Authorization": f"Bearer {token}"},
-                                 timeout=httpx.Timeout(60.0, connect=5.0))
+        self.http = httpx.Client(
+            headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(60.0, connect=5.0)
+        )
 
     @classmethod
     def from_settings(cls, settings: Any) -> HttpWorkerAPI:
@@ -125,8 +142,12 @@ class HttpWorkerAPI:
         content = orjson.dumps(body) if body is not None else None
         while True:
             try:
-                response = self.http.request(method, self.base + path, content=content,
-                                             headers={"content-type": "application/json"})
+                response = self.http.request(
+                    method,
+                    self.base + path,
+                    content=content,
+                    headers={"content-type": "application/json"},
+                )
             except httpx.TransportError as exc:
                 if time.monotonic() > deadline:
                     raise
@@ -174,19 +195,26 @@ class HttpWorkerAPI:
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         return self._request("GET", f"/batches/{batch_id}/chunks/{index}/input").content
 
-    def record_chunk(self, batch_id: str, token: str, index: int, *, output: bytes,
-                     errors: bytes, **result: Any) -> dict[str, Any]:
-        body = {"lease_token": token, "output": output.decode(), "errors": errors.decode(),
-                **result}
+    def record_chunk(
+        self, batch_id: str, token: str, index: int, *, output: bytes, errors: bytes, **result: Any
+    ) -> dict[str, Any]:
+        body = {
+            "lease_token": token,
+            "output": output.decode(),
+            "errors": errors.decode(),
+            **result,
+        }
         return self._json("POST", f"/batches/{batch_id}/chunks/{index}", body)
 
     def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/finalize",
-                          {"lease_token": token, "outcome": outcome})
+        return self._json(
+            "POST", f"/batches/{batch_id}/finalize", {"lease_token": token, "outcome": outcome}
+        )
 
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/fail",
-                          {"lease_token": token, "errors": list(errors)})
+        return self._json(
+            "POST", f"/batches/{batch_id}/fail", {"lease_token": token, "errors": list(errors)}
+        )
 
     def providers(self) -> list[ProviderRecord]:
         return [ProviderRecord(**p) for p in self._json("GET", "/providers")]

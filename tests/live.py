@@ -38,8 +38,13 @@ def free_port() -> int:
 class LiveGateway:
     """`with LiveGateway(tmp_path) as gw:` - a gateway subprocess on a free port."""
 
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None,
-                 admin_key: str = "admin-test-key") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        admin_key: str = "admin-test-key",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.admin_key = admin_key
         self.port = free_port()
@@ -58,14 +63,16 @@ class LiveGateway:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "BATCHGATE_DATA_DIR": str(self.data_dir),
-            "BATCHGATE_PORT": str(self.port),
-            "BATCHGATE_HOST": "127.0.0.1",
-            "BATCHGATE_ADMIN_KEY": self.admin_key,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "BATCHGATE_DATA_DIR": str(self.data_dir),
+                "BATCHGATE_PORT": str(self.port),
+                "BATCHGATE_HOST": "127.0.0.1",
+                "BATCHGATE_ADMIN_KEY": self.admin_key,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -73,8 +80,11 @@ class LiveGateway:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve"], cwd=REPO_ROOT,
-                env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "gateway.cli", "serve"],
+                cwd=REPO_ROOT,
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         try:
@@ -89,16 +99,19 @@ class LiveGateway:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.process.returncode} during "
-                                   f"start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"gateway exited with {self.process.returncode} during "
+                    f"start-up:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/openapi.json", timeout=2.0).status_code < 500:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"gateway did not answer within {START_TIMEOUT_SECONDS:.0f} s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"gateway did not answer within {START_TIMEOUT_SECONDS:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after the grace period."""
@@ -134,8 +147,12 @@ class LiveGateway:
 
     def create_key(self, name: str) -> str:
         """A new API key through `POST /admin/keys`; returns the clear key."""
-        response = httpx.post(f"{self.url}/admin/keys", json={"name": name},
-                              headers=self.admin_headers(), timeout=10.0)
+        response = httpx.post(
+            f"{self.url}/admin/keys",
+            json={"name": name},
+            headers=self.admin_headers(),
+            timeout=10.0,
+        )
         response.raise_for_status()
         return str(response.json()["key"])
 
@@ -167,8 +184,9 @@ def inprocess_app(data_dir: Path, flow_runs: Any | None = None, **settings: Any)
     from gateway.settings import load_settings
 
     settings.setdefault("admin_key", "admin-test-key")
-    return create_app(load_settings(data_dir=data_dir, **settings),
-                      flow_runs=flow_runs or FakeFlowRuns())
+    return create_app(
+        load_settings(data_dir=data_dir, **settings), flow_runs=flow_runs or FakeFlowRuns()
+    )
 
 
 @contextlib.asynccontextmanager
@@ -176,6 +194,7 @@ async def asgi_client(app: Any, key: str | None = None):  # noqa: ANN201 - async
     """An httpx client speaking to `app` in process, with `key` as bearer if given."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
-                                 headers=headers) as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gateway", headers=headers
+    ) as client:
         yield client

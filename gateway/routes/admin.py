@@ -34,8 +34,12 @@ def mask_secret(secret: str) -> str:
 
 
 def key_object(record: ApiKeyRecord) -> dict[str, Any]:
-    return {"id": record.id, "object": "api_key", "name": record.name,
-            "created_at": record.created_at}
+    return {
+        "id": record.id,
+        "object": "api_key",
+        "name": record.name,
+        "created_at": record.created_at,
+    }
 
 
 def provider_object(record: ProviderRecord) -> dict[str, Any]:
@@ -55,21 +59,30 @@ def provider_object(record: ProviderRecord) -> dict[str, Any]:
 def _name(body: dict[str, Any], param: str = "name") -> str:
     value = body.get(param)
     if value is None:
-        raise bad_request(f"Missing required parameter: '{param}'.", param=param,
-                          code="missing_required_parameter")
+        raise bad_request(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
-        raise bad_request(f"Invalid '{param}': expected a non-empty string of at most "
-                          f"{MAX_NAME_CHARS} characters.", param=param, code="invalid_value")
+        raise bad_request(
+            f"Invalid '{param}': expected a non-empty string of at most "
+            f"{MAX_NAME_CHARS} characters.",
+            param=param,
+            code="invalid_value",
+        )
     return value.strip()
 
 
 def _typed(body: dict[str, Any], param: str, kind: type, default: Any) -> Any:
     value = body.get(param, default)
     # bool is an int in Python; an integer field must not take true/false.
-    if value is not None and (not isinstance(value, kind) or
-                              (kind is int and isinstance(value, bool))):
-        raise bad_request(f"Invalid '{param}': expected {kind.__name__}.", param=param,
-                          code="invalid_value")
+    if value is not None and (
+        not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+    ):
+        raise bad_request(
+            f"Invalid '{param}': expected {kind.__name__}.", param=param, code="invalid_value"
+        )
     return value
 
 
@@ -77,28 +90,43 @@ def parse_provider(body: dict[str, Any], created_at: int) -> ProviderRecord:
     """A provider connection from an admin request body (SPEC section 4)."""
     name = _name(body)
     if "/" in name:
-        raise bad_request("Invalid 'name': a provider name cannot contain '/' (it prefixes "
-                          "model names as 'provider/model').", param="name",
-                          code="invalid_value")
+        raise bad_request(
+            "Invalid 'name': a provider name cannot contain '/' (it prefixes "
+            "model names as 'provider/model').",
+            param="name",
+            code="invalid_value",
+        )
     base_url = _name(body, "base_url")
     if not base_url.startswith(("http://", "https://")):
-        raise bad_request("Invalid 'base_url': expected an http(s) URL.", param="base_url",
-                          code="invalid_value")
+        raise bad_request(
+            "Invalid 'base_url': expected an http(s) URL.", param="base_url", code="invalid_value"
+        )
     api_key = _typed(body, "api_key", str, "") or ""
     is_active = _typed(body, "is_active", bool, True)
     max_concurrency = _typed(body, "max_concurrency", int, 64)
     if max_concurrency is None or not 1 <= max_concurrency <= 10000:
-        raise bad_request("Invalid 'max_concurrency': expected an integer from 1 to 10000.",
-                          param="max_concurrency", code="invalid_value")
+        raise bad_request(
+            "Invalid 'max_concurrency': expected an integer from 1 to 10000.",
+            param="max_concurrency",
+            code="invalid_value",
+        )
     models = _typed(body, "models", list, None)
     if models is not None and not all(isinstance(m, str) and m for m in models):
-        raise bad_request("Invalid 'models': expected a list of model names.",
-                          param="models", code="invalid_value")
+        raise bad_request(
+            "Invalid 'models': expected a list of model names.",
+            param="models",
+            code="invalid_value",
+        )
     is_default = _typed(body, "default", bool, False)
     return ProviderRecord(
-        name=name, base_url=base_url.rstrip("/"), api_key=api_key,
-        is_active=True if is_active is None else is_active, max_concurrency=max_concurrency,
-        models=models, is_default=bool(is_default), created_at=created_at,
+        name=name,
+        base_url=base_url.rstrip("/"),
+        api_key=api_key,
+        is_active=True if is_active is None else is_active,
+        max_concurrency=max_concurrency,
+        models=models,
+        is_default=bool(is_default),
+        created_at=created_at,
     )
 
 
@@ -121,12 +149,18 @@ def load_configured_providers(state: Any) -> None:
     The config file wins over a same-named connection made at run time."""
     for config in state.settings.providers:
         existing = state.store.get_provider(config.name)
-        state.store.upsert_provider(ProviderRecord(
-            name=config.name, base_url=config.base_url.rstrip("/"), api_key=config.api_key,
-            is_active=config.is_active, max_concurrency=config.max_concurrency,
-            models=config.models, is_default=config.default,
-            created_at=existing.created_at if existing else now(),
-        ))
+        state.store.upsert_provider(
+            ProviderRecord(
+                name=config.name,
+                base_url=config.base_url.rstrip("/"),
+                api_key=config.api_key,
+                is_active=config.is_active,
+                max_concurrency=config.max_concurrency,
+                models=config.models,
+                is_default=config.default,
+                created_at=existing.created_at if existing else now(),
+            )
+        )
 
 
 # -- routes ---------------------------------------------------------------

@@ -49,8 +49,9 @@ def _first_model(state: Any, blob_name: str) -> str | None:
 
 async def launch(state: Any, batch: BatchRecord) -> None:
     """Start a flow run for the batch; on failure the reconciler tries again."""
-    state.store.update_batch(batch.id, lease_token=None,
-                             lease_expires_at=time.time() + LAUNCH_GRACE_SECONDS)
+    state.store.update_batch(
+        batch.id, lease_token=None, lease_expires_at=time.time() + LAUNCH_GRACE_SECONDS
+    )
     try:
         flow_run_id = await state.flow_runs.start_batch(batch)
     except Exception as exc:
@@ -75,18 +76,24 @@ async def create_batch(request: Request) -> Response:
     if input_file is None:
         raise not_found("File", parsed.input_file_id, param="input_file_id")
     if input_file.purpose != "batch":
-        raise bad_request(f"File {input_file.id} has purpose '{input_file.purpose}'; a batch "
-                          "needs a file uploaded with purpose 'batch'.", param="input_file_id")
+        raise bad_request(
+            f"File {input_file.id} has purpose '{input_file.purpose}'; a batch "
+            "needs a file uploaded with purpose 'batch'.",
+            param="input_file_id",
+        )
     created = now()
     batch = BatchRecord(
-        id=ids.new_batch_id(), api_key_id=key.id, endpoint=parsed.endpoint,
-        input_file_id=input_file.id, completion_window=parsed.completion_window,
-        status="validating", created_at=created,
+        id=ids.new_batch_id(),
+        api_key_id=key.id,
+        endpoint=parsed.endpoint,
+        input_file_id=input_file.id,
+        completion_window=parsed.completion_window,
+        status="validating",
+        created_at=created,
         expires_at=created + state.settings.completion_window_seconds,
         metadata=parsed.metadata,
         output_expires_after_seconds=parsed.output_expires_after_seconds,
-        output_expires_after_anchor="created_at" if parsed.output_expires_after_seconds
-        else None,
+        output_expires_after_anchor="created_at" if parsed.output_expires_after_seconds else None,
         model=await run_in_threadpool(_first_model, state, input_file.blob_name),
     )
     state.store.insert_batch(batch)
@@ -119,9 +126,15 @@ async def list_batches(request: Request) -> Response:
             raise bad_request(f"No such Batch object: {after_id}", param="after")
     rows, has_more = store.list_batches(key.id, limit=limit, after=after)
     data = [batch_object(r) for r in rows]
-    return JSONResponse({"object": "list", "data": data,
-                         "first_id": data[0]["id"] if data else None,
-                         "last_id": data[-1]["id"] if data else None, "has_more": has_more})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
 
 
 async def retrieve_batch(request: Request) -> Response:
@@ -141,13 +154,18 @@ async def cancel_batch(request: Request) -> Response:
     if batch is None:
         raise not_found("Batch", batch_id)
     if batch.status in st.CANCELLABLE:
-        store.transition_batch(batch_id, st.CANCELLABLE, status="cancelling",
-                               **st.stamp("cancelling", now()))
+        store.transition_batch(
+            batch_id, st.CANCELLABLE, status="cancelling", **st.stamp("cancelling", now())
+        )
         batch = store.get_batch(batch_id)
     if batch is None or batch.is_terminal:
         status = batch.status if batch else "unknown"
-        raise APIError(409, f"Cannot cancel a batch with status '{status}'.",
-                       code="batch_not_cancellable", headers={"x-should-retry": "false"})
+        raise APIError(
+            409,
+            f"Cannot cancel a batch with status '{status}'.",
+            code="batch_not_cancellable",
+            headers={"x-should-retry": "false"},
+        )
     return JSONResponse(batch_object(batch))
 
 
@@ -158,8 +176,11 @@ async def reconcile_once(state: Any) -> int:
     for batch in state.store.live_batches():
         if (batch.lease_expires_at or 0) > time.time():
             continue
-        if batch.lease_token is None and batch.flow_run_id and \
-                await state.flow_runs.is_queued(batch.flow_run_id):
+        if (
+            batch.lease_token is None
+            and batch.flow_run_id
+            and await state.flow_runs.is_queued(batch.flow_run_id)
+        ):
             continue
         log.info("batch %s has no live run; starting one", batch.id)
         await launch(state, batch)

@@ -8,11 +8,12 @@ deleted, expired or another key's is the same 404 everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -49,13 +50,18 @@ class UploadParams:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"File exceeds the maximum upload size of {limit} bytes.",
-                    param="file", code="file_too_large")
+    return APIError(
+        413,
+        f"File exceeds the maximum upload size of {limit} bytes.",
+        param="file",
+        code="file_too_large",
+    )
 
 
 def _missing(param: str) -> APIError:
-    return bad_request(f"Missing required parameter: '{param}'.", param=param,
-                       code="missing_required_parameter")
+    return bad_request(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
 
 
 def parse_expires_after(fields: Mapping[str, str]) -> int | None:
@@ -67,18 +73,27 @@ def parse_expires_after(fields: Mapping[str, str]) -> int | None:
     if anchor is None:
         anchor = "created_at"  # the only anchor there is
     if anchor != "created_at":
-        raise bad_request(f"Invalid 'expires_after.anchor': {anchor!r}. Expected 'created_at'.",
-                          param="expires_after.anchor", code="invalid_value")
+        raise bad_request(
+            f"Invalid 'expires_after.anchor': {anchor!r}. Expected 'created_at'.",
+            param="expires_after.anchor",
+            code="invalid_value",
+        )
     if seconds is None:
         raise _missing("expires_after.seconds")
     value = parse_int(seconds)
     if value is None:
-        raise bad_request("Invalid 'expires_after.seconds': expected an integer.",
-                          param="expires_after.seconds", code="invalid_value")
+        raise bad_request(
+            "Invalid 'expires_after.seconds': expected an integer.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
     if not MIN_EXPIRES_SECONDS <= value <= MAX_EXPIRES_SECONDS:
         raise bad_request(
             f"Invalid 'expires_after.seconds': must be between {MIN_EXPIRES_SECONDS} and "
-            f"{MAX_EXPIRES_SECONDS}.", param="expires_after.seconds", code="invalid_value")
+            f"{MAX_EXPIRES_SECONDS}.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
     return value
 
 
@@ -90,9 +105,12 @@ def upload_params(form: UploadForm, created_at: int, batch_ttl_seconds: int) -> 
     if purpose is None or purpose == "":
         raise _missing("purpose")
     if purpose not in UPLOAD_PURPOSES:
-        raise bad_request(f"Invalid 'purpose': {purpose!r}. Expected one of "
-                          f"{', '.join(sorted(UPLOAD_PURPOSES))}.", param="purpose",
-                          code="invalid_value")
+        raise bad_request(
+            f"Invalid 'purpose': {purpose!r}. Expected one of "
+            f"{', '.join(sorted(UPLOAD_PURPOSES))}.",
+            param="purpose",
+            code="invalid_value",
+        )
     seconds = parse_expires_after(form.fields)
     if seconds is None and purpose == "batch":
         seconds = batch_ttl_seconds
@@ -111,6 +129,17 @@ def is_jsonl(record: FileRecord) -> bool:
 # -- routes ---------------------------------------------------------------
 
 
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop up to DRAIN_LIMIT more bytes of a refused body, so a client
+    still sending gets the error answer rather than a reset connection."""
+    drained = 0
+    with contextlib.suppress(ClientDisconnect):
+        async for chunk in stream:
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                break
+
+
 async def _receive_into_blob(request: Request, blob_name: str, max_bytes: int) -> UploadForm:
     """Stream the multipart body; the file part lands in the blob `blob_name`.
     On any failure the partial blob is discarded."""
@@ -119,19 +148,20 @@ async def _receive_into_blob(request: Request, blob_name: str, max_bytes: int) -
     sink = writer.__enter__()
     stream = request.stream()
     try:
-        parser = StreamingFormParser(request.headers.get("content-type"), sink,
-                                     max_file_bytes=max_bytes)
+        parser = StreamingFormParser(
+            request.headers.get("content-type"), sink, max_file_bytes=max_bytes
+        )
         async for chunk in stream:
             parser.feed(chunk)
         form = parser.finish()
     except UploadTooLarge as exc:
         writer.__exit__(type(exc), exc, exc.__traceback__)
-        drained = 0
-        async for chunk in stream:
-            drained += len(chunk)
-            if drained > DRAIN_LIMIT:
-                break
+        await _drain(stream)
         raise _too_large(max_bytes) from None
+    except ClientDisconnect as exc:
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+        # Nobody will read this answer; it only keeps the log free of a traceback.
+        raise bad_request("The client disconnected during the upload.", param="file") from None
     except UploadMalformed as exc:
         writer.__exit__(type(exc), exc, exc.__traceback__)
         raise bad_request(exc.message, param=exc.param) from None
@@ -149,17 +179,27 @@ async def create_file(request: Request) -> Response:
     limit = state.settings.max_file_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
+        await _drain(request.stream())
         raise _too_large(limit)
     file_id = ids.new_file_id()
     form = await _receive_into_blob(request, file_id, limit)
     created_at = now()
     try:
         params = upload_params(form, created_at, state.settings.batch_file_ttl_seconds)
-        record = state.store.insert_file(FileRecord(
-            id=file_id, api_key_id=key.id, filename=params.filename, purpose=params.purpose,
-            bytes=form.file_bytes, created_at=created_at, expires_at=params.expires_at,
-            deleted_at=None, blob_name=file_id, mime_type=params.mime_type,
-        ))
+        record = state.store.insert_file(
+            FileRecord(
+                id=file_id,
+                api_key_id=key.id,
+                filename=params.filename,
+                purpose=params.purpose,
+                bytes=form.file_bytes,
+                created_at=created_at,
+                expires_at=params.expires_at,
+                deleted_at=None,
+                blob_name=file_id,
+                mime_type=params.mime_type,
+            )
+        )
     except BaseException:
         state.blobs.delete(file_id)
         raise
@@ -188,8 +228,9 @@ async def list_files(request: Request) -> Response:
         after = store.get_file(after_id, key.id, include_gone=True)
         if after is None:
             raise not_found("File", after_id, param="after")
-    records, has_more = store.list_files(key.id, purpose=purpose, limit=limit, order=order,
-                                         after=after)
+    records, has_more = store.list_files(
+        key.id, purpose=purpose, limit=limit, order=order, after=after
+    )
     return JSONResponse(list_envelope([file_object(r) for r in records], has_more))
 
 
@@ -219,8 +260,11 @@ async def file_content(request: Request) -> Response:
     except FileNotFoundError:
         raise not_found("File", record.id) from None
     media_type = JSONL_MIME if is_jsonl(record) else "application/octet-stream"
-    return StreamingResponse(blobs.iter_bytes(record.blob_name), media_type=media_type,
-                             headers={"content-length": str(size)})
+    return StreamingResponse(
+        blobs.iter_bytes(record.blob_name),
+        media_type=media_type,
+        headers={"content-length": str(size)},
+    )
 
 
 routes: list[Route] = [

@@ -21,8 +21,12 @@ READY_TIMEOUT_SECONDS = 5.0
 
 async def flow_runs_ready(flow_runs: object) -> bool:
     try:
-        return bool(await asyncio.wait_for(flow_runs.ready(),  # type: ignore[attr-defined]
-                                           READY_TIMEOUT_SECONDS))
+        return bool(
+            await asyncio.wait_for(
+                flow_runs.ready(),  # type: ignore[attr-defined]
+                READY_TIMEOUT_SECONDS,
+            )
+        )
     except Exception as exc:  # a broken probe means "not ready", never a 500
         log.debug("flow-run readiness probe failed: %s", exc)
         return False

@@ -50,22 +50,29 @@ def _json(data: Any) -> Response:
 async def claim(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    return _json(await _call(_ledger(request).claim, request.path_params["batch_id"],
-                             body.get("flow_run_id")))
+    return _json(
+        await _call(
+            _ledger(request).claim, request.path_params["batch_id"], body.get("flow_run_id")
+        )
+    )
 
 
 async def renew(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    return _json(await _call(_ledger(request).renew, request.path_params["batch_id"],
-                             str(body.get("lease_token"))))
+    return _json(
+        await _call(
+            _ledger(request).renew, request.path_params["batch_id"], str(body.get("lease_token"))
+        )
+    )
 
 
 async def release(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    await _call(_ledger(request).release, request.path_params["batch_id"],
-                str(body.get("lease_token")))
+    await _call(
+        _ledger(request).release, request.path_params["batch_id"], str(body.get("lease_token"))
+    )
     return _json({"released": True})
 
 
@@ -78,10 +85,17 @@ async def input_file(request: Request) -> Response:
 async def plan(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    return _json(await _call(
-        _ledger(request).save_plan, request.path_params["batch_id"],
-        str(body.get("lease_token")), total=int(body["total"]), chunks=body["chunks"],
-        errors=body["errors"], models=body.get("models") or []))
+    return _json(
+        await _call(
+            _ledger(request).save_plan,
+            request.path_params["batch_id"],
+            str(body.get("lease_token")),
+            total=int(body["total"]),
+            chunks=body["chunks"],
+            errors=body["errors"],
+            models=body.get("models") or [],
+        )
+    )
 
 
 async def chunks(request: Request) -> Response:
@@ -92,35 +106,52 @@ async def chunks(request: Request) -> Response:
 
 async def chunk_input(request: Request) -> Response:
     require_internal(request)
-    data = await _call(_ledger(request).chunk_input, request.path_params["batch_id"],
-                       request.path_params["index"])
+    data = await _call(
+        _ledger(request).chunk_input, request.path_params["batch_id"], request.path_params["index"]
+    )
     return Response(data, media_type="application/jsonl")
 
 
 async def record_chunk(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    return _json(await _call(
-        _ledger(request).record_chunk, request.path_params["batch_id"],
-        str(body.get("lease_token")), request.path_params["index"],
-        output=body["output"].encode(), errors=body["errors"].encode(),
-        completed=int(body["completed"]), failed=int(body["failed"]),
-        usage=body.get("usage"), model=body.get("model")))
+    return _json(
+        await _call(
+            _ledger(request).record_chunk,
+            request.path_params["batch_id"],
+            str(body.get("lease_token")),
+            request.path_params["index"],
+            output=body["output"].encode(),
+            errors=body["errors"].encode(),
+            completed=int(body["completed"]),
+            failed=int(body["failed"]),
+            usage=body.get("usage"),
+            model=body.get("model"),
+        )
+    )
 
 
 async def finalize(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    batch = await _call(_ledger(request).finalize, request.path_params["batch_id"],
-                        str(body.get("lease_token")), str(body.get("outcome", "completed")))
+    batch = await _call(
+        _ledger(request).finalize,
+        request.path_params["batch_id"],
+        str(body.get("lease_token")),
+        str(body.get("outcome", "completed")),
+    )
     return _json(asdict(batch))
 
 
 async def fail(request: Request) -> Response:
     require_internal(request)
     body = await _body(request)
-    batch = await _call(_ledger(request).fail, request.path_params["batch_id"],
-                        str(body.get("lease_token")), body.get("errors") or [])
+    batch = await _call(
+        _ledger(request).fail,
+        request.path_params["batch_id"],
+        str(body.get("lease_token")),
+        body.get("errors") or [],
+    )
     return _json(asdict(batch))
 
 

@@ -23,10 +23,23 @@ from gateway.routes.files import (
     UPLOAD_PURPOSES,
 )
 
-BATCH_ENDPOINTS = ["/v1/chat/completions", "/v1/embeddings", "/v1/completions",
-                   "/v1/responses", "/v1/moderations"]
-BATCH_STATUSES = ["validating", "failed", "in_progress", "finalizing", "completed", "expired",
-                  "cancelling", "cancelled"]
+BATCH_ENDPOINTS = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/moderations",
+]
+BATCH_STATUSES = [
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
 Schema = dict[str, Any]
 
 
@@ -38,10 +51,13 @@ def nullable(type_name: str, **extra: Any) -> Schema:
     return {"type": [type_name, "null"], **extra}
 
 
-def obj(properties: dict[str, Schema], required: list[str] | None = None,
-        **extra: Any) -> Schema:
-    return {"type": "object", "properties": properties,
-            "required": list(properties) if required is None else required, **extra}
+def obj(properties: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        **extra,
+    }
 
 
 def json_content(schema: Schema) -> dict[str, Any]:
@@ -62,156 +78,245 @@ BAD_REQUEST = error_response("Invalid parameters; `error.param` names the parame
 
 
 def path_param(name: str, description: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string"}}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
 
 
 def query_param(name: str, schema: Schema, description: str) -> Schema:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
 
 
 UNIX_TIME = {"type": "integer", "description": "Unix seconds."}
-METADATA = nullable("object", maxProperties=16, propertyNames={"maxLength": 64},
-                    additionalProperties={"type": "string", "maxLength": 512})
+METADATA = nullable(
+    "object",
+    maxProperties=16,
+    propertyNames={"maxLength": 64},
+    additionalProperties={"type": "string", "maxLength": 512},
+)
 
 SCHEMAS: dict[str, Schema] = {
-    "Error": obj({
-        "error": obj({
-            "message": {"type": "string"},
-            "type": {"type": "string"},
-            "param": nullable("string"),
-            "code": nullable("string"),
-        }),
-    }),
-    "File": obj({
-        "id": {"type": "string"},
-        "object": {"type": "string", "const": "file"},
-        "bytes": {"type": "integer", "minimum": 0},
-        "created_at": UNIX_TIME,
-        "filename": {"type": "string"},
-        "purpose": {"type": "string", "enum": sorted(ALL_PURPOSES)},
-        "expires_at": nullable("integer", description="Unix seconds; null: never expires."),
-    }),
-    "FileList": obj({
-        "object": {"type": "string", "const": "list"},
-        "data": {"type": "array", "items": ref("File")},
-        "first_id": nullable("string"),
-        "last_id": nullable("string"),
-        "has_more": {"type": "boolean"},
-    }),
-    "FileDeleted": obj({
-        "id": {"type": "string"},
-        "object": {"type": "string", "const": "file"},
-        "deleted": {"type": "boolean", "const": True},
-    }),
-    "FileUpload": obj({
-        "file": {"type": "string", "format": "binary"},
-        "purpose": {"type": "string", "enum": sorted(UPLOAD_PURPOSES)},
-        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
-        "expires_after[seconds]": {"type": "integer", "minimum": MIN_EXPIRES_SECONDS,
-                                   "maximum": MAX_EXPIRES_SECONDS},
-    }, required=["file", "purpose"]),
-    "BatchError": obj({
-        "code": {"type": "string"},
-        "message": {"type": "string"},
-        "param": nullable("string"),
-        "line": nullable("integer"),
-    }, required=["code", "message"]),
-    "BatchUsage": obj({
-        "input_tokens": {"type": "integer"},
-        "output_tokens": {"type": "integer"},
-        "total_tokens": {"type": "integer"},
-        "input_tokens_details": obj({"cached_tokens": {"type": "integer"}}),
-        "output_tokens_details": obj({"reasoning_tokens": {"type": "integer"}}),
-    }),
-    "Batch": obj({
-        "id": {"type": "string"},
-        "object": {"type": "string", "const": "batch"},
-        "endpoint": {"type": "string"},
-        "errors": {"anyOf": [{"type": "null"}, obj({
+    "Error": obj(
+        {
+            "error": obj(
+                {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": nullable("string"),
+                    "code": nullable("string"),
+                }
+            ),
+        }
+    ),
+    "File": obj(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "file"},
+            "bytes": {"type": "integer", "minimum": 0},
+            "created_at": UNIX_TIME,
+            "filename": {"type": "string"},
+            "purpose": {"type": "string", "enum": sorted(ALL_PURPOSES)},
+            "expires_at": nullable("integer", description="Unix seconds; null: never expires."),
+        },
+        additionalProperties=False,
+    ),
+    "FileList": obj(
+        {
             "object": {"type": "string", "const": "list"},
-            "data": {"type": "array", "items": ref("BatchError")},
-        })]},
-        "input_file_id": {"type": "string"},
-        "completion_window": {"type": "string"},
-        "status": {"type": "string", "enum": BATCH_STATUSES},
-        "output_file_id": nullable("string"),
-        "error_file_id": nullable("string"),
-        "created_at": UNIX_TIME,
-        "in_progress_at": nullable("integer"),
-        "expires_at": nullable("integer"),
-        "finalizing_at": nullable("integer"),
-        "completed_at": nullable("integer"),
-        "failed_at": nullable("integer"),
-        "expired_at": nullable("integer"),
-        "cancelling_at": nullable("integer"),
-        "cancelled_at": nullable("integer"),
-        "request_counts": obj({
-            "total": {"type": "integer"},
-            "completed": {"type": "integer"},
-            "failed": {"type": "integer"},
-        }),
-        "metadata": METADATA,
-        "model": nullable("string"),
-        "usage": {"anyOf": [{"type": "null"}, ref("BatchUsage")]},
-    }),
-    "BatchList": obj({
-        "object": {"type": "string", "const": "list"},
-        "data": {"type": "array", "items": ref("Batch")},
-        "first_id": nullable("string"),
-        "last_id": nullable("string"),
-        "has_more": {"type": "boolean"},
-    }),
-    "BatchCreate": obj({
-        "input_file_id": {"type": "string"},
-        "endpoint": {"type": "string", "enum": BATCH_ENDPOINTS},
-        "completion_window": {"type": "string", "enum": ["24h"]},
-        "metadata": METADATA,
-        "output_expires_after": obj({
-            "anchor": {"type": "string", "enum": ["created_at"]},
-            "seconds": {"type": "integer", "minimum": MIN_EXPIRES_SECONDS,
-                        "maximum": MAX_EXPIRES_SECONDS},
-        }),
-    }, required=["input_file_id", "endpoint", "completion_window"]),
-    "Health": obj({
-        "status": {"type": "string", "enum": ["ok", "starting"]},
-        "prefect": {"type": "string"},
-    }, required=["status"]),
+            "data": {"type": "array", "items": ref("File")},
+            "first_id": nullable("string"),
+            "last_id": nullable("string"),
+            "has_more": {"type": "boolean"},
+        }
+    ),
+    "FileDeleted": obj(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "file"},
+            "deleted": {"type": "boolean", "const": True},
+        }
+    ),
+    "FileUpload": obj(
+        {
+            "file": {"type": "string", "format": "binary"},
+            "purpose": {"type": "string", "enum": sorted(UPLOAD_PURPOSES)},
+            "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+            "expires_after[seconds]": {
+                "type": "integer",
+                "minimum": MIN_EXPIRES_SECONDS,
+                "maximum": MAX_EXPIRES_SECONDS,
+            },
+        },
+        required=["file", "purpose"],
+    ),
+    "BatchError": obj(
+        {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "param": nullable("string"),
+            "line": nullable("integer"),
+        },
+        required=["code", "message"],
+    ),
+    "BatchUsage": obj(
+        {
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "total_tokens": {"type": "integer"},
+            "input_tokens_details": obj({"cached_tokens": {"type": "integer"}}),
+            "output_tokens_details": obj({"reasoning_tokens": {"type": "integer"}}),
+        }
+    ),
+    "Batch": obj(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "batch"},
+            "endpoint": {"type": "string"},
+            "errors": {
+                "anyOf": [
+                    {"type": "null"},
+                    obj(
+                        {
+                            "object": {"type": "string", "const": "list"},
+                            "data": {"type": "array", "items": ref("BatchError")},
+                        }
+                    ),
+                ]
+            },
+            "input_file_id": {"type": "string"},
+            "completion_window": {"type": "string"},
+            "status": {"type": "string", "enum": BATCH_STATUSES},
+            "output_file_id": nullable("string"),
+            "error_file_id": nullable("string"),
+            "created_at": UNIX_TIME,
+            "in_progress_at": nullable("integer"),
+            "expires_at": nullable("integer"),
+            "finalizing_at": nullable("integer"),
+            "completed_at": nullable("integer"),
+            "failed_at": nullable("integer"),
+            "expired_at": nullable("integer"),
+            "cancelling_at": nullable("integer"),
+            "cancelled_at": nullable("integer"),
+            "request_counts": obj(
+                {
+                    "total": {"type": "integer"},
+                    "completed": {"type": "integer"},
+                    "failed": {"type": "integer"},
+                }
+            ),
+            "metadata": METADATA,
+            "model": nullable("string"),
+            "usage": {"anyOf": [{"type": "null"}, ref("BatchUsage")]},
+        }
+    ),
+    "BatchList": obj(
+        {
+            "object": {"type": "string", "const": "list"},
+            "data": {"type": "array", "items": ref("Batch")},
+            "first_id": nullable("string"),
+            "last_id": nullable("string"),
+            "has_more": {"type": "boolean"},
+        }
+    ),
+    "BatchCreate": obj(
+        {
+            "input_file_id": {"type": "string"},
+            "endpoint": {"type": "string", "enum": BATCH_ENDPOINTS},
+            "completion_window": {"type": "string", "enum": ["24h"]},
+            "metadata": METADATA,
+            "output_expires_after": obj(
+                {
+                    "anchor": {"type": "string", "enum": ["created_at"]},
+                    "seconds": {
+                        "type": "integer",
+                        "minimum": MIN_EXPIRES_SECONDS,
+                        "maximum": MAX_EXPIRES_SECONDS,
+                    },
+                }
+            ),
+        },
+        required=["input_file_id", "endpoint", "completion_window"],
+    ),
+    "Health": obj(
+        {
+            "status": {"type": "string", "enum": ["ok", "starting"]},
+            "prefect": {"type": "string"},
+        },
+        required=["status"],
+    ),
 }
 
 FILE_ID = path_param("file_id", "A file id (`file-…`).")
 BATCH_ID = path_param("batch_id", "A batch id (`batch_…`).")
-AFTER = query_param("after", {"type": "string"},
-                    "Cursor: the page starts right after this id. An unknown id is a 404.")
+AFTER = query_param(
+    "after",
+    {"type": "string"},
+    "Cursor: the page starts right after this id. An unknown id is a 404.",
+)
 
 PATHS: dict[str, Any] = {
     "/v1/files": {
         "post": {
             "operationId": "createFile",
             "summary": "Upload a file (streamed to disk).",
-            "requestBody": {"required": True, "content": {"multipart/form-data": {
-                "schema": {**ref("FileUpload")},
-                "encoding": {"file": {"contentType": "application/octet-stream"}},
-            }}},
-            "responses": {"200": ok(ref("File")), "400": BAD_REQUEST, "401": UNAUTHORIZED,
-                          "413": error_response("The file exceeds the size limit.")},
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {**ref("FileUpload")},
+                        "encoding": {"file": {"contentType": "application/octet-stream"}},
+                    }
+                },
+            },
+            "responses": {
+                "200": ok(ref("File")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "413": error_response("The file exceeds the size limit."),
+            },
         },
         "get": {
             "operationId": "listFiles",
             "summary": "List the caller's files, newest first by default.",
             "parameters": [
-                query_param("purpose", {"type": "string", "enum": sorted(ALL_PURPOSES)},
-                            "Only files with this purpose."),
-                query_param("limit", {"type": "integer", "minimum": 1,
-                                      "maximum": MAX_LIST_LIMIT, "default": MAX_LIST_LIMIT},
-                            "Page size."),
-                query_param("order", {"type": "string", "enum": ["asc", "desc"],
-                                      "default": "desc"}, "Order by created_at, then id."),
+                query_param(
+                    "purpose",
+                    {"type": "string", "enum": sorted(ALL_PURPOSES)},
+                    "Only files with this purpose.",
+                ),
+                query_param(
+                    "limit",
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_LIST_LIMIT,
+                        "default": MAX_LIST_LIMIT,
+                    },
+                    "Page size.",
+                ),
+                query_param(
+                    "order",
+                    {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+                    "Order by created_at, then id.",
+                ),
                 AFTER,
             ],
-            "responses": {"200": ok(ref("FileList")), "400": BAD_REQUEST,
-                          "401": UNAUTHORIZED, "404": NOT_FOUND},
+            "responses": {
+                "200": ok(ref("FileList")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
         },
     },
     "/v1/files/{file_id}": {
@@ -224,8 +329,7 @@ PATHS: dict[str, Any] = {
         "delete": {
             "operationId": "deleteFile",
             "summary": "Delete a file: metadata kept as deleted, bytes removed at once.",
-            "responses": {"200": ok(ref("FileDeleted")), "401": UNAUTHORIZED,
-                          "404": NOT_FOUND},
+            "responses": {"200": ok(ref("FileDeleted")), "401": UNAUTHORIZED, "404": NOT_FOUND},
         },
     },
     "/v1/files/{file_id}/content": {
@@ -234,12 +338,17 @@ PATHS: dict[str, Any] = {
             "operationId": "downloadFile",
             "summary": "A file's bytes, streamed.",
             "responses": {
-                "200": {"description": "The raw bytes.", "content": {
-                    "application/jsonl": {"schema": {"type": "string"}},
-                    "application/octet-stream": {"schema": {"type": "string",
-                                                            "format": "binary"}},
-                }},
-                "401": UNAUTHORIZED, "404": NOT_FOUND,
+                "200": {
+                    "description": "The raw bytes.",
+                    "content": {
+                        "application/jsonl": {"schema": {"type": "string"}},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
             },
         },
     },
@@ -248,19 +357,30 @@ PATHS: dict[str, Any] = {
             "operationId": "createBatch",
             "summary": "Create a batch from an uploaded `batch` file.",
             "requestBody": {"required": True, **json_content(ref("BatchCreate"))},
-            "responses": {"200": ok(ref("Batch")), "400": BAD_REQUEST, "401": UNAUTHORIZED,
-                          "404": NOT_FOUND},
+            "responses": {
+                "200": ok(ref("Batch")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
         },
         "get": {
             "operationId": "listBatches",
             "summary": "List the caller's batches, newest first.",
             "parameters": [
-                query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100,
-                                      "default": 20}, "Page size."),
+                query_param(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    "Page size.",
+                ),
                 AFTER,
             ],
-            "responses": {"200": ok(ref("BatchList")), "400": BAD_REQUEST,
-                          "401": UNAUTHORIZED, "404": NOT_FOUND},
+            "responses": {
+                "200": ok(ref("BatchList")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
         },
     },
     "/v1/batches/{batch_id}": {
@@ -277,11 +397,12 @@ PATHS: dict[str, Any] = {
             "operationId": "cancelBatch",
             "summary": "Cancel a live batch; it ends `cancelled`, keeping partial results.",
             "responses": {
-                "200": ok(ref("Batch")), "401": UNAUTHORIZED, "404": NOT_FOUND,
+                "200": ok(ref("Batch")),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
                 "409": {
                     "description": "The batch is already terminal.",
-                    "headers": {"x-should-retry": {"schema": {"type": "string",
-                                                              "const": "false"}}},
+                    "headers": {"x-should-retry": {"schema": {"type": "string", "const": "false"}}},
                     **json_content(ref("Error")),
                 },
             },
@@ -292,8 +413,10 @@ PATHS: dict[str, Any] = {
             "operationId": "health",
             "summary": "Readiness: 200 once batch flow runs can be created.",
             "security": [],
-            "responses": {"200": ok(ref("Health")),
-                          "503": ok(ref("Health"), "Starting: Prefect is not reachable yet.")},
+            "responses": {
+                "200": ok(ref("Health")),
+                "503": ok(ref("Health"), "Starting: Prefect is not reachable yet."),
+            },
         },
     },
 }

@@ -22,8 +22,14 @@ from tests.live import LiveGateway
 FILE_FIELDS = {"id", "object", "bytes", "created_at", "filename", "purpose", "expires_at"}
 ENVELOPE_FIELDS = {"message", "type", "param", "code"}
 MB = 1 << 20
-CORS_PATHS = ["/v1/files", "/v1/files/file-x", "/v1/files/file-x/content", "/v1/batches",
-              "/v1/batches/batch_x", "/v1/batches/batch_x/cancel"]
+CORS_PATHS = [
+    "/v1/files",
+    "/v1/files/file-x",
+    "/v1/files/file-x/content",
+    "/v1/batches",
+    "/v1/batches/batch_x",
+    "/v1/batches/batch_x/cancel",
+]
 LIMITED_MAX_BYTES = 1000
 
 
@@ -36,8 +42,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
 @pytest.fixture(scope="module")
 def limited_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     """A gateway with a tiny upload limit and one allowed CORS origin."""
-    env = {"BATCHGATE_MAX_FILE_BYTES": str(LIMITED_MAX_BYTES),
-           "BATCHGATE_CORS_ORIGINS": '["https://app.example"]'}
+    env = {
+        "BATCHGATE_MAX_FILE_BYTES": str(LIMITED_MAX_BYTES),
+        "BATCHGATE_CORS_ORIGINS": '["https://app.example"]',
+    }
     with LiveGateway(tmp_path_factory.mktemp("limited-gw"), env=env) as gateway:
         yield gateway
 
@@ -94,7 +102,8 @@ class PeakRss:
 
 
 def test_a_50_mb_upload_streams_to_disk_without_growing_the_gateway(
-        gw: LiveGateway, tmp_path: Path) -> None:
+    gw: LiveGateway, tmp_path: Path
+) -> None:
     client = client_for(gw, "big")
     client.files.create(file=("warm.jsonl", b"{}\n"), purpose="batch")  # warm code paths
     source = write_jsonl(tmp_path / "big.jsonl", 50 * MB)
@@ -102,7 +111,6 @@ def test_a_50_mb_upload_streams_to_disk_without_growing_the_gateway(
     with PeakRss(gw.pid) as rss, open(source, "rb") as handle:
         created = client.files.create(file=("big.jsonl", handle), purpose="batch")
     growth = rss.peak - baseline
-    print(f"RSS growth {growth / MB:.1f} MB")
     assert growth < 30 * MB, f"gateway RSS grew by {growth / MB:.1f} MB during the upload"
 
     assert created.bytes == 50 * MB
@@ -120,12 +128,12 @@ def test_a_50_mb_upload_streams_to_disk_without_growing_the_gateway(
 def test_list_pages_through_25_files_by_limit_after_order_and_purpose(gw: LiveGateway) -> None:
     client = client_for(gw, "lister")
     created = [
-        client.files.create(file=(f"f{i}.jsonl", b"{}\n"),
-                            purpose="batch" if i % 2 == 0 else "user_data")
+        client.files.create(
+            file=(f"f{i}.jsonl", b"{}\n"), purpose="batch" if i % 2 == 0 else "user_data"
+        )
         for i in range(25)
     ]
-    newest_first = [f.id for f in sorted(created, key=lambda f: (f.created_at, f.id),
-                                         reverse=True)]
+    newest_first = [f.id for f in sorted(created, key=lambda f: (f.created_at, f.id), reverse=True)]
 
     seen: list[str] = []
     after: str | None = None
@@ -152,12 +160,16 @@ def test_list_pages_through_25_files_by_limit_after_order_and_purpose(gw: LiveGa
 def test_list_rejects_bad_query_values_with_param(gw: LiveGateway) -> None:
     key = gw.create_key("bad-list")
     headers = {"Authorization": f"Bearer {key}"}
-    for query, param in [("limit=0", "limit"), ("limit=10001", "limit"), ("limit=x", "limit"),
-                         ("order=sideways", "order"), ("purpose=nonsense", "purpose")]:
+    for query, param in [
+        ("limit=0", "limit"),
+        ("limit=10001", "limit"),
+        ("limit=x", "limit"),
+        ("order=sideways", "order"),
+        ("purpose=nonsense", "purpose"),
+    ]:
         error = assert_envelope(httpx.get(f"{gw.url}/v1/files?{query}", headers=headers), 400)
         assert error["param"] == param, query
-    error = assert_envelope(httpx.get(f"{gw.url}/v1/files?after=file-nope", headers=headers),
-                            404)
+    error = assert_envelope(httpx.get(f"{gw.url}/v1/files?after=file-nope", headers=headers), 404)
     assert error["param"] == "after"
 
 
@@ -195,8 +207,12 @@ def test_deleted_and_other_keys_files_are_not_found_on_every_route(gw: LiveGatew
 def test_file_objects_carry_only_the_openai_fields(gw: LiveGateway) -> None:
     key = gw.create_key("fields")
     headers = {"Authorization": f"Bearer {key}"}
-    created = httpx.post(f"{gw.url}/v1/files", headers=headers, data={"purpose": "user_data"},
-                         files={"file": ("notes.txt", b"hello", "text/plain")})
+    created = httpx.post(
+        f"{gw.url}/v1/files",
+        headers=headers,
+        data={"purpose": "user_data"},
+        files={"file": ("notes.txt", b"hello", "text/plain")},
+    )
     assert created.status_code == 200
     file_id = created.json()["id"]
     retrieved = httpx.get(f"{gw.url}/v1/files/{file_id}", headers=headers).json()
@@ -213,12 +229,18 @@ def test_upload_keeps_only_the_base_name_and_sets_expiry(gw: LiveGateway) -> Non
     assert not (gw.data_dir / "etc").exists()
     assert created.expires_at == created.created_at + 30 * 24 * 3600  # batch default
 
-    dated = client.files.create(file=("d.jsonl", b"{}\n"), purpose="user_data",
-                                expires_after={"anchor": "created_at", "seconds": 7200})
+    dated = client.files.create(
+        file=("d.jsonl", b"{}\n"),
+        purpose="user_data",
+        expires_after={"anchor": "created_at", "seconds": 7200},
+    )
     assert dated.expires_at == dated.created_at + 7200
     with pytest.raises(openai.BadRequestError) as caught:
-        client.files.create(file=("d.jsonl", b"{}\n"), purpose="batch",
-                            expires_after={"anchor": "created_at", "seconds": 60})
+        client.files.create(
+            file=("d.jsonl", b"{}\n"),
+            purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": 60},
+        )
     assert caught.value.body["param"] == "expires_after.seconds"
 
 
@@ -229,21 +251,21 @@ def test_bad_or_missing_upload_fields_are_400_with_param(gw: LiveGateway) -> Non
     assert caught.value.body["param"] == "purpose"
 
     headers = {"Authorization": f"Bearer {client.api_key}"}
-    no_file = httpx.post(f"{gw.url}/v1/files", headers=headers,
-                         files={"purpose": (None, "batch")})
+    no_file = httpx.post(f"{gw.url}/v1/files", headers=headers, files={"purpose": (None, "batch")})
     assert assert_envelope(no_file, 400)["param"] == "file"
-    no_purpose = httpx.post(f"{gw.url}/v1/files", headers=headers,
-                            files={"file": ("x.jsonl", b"{}\n")})
+    no_purpose = httpx.post(
+        f"{gw.url}/v1/files", headers=headers, files={"file": ("x.jsonl", b"{}\n")}
+    )
     assert assert_envelope(no_purpose, 400)["param"] == "purpose"
     assert client.files.list().data == []
 
 
 def test_unauthenticated_and_revoked_keys_get_401(gw: LiveGateway) -> None:
     assert_envelope(httpx.get(f"{gw.url}/v1/files"), 401)
-    assert_envelope(httpx.get(f"{gw.url}/v1/files", headers={"Authorization": "Bearer no"}),
-                    401)
-    created = httpx.post(f"{gw.url}/admin/keys", json={"name": "short-lived"},
-                         headers=gw.admin_headers()).json()
+    assert_envelope(httpx.get(f"{gw.url}/v1/files", headers={"Authorization": "Bearer no"}), 401)
+    created = httpx.post(
+        f"{gw.url}/admin/keys", json={"name": "short-lived"}, headers=gw.admin_headers()
+    ).json()
     client = gw.openai_client(created["key"])
     client.files.list()
     revoked = httpx.delete(f"{gw.url}/admin/keys/{created['id']}", headers=gw.admin_headers())
@@ -260,8 +282,12 @@ def test_errors_come_in_the_envelope(gw: LiveGateway) -> None:
     assert_envelope(httpx.get(f"{gw.url}/v1/nowhere", headers=headers), 404)
     assert_envelope(httpx.put(f"{gw.url}/v1/files", headers=headers), 405)
     assert_envelope(httpx.post(f"{gw.url}/v1/files/file-x", headers=headers), 405)
-    empty = httpx.post(f"{gw.url}/v1/files", headers=headers, data={"purpose": "vision"},
-                       files={"file": ("x", b"")})
+    empty = httpx.post(
+        f"{gw.url}/v1/files",
+        headers=headers,
+        data={"purpose": "vision"},
+        files={"file": ("x", b"")},
+    )
     assert empty.status_code == 200 and empty.json()["bytes"] == 0  # empty is still a file
     not_multipart = httpx.post(f"{gw.url}/v1/files", headers=headers, json={"purpose": "x"})
     assert assert_envelope(not_multipart, 400)["param"] == "file"
@@ -269,8 +295,10 @@ def test_errors_come_in_the_envelope(gw: LiveGateway) -> None:
 
 def test_cors_preflight_on_every_files_and_batches_route(gw: LiveGateway) -> None:
     for path in CORS_PATHS:
-        response = httpx.options(f"{gw.url}{path}", headers={
-            "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+        response = httpx.options(
+            f"{gw.url}{path}",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+        )
         assert response.status_code == 204, path
         assert "authorization" in response.headers["access-control-allow-headers"].lower()
         assert "POST" in response.headers["access-control-allow-methods"]
@@ -279,8 +307,9 @@ def test_cors_preflight_on_every_files_and_batches_route(gw: LiveGateway) -> Non
 
 def test_cors_allow_listed_origin_is_echoed(limited_gw: LiveGateway) -> None:
     for path in CORS_PATHS:
-        allowed = httpx.options(f"{limited_gw.url}{path}",
-                                headers={"Origin": "https://app.example"})
+        allowed = httpx.options(
+            f"{limited_gw.url}{path}", headers={"Origin": "https://app.example"}
+        )
         assert allowed.status_code == 204
         assert allowed.headers["access-control-allow-origin"] == "https://app.example"
         other = httpx.options(f"{limited_gw.url}{path}", headers={"Origin": "https://evil.example"})
@@ -296,9 +325,11 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(limited_gw: LiveGateway
 
     # Without Content-Length the limit is enforced while streaming.
     boundary = "bgtestboundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="big.jsonl"\r\n\r\n').encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="big.jsonl"\r\n\r\n'
+    ).encode()
 
     def chunked_body() -> Iterator[bytes]:
         yield head
@@ -306,9 +337,14 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(limited_gw: LiveGateway
             yield b"y" * 500
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    streamed = httpx.post(f"{limited_gw.url}/v1/files", content=chunked_body(), headers={
-        "Authorization": f"Bearer {client.api_key}",
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    streamed = httpx.post(
+        f"{limited_gw.url}/v1/files",
+        content=chunked_body(),
+        headers={
+            "Authorization": f"Bearer {client.api_key}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
     assert "content-length" not in streamed.request.headers
     assert assert_envelope(streamed, 413)["param"] == "file"
 

@@ -88,12 +88,13 @@ def wait_healthy(proc: subprocess.Popen[str], output: Output, port: int) -> None
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"batchgate up exited early:\n{output.text}"
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            healthy = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+            if healthy and "ready after" in output.text:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"/health did not answer 200 within 120 s:\n{output.text}")
+    pytest.fail(f'not ready (/health 200 and "ready" printed) within 120 s:\n{output.text}')
 
 
 def live(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -199,3 +200,22 @@ def test_prefect_yaml_points_at_the_served_flows() -> None:
     assert retention.name == "retention"
     assert by_name["retention"]["schedules"][0]["interval"] > 0
     assert all(d["work_pool"]["name"] == "batchgate" for d in config["deployments"])
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    """The configuration table in README.md names every Settings field, its
+    environment variable and its default, and nothing that does not exist."""
+    from gateway.settings import Settings
+
+    rows = re.findall(
+        r"^\| `(\w+)` \| `(BATCHGATE_\w+)` \| ([^|]+) \|",
+        (ROOT / "README.md").read_text(),
+        flags=re.M,
+    )
+    documented = {name: (env, default.strip()) for name, env, default in rows}
+    assert set(documented) == set(Settings.model_fields)
+    for name, (env, default) in documented.items():
+        assert env == f"BATCHGATE_{name.upper()}"
+        value = Settings.model_fields[name].get_default(call_default_factory=True)
+        if value is not None and not isinstance(value, Path):
+            assert default == f"`{value}`", name

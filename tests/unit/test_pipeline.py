@@ -36,38 +36,66 @@ def mock() -> Iterator[ThreadedServer]:
 
 class Harness:
     def __init__(self, root: Path, mock_url: str, **settings: Any) -> None:
-        self.settings = Settings(data_dir=root, chunk_size=settings.pop("chunk_size", 10),
-                                 lease_seconds=30, backoff_base_seconds=0.01,
-                                 backoff_max_seconds=0.05, **settings)
+        self.settings = Settings(
+            data_dir=root,
+            chunk_size=settings.pop("chunk_size", 10),
+            lease_seconds=30,
+            backoff_base_seconds=0.01,
+            backoff_max_seconds=0.05,
+            **settings,
+        )
         self.store = MetadataStore(self.settings.db_path)
         self.blobs = BlobStore(self.settings.blob_dir)
         self.ledger = BatchLedger(self.store, self.blobs, lease_seconds=30)
         self.api = LocalWorkerAPI(self.ledger, self.store)
         self.mock_url = mock_url
         self.key, _ = self.store.create_api_key("test")
-        self.store.upsert_provider(ProviderRecord(name="openai", base_url=f"{mock_url}/v1",
-                                                  api_key="sk-mock", is_default=True,
-                                                  max_concurrency=16))
-        self.store.upsert_provider(ProviderRecord(name="mistral", base_url=f"{mock_url}/v1",
-                                                  api_key="sk-mistral"))
+        self.store.upsert_provider(
+            ProviderRecord(
+                name="openai",
+                base_url=f"{mock_url}/v1",
+                api_key="sk-mock",
+                is_default=True,
+                max_concurrency=16,
+            )
+        )
+        self.store.upsert_provider(
+            ProviderRecord(name="mistral", base_url=f"{mock_url}/v1", api_key="sk-mistral")
+        )
         httpx.post(f"{mock_url}/stats/reset")
-        httpx.post(f"{mock_url}/config", json={"latency_ms": 0, "failure_rate": 0,
-                                                "rate_429": 0})
+        httpx.post(f"{mock_url}/config", json={"latency_ms": 0, "failure_rate": 0, "rate_429": 0})
 
     def add_batch(self, lines: list[Any], endpoint: str = CHAT, **fields: Any) -> str:
-        data = b"".join((ln if isinstance(ln, bytes) else orjson.dumps(ln)) + b"\n"
-                        for ln in lines)
+        data = b"".join((ln if isinstance(ln, bytes) else orjson.dumps(ln)) + b"\n" for ln in lines)
         file_id = f"file-{time.monotonic_ns()}"
         self.blobs.write_bytes(file_id, data)
-        self.store.insert_file(FileRecord(
-            id=file_id, api_key_id=self.key.id, filename="in.jsonl", purpose="batch",
-            bytes=len(data), created_at=now(), expires_at=None, deleted_at=None,
-            blob_name=file_id))
+        self.store.insert_file(
+            FileRecord(
+                id=file_id,
+                api_key_id=self.key.id,
+                filename="in.jsonl",
+                purpose="batch",
+                bytes=len(data),
+                created_at=now(),
+                expires_at=None,
+                deleted_at=None,
+                blob_name=file_id,
+            )
+        )
         batch_id = f"batch_{time.monotonic_ns()}"
-        self.store.insert_batch(BatchRecord(
-            id=batch_id, api_key_id=self.key.id, endpoint=endpoint, input_file_id=file_id,
-            completion_window="24h", status="validating", created_at=now(),
-            expires_at=fields.pop("expires_at", now() + 86400), **fields))
+        self.store.insert_batch(
+            BatchRecord(
+                id=batch_id,
+                api_key_id=self.key.id,
+                endpoint=endpoint,
+                input_file_id=file_id,
+                completion_window="24h",
+                status="validating",
+                created_at=now(),
+                expires_at=fields.pop("expires_at", now() + 86400),
+                **fields,
+            )
+        )
         return batch_id
 
     async def run(self, batch_id: str) -> BatchRecord:
@@ -82,8 +110,9 @@ class Harness:
             return []
         record = self.store.get_file(file_id)
         assert record is not None and record.purpose == "batch_output"
-        return [orjson.loads(x) for x in self.blobs.path(record.blob_name).read_bytes()
-                .splitlines()]
+        return [
+            orjson.loads(x) for x in self.blobs.path(record.blob_name).read_bytes().splitlines()
+        ]
 
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.mock_url}/stats").json()
@@ -97,9 +126,12 @@ def h(tmp_path: Path, mock: ThreadedServer) -> Iterator[Harness]:
 
 
 def chat(i: int, model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
-    return {"custom_id": f"req-{i}", "method": "POST", "url": CHAT,
-            "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}],
-                     **extra}}
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}], **extra},
+    }
 
 
 async def test_chat_batch_completes_with_every_line_once_and_usage(h: Harness) -> None:
@@ -125,8 +157,13 @@ async def test_chat_batch_completes_with_every_line_once_and_usage(h: Harness) -
 
 async def test_bad_lines_fail_the_batch_naming_each_line(h: Harness) -> None:
     lines: list[Any] = [chat(i) for i in range(20)]
-    bad = {3: b"{not json", 7: {"method": "POST", "url": CHAT, "body": {}},
-           11: chat(0), 15: {**chat(14), "url": "/v1/embeddings"}, 19: b"[1, 2]"}
+    bad = {
+        3: b"{not json",
+        7: {"method": "POST", "url": CHAT, "body": {}},
+        11: chat(0),
+        15: {**chat(14), "url": "/v1/embeddings"},
+        19: b"[1, 2]",
+    }
     for number, value in bad.items():
         lines[number - 1] = value
     batch = await h.run(h.add_batch(lines))
@@ -162,9 +199,15 @@ async def test_no_successes_means_no_output_file(h: Harness) -> None:
 
 
 async def test_embeddings_route_to_embeddings_upstream(h: Harness) -> None:
-    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
-              "body": {"model": "mistral/mistral-embed", "input": f"text {i}"}}
-             for i in range(12)]
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "mistral/mistral-embed", "input": f"text {i}"},
+        }
+        for i in range(12)
+    ]
     batch = await h.run(h.add_batch(lines, endpoint="/v1/embeddings"))
     assert (batch.status, batch.completed) == ("completed", 12)
     out = h.lines(batch.output_file_id)
@@ -176,21 +219,22 @@ async def test_embeddings_route_to_embeddings_upstream(h: Harness) -> None:
 async def test_cancel_mid_run_keeps_partial_results(h: Harness) -> None:
     httpx.post(f"{h.mock_url}/config", json={"latency_ms": 50})
     h.settings.chunk_parallelism = 1
-    batch_id = h.add_batch([chat(i) for i in range(60)])
+    batch_id = h.add_batch([chat(i) for i in range(200)])
 
     async def cancel_soon() -> None:
         while (b := h.store.get_batch(batch_id)) and b.completed < 10:
             await asyncio.sleep(0.02)
-        h.store.transition_batch(batch_id, ["in_progress"], status="cancelling",
-                                 cancelling_at=now())
+        h.store.transition_batch(
+            batch_id, ["in_progress"], status="cancelling", cancelling_at=now()
+        )
 
     canceller = asyncio.create_task(cancel_soon())
     batch = await h.run(batch_id)
     await canceller
     assert batch.status == "cancelled" and batch.cancelled_at
     out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
-    assert 10 <= len(out) < 60
-    assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(60))
+    assert 10 <= len(out) < 200
+    assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(200))
     assert {x["error"]["code"] for x in err} == {"batch_cancelled"}
     assert (batch.completed, batch.failed) == (len(out), len(err))
 
@@ -198,13 +242,13 @@ async def test_cancel_mid_run_keeps_partial_results(h: Harness) -> None:
 async def test_expiry_stops_the_run(h: Harness) -> None:
     httpx.post(f"{h.mock_url}/config", json={"latency_ms": 100})
     h.settings.chunk_parallelism = 1
-    batch_id = h.add_batch([chat(i) for i in range(80)], expires_at=now() + 2)
+    batch_id = h.add_batch([chat(i) for i in range(300)], expires_at=now() + 2)
     batch = await h.run(batch_id)
     assert batch.status == "expired" and batch.expired_at
     out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
     assert len(out) > 0 and len(err) > 0
     assert {x["error"]["code"] for x in err} == {"batch_expired"}
-    assert len({x["custom_id"] for x in out + err}) == 80
+    assert len({x["custom_id"] for x in out + err}) == 300
 
 
 async def test_resume_skips_finished_chunks(h: Harness) -> None:
@@ -216,11 +260,29 @@ async def test_resume_skips_finished_chunks(h: Harness) -> None:
     # chunk 0 finished before the "crash"; its lines must not be sent again
     first = h.ledger.chunk_input(batch_id, 0)
     done_ids = [orjson.loads(x)["custom_id"] for x in first.splitlines() if x.strip()]
-    fake = b"".join(orjson.dumps({"id": "batch_req_x", "custom_id": c, "response": {
-        "status_code": 200, "request_id": None, "body": {}}, "error": None}) + b"\n"
-        for c in done_ids)
-    h.api.record_chunk(batch_id, claim["lease_token"], 0, output=fake, errors=b"",
-                       completed=len(done_ids), failed=0, usage=None, model=None)
+    fake = b"".join(
+        orjson.dumps(
+            {
+                "id": "batch_req_x",
+                "custom_id": c,
+                "response": {"status_code": 200, "request_id": None, "body": {}},
+                "error": None,
+            }
+        )
+        + b"\n"
+        for c in done_ids
+    )
+    h.api.record_chunk(
+        batch_id,
+        claim["lease_token"],
+        0,
+        output=fake,
+        errors=b"",
+        completed=len(done_ids),
+        failed=0,
+        usage=None,
+        model=None,
+    )
     h.store.update_batch(batch_id, lease_expires_at=time.time() - 1)  # the run died
     batch = await h.run(batch_id)
     assert (batch.status, batch.completed) == ("completed", 30)
@@ -264,8 +326,11 @@ async def test_status_set_elsewhere_is_left_alone(h: Harness) -> None:
 
 
 async def test_retention_deletes_expired_outputs_keeps_input(h: Harness) -> None:
-    batch_id = h.add_batch([chat(i) for i in range(3)], output_expires_after_seconds=3600,
-                           output_expires_after_anchor="created_at")
+    batch_id = h.add_batch(
+        [chat(i) for i in range(3)],
+        output_expires_after_seconds=3600,
+        output_expires_after_anchor="created_at",
+    )
     batch = await h.run(batch_id)
     assert batch.output_file_id
     h.store.update_batch(batch_id, created_at=now() - 3700)

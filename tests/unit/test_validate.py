@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import tracemalloc
+from itertools import pairwise
+
 import orjson
 import pytest
 
@@ -152,6 +156,16 @@ def test_duplicate_names_the_line_where_the_id_first_appeared() -> None:
     assert all("'req-0'" in e.message for e in result.errors)
 
 
+def test_duplicate_of_an_id_on_an_otherwise_bad_line_is_still_reported() -> None:
+    """Fixing line 1's url alone would still leave two 'req-0': say so now."""
+    data = jsonl([line(request(0, url="/v1/embeddings")), line(request(0))])
+    result = validate(data)
+    assert [(e.code, e.line) for e in result.errors] == [
+        ("invalid_url", 1),
+        ("duplicate_custom_id", 2),
+    ]
+
+
 def test_duplicate_of_a_long_custom_id_is_caught() -> None:
     long_id = "x" * 500
     data = jsonl([line(request(0, custom_id=long_id)), line(request(1, custom_id=long_id))])
@@ -255,23 +269,20 @@ def test_over_long_line_is_reported_without_breaking_its_neighbours() -> None:
     assert validate(data, max_line_bytes=len(long) + 1).ok
 
 
-MIXED = (
-    b"\xef\xbb\xbf"
-    + jsonl(
-        [
-            line(request(0)),
-            b"",
-            line(request(1)),
-            b"{bad",
-            line(request(3, url="/v1/responses")),
-            b"  ",
-            line(request(0)),
-            b'{"custom_id": "\xff"}',
-        ]
-        + [line(request(i)) for i in range(10, 25)],
-        sep=b"\r\n",
-        trailing=False,
-    )
+MIXED = b"\xef\xbb\xbf" + jsonl(
+    [
+        line(request(0)),
+        b"",
+        line(request(1)),
+        b"{bad",
+        line(request(3, url="/v1/responses")),
+        b"  ",
+        line(request(0)),
+        b'{"custom_id": "\xff"}',
+    ]
+    + [line(request(i)) for i in range(10, 25)],
+    sep=b"\r\n",
+    trailing=False,
 )
 
 
@@ -315,7 +326,7 @@ def test_chunk_spans_slice_back_to_exactly_their_lines(
     assert sum(c.line_count for c in result.chunks) == result.total == 11
     assert result.chunks[0].start_offset == (3 if bom else 0)
     assert result.chunks[-1].end_offset == len(data)
-    assert all(a.end_offset <= b.start_offset for a, b in zip(result.chunks, result.chunks[1:]))
+    assert all(a.end_offset <= b.start_offset for a, b in pairwise(result.chunks))
     assert_chunks_slice_back(data, result, lines_by_number)
 
 
@@ -348,3 +359,42 @@ def test_every_line_error_message_starts_with_its_line() -> None:
     for error in result.errors:
         assert isinstance(error, LineError)
         assert error.message.startswith(f"Line {error.line}: ")
+
+
+def endless_valid_lines(start: int = 0):
+    i = start
+    while True:
+        yield line(request(i)) + b"\n"
+        i += 1
+
+
+def test_reading_stops_at_the_error_cap_on_an_endless_stream() -> None:
+    blocks = itertools.chain([b"{bad\n", b"{bad\n"], endless_valid_lines())
+    result = validate_jsonl(blocks, CHAT, max_errors=2)
+    assert error_lines(result) == [1, 2]
+
+
+def test_reading_stops_past_max_lines_on_an_endless_stream() -> None:
+    result = validate_jsonl(endless_valid_lines(), CHAT, max_lines=50)
+    assert result.total == 50
+    assert [(e.code, e.line) for e in result.errors] == [("too_many_requests", 51)]
+
+
+def test_an_over_long_line_is_never_held_in_memory() -> None:
+    mib = b"a" * (1 << 20)
+
+    def stream():
+        yield b'{"pad": "'
+        for _ in range(48):  # a 48 MiB line, in 1 MiB blocks
+            yield mib
+        yield b'"}\n' + line(request(1)) + b"\n"
+
+    tracemalloc.start()
+    try:
+        result = validate_jsonl(stream(), CHAT, max_line_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(e.code, e.line) for e in result.errors] == [("invalid_json_line", 1)]
+    assert result.total == 2
+    assert peak < 8 << 20

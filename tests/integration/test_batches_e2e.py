@@ -1,0 +1,365 @@
+"""Batches end to end: the official `openai` SDK against the gateway, with a
+real Prefect server, a real runner and `batchgate mock-upstream`, each its
+own process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.stack import PrefectServer, Stack
+
+pytestmark = pytest.mark.timeout(900)
+CHUNK = 100
+
+
+@pytest.fixture(scope="module")
+def stack(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    root = Path(tmp_path_factory.mktemp("stack"))
+    with Stack(
+        root,
+        prefect_server,
+        chunk_size=CHUNK,
+        lease_seconds=6,
+        reconcile_interval_seconds=1,
+        max_attempts=10,
+        backoff_base_seconds=0.05,
+        backoff_max_seconds=1,
+        retention_interval_seconds=3600,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> openai.OpenAI:
+    return stack.client(stack.create_key("e2e"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_mock(stack: Stack) -> None:
+    stack.reset_mock()
+
+
+def chat_line(i: int, model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": f"q {i}"}], **extra},
+    }
+
+
+def upload(client: openai.OpenAI, tmp_path: Path, lines: list[Any]) -> str:
+    path = tmp_path / f"input-{time.monotonic_ns()}.jsonl"
+    path.write_bytes(
+        b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
+    )
+    with path.open("rb") as handle:
+        return client.files.create(file=handle, purpose="batch").id
+
+
+def run_batch(
+    client: openai.OpenAI,
+    file_id: str,
+    endpoint: str = "/v1/chat/completions",
+    timeout: float = 180,
+    **kwargs: Any,
+) -> Any:
+    batch = client.batches.create(
+        input_file_id=file_id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        **kwargs,
+    )
+    assert batch.status == "validating"
+    return wait_terminal(client, batch.id, timeout)
+
+
+def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in {"completed", "failed", "expired", "cancelled"}:
+            return batch
+        assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
+        time.sleep(0.5)
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [orjson.loads(x) for x in client.files.content(file_id).content.splitlines()]
+
+
+def test_chat_and_embeddings_batches_complete(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    chat_id = upload(client, tmp_path, [chat_line(i) for i in range(2000)])
+    embed_id = upload(
+        client,
+        tmp_path,
+        [
+            {
+                "custom_id": f"emb-{i}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "mistral/mistral-embed", "input": f"text {i}"},
+            }
+            for i in range(500)
+        ],
+    )
+    chat_batch = client.batches.create(
+        input_file_id=chat_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"run": "e2e"},
+    )
+    embed_batch = run_batch(client, embed_id, endpoint="/v1/embeddings")
+    chat_batch = wait_terminal(client, chat_batch.id)
+
+    assert chat_batch.status == "completed", chat_batch
+    assert chat_batch.request_counts.model_dump() == {"total": 2000, "completed": 2000, "failed": 0}
+    out = lines_of(client, chat_batch.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(2000))
+    assert chat_batch.error_file_id is None
+    usage = chat_batch.usage
+    assert usage is not None
+    assert usage.input_tokens == sum(x["response"]["body"]["usage"]["prompt_tokens"] for x in out)
+    assert usage.output_tokens == sum(
+        x["response"]["body"]["usage"]["completion_tokens"] for x in out
+    )
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert chat_batch.model == "gpt-4o-mini"
+    assert chat_batch.metadata == {"run": "e2e"}
+
+    assert embed_batch.status == "completed"
+    assert embed_batch.request_counts.completed == 500
+    emb = lines_of(client, embed_batch.output_file_id)
+    assert sorted(x["custom_id"] for x in emb) == sorted(f"emb-{i}" for i in range(500))
+    assert all(x["response"]["body"]["object"] == "list" for x in emb)
+    assert embed_batch.model == "mistral-embed"
+    assert stack.mock_stats()["duplicates_ok"] == []
+
+
+def test_bad_lines_fail_with_their_line_numbers(client: openai.OpenAI, tmp_path: Path) -> None:
+    lines: list[Any] = [chat_line(i) for i in range(30)]
+    for number in (2, 9, 14, 22, 30):
+        lines[number - 1] = b'{"custom_id": broken'
+    batch = run_batch(client, upload(client, tmp_path, lines))
+    assert batch.status == "failed"
+    assert [e.line for e in batch.errors.data] == [2, 9, 14, 22, 30]
+    assert {e.code for e in batch.errors.data} == {"invalid_json_line"}
+
+
+def test_url_endpoint_mismatch_fails(client: openai.OpenAI, tmp_path: Path) -> None:
+    line = {
+        "custom_id": "x",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "gpt-4o-mini", "input": "x"},
+    }
+    batch = run_batch(client, upload(client, tmp_path, [line]))
+    assert batch.status == "failed"
+    assert "does not match batch endpoint" in batch.errors.data[0].message
+
+
+def test_stream_true_gets_json_and_unknown_provider_fails_one_line(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    lines = [chat_line(1, stream=True), chat_line(2, model="nosuch/model"), chat_line(3)]
+    batch = run_batch(client, upload(client, tmp_path, lines))
+    assert batch.status == "completed"
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 1)
+    out = {x["custom_id"]: x for x in lines_of(client, batch.output_file_id)}
+    assert out["req-1"]["response"]["body"]["object"] == "chat.completion"
+    (err,) = lines_of(client, batch.error_file_id)
+    assert err["custom_id"] == "req-2"
+    assert err["response"]["status_code"] >= 400 and err["response"]["body"]["error"]
+    assert stack.mock_stats()["streamed"] == 0
+
+
+def test_no_successes_means_no_output_file(client: openai.OpenAI, tmp_path: Path) -> None:
+    batch = run_batch(client, upload(client, tmp_path, [chat_line(1, model="nosuch/m")]))
+    assert batch.status == "completed"
+    assert batch.output_file_id is None and batch.error_file_id is not None
+
+
+def test_rate_limits_and_5xx_are_retried(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    stack.mock_config(rate_429=0.2, failure_rate=0.1, retry_after=1)
+    batch = run_batch(client, upload(client, tmp_path, [chat_line(i) for i in range(300)]))
+    stats = stack.mock_stats()
+    assert batch.status == "completed"
+    assert batch.request_counts.completed == 300 and batch.request_counts.failed == 0
+    assert stats["status_429"] > 0 and stats["status_5xx"] > 0
+    assert stats["duplicates_ok"] == []
+
+
+def test_cancel_mid_run_keeps_partial_results(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    stack.mock_config(latency_ms=100)
+    batch = client.batches.create(
+        input_file_id=upload(client, tmp_path, [chat_line(i) for i in range(3000)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + 120
+    while client.batches.retrieve(batch.id).request_counts.completed < CHUNK:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    done = wait_terminal(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    out, err = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+    assert CHUNK <= len(out) < 3000
+    assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(3000))
+    assert {x["error"]["code"] for x in err} == {"batch_cancelled"}
+    with pytest.raises(openai.ConflictError) as info:
+        client.batches.cancel(batch.id)
+    assert info.value.response.headers["x-should-retry"] == "false"
+
+
+def test_runner_killed_mid_batch_resumes_without_repeats(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    stack.mock_config(latency_ms=20)
+    batch = client.batches.create(
+        input_file_id=upload(client, tmp_path, [chat_line(i) for i in range(1500)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    deadline = time.monotonic() + 120
+    while (done_at_kill := client.batches.retrieve(batch.id).request_counts.completed) < 300:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stack.kill_runner()
+    stack.start_runner()
+    final = wait_terminal(client, batch.id, timeout=300)
+    assert final.status == "completed"
+    out = lines_of(client, final.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(1500))
+    sent = stack.mock_stats()["custom_ids"]
+    repeated = [c for c, n in sent.items() if n > 1]
+    # only the chunks in flight at the kill may be sent again, never a finished one
+    assert len(repeated) <= 2 * CHUNK
+    assert done_at_kill % CHUNK == 0
+
+
+def test_prefect_shows_flow_run_tasks_and_artifacts(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    batch = run_batch(client, upload(client, tmp_path, [chat_line(i) for i in range(250)]))
+    assert batch.status == "completed"
+    deadline = time.monotonic() + 60
+    # The summary artifact and the final flow-run state land just after the
+    # batch turns completed; wait for them.
+    while (
+        not (found := asyncio.run(_prefect_view(stack, batch.id)))["summary"]
+        or found["state"] != "COMPLETED"
+    ):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
+    assert found["flow_run_name"] == batch.id
+    assert found["state"] == "COMPLETED"
+    assert "endpoint:/v1/chat/completions" in found["tags"]
+    names = found["task_names"]
+    assert any(n.startswith("validate") for n in names)
+    assert any(n.startswith("finalize") for n in names)
+    assert sum(1 for n in names if n.startswith("chunk-")) == 3
+    assert found["progress"] == 100.0
+    assert any(row["field"] == "completed" and row["value"] == 250 for row in found["summary"])
+
+
+def _artifacts(stack: Stack, key: str) -> list[dict[str, Any]]:
+    """Artifacts by key, newest first (raw API: the client's filter model sends
+    nulls this server version refuses)."""
+    response = httpx.post(
+        f"{stack.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 5},
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+async def _prefect_view(stack: Stack, batch_id: str) -> dict[str, Any]:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    key = batch_id.replace("_", "-").lower()
+    async with PrefectClient(stack.prefect.api_url) as prefect:
+        (run,) = await prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[batch_id])),
+            sort=FlowRunSort.ID_DESC,
+            limit=10,
+        )
+        tasks = await prefect.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])),
+            sort=TaskRunSort.ID_DESC,
+            limit=100,
+        )
+        progress = _artifacts(stack, f"{key}-progress")
+        summary = _artifacts(stack, f"{key}-summary")
+    data = summary[0]["data"] if summary else []
+    return {
+        "flow_run_name": run.name,
+        "state": run.state.type.value,
+        "tags": run.tags,
+        "task_names": [t.name for t in tasks],
+        "progress": progress[0]["data"] if progress else None,
+        "summary": orjson.loads(data) if isinstance(data, str) else data,
+    }
+
+
+def test_retention_flow_deletes_expired_output_keeps_input(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    input_id = upload(client, tmp_path, [chat_line(i) for i in range(5)])
+    batch = run_batch(
+        client,
+        input_id,
+        extra_body={"output_expires_after": {"anchor": "created_at", "seconds": 3600}},
+    )
+    assert batch.status == "completed" and batch.output_file_id
+    # Age the batch by an hour: stop the gateway (DuckDB has one owner), edit, restart.
+    assert stack.gateway is not None
+    from gateway.supervisor import stop_child
+
+    stop_child(stack.gateway)
+    db = duckdb.connect(str(stack.root / "data" / "batchgate.duckdb"))
+    db.execute("UPDATE batches SET created_at = created_at - 3700 WHERE id = ?", [batch.id])
+    db.close()
+    stack.start_gateway()
+    stack.kill_runner()
+    stack.settings["RETENTION_INTERVAL_SECONDS"] = "2"
+    stack.start_runner()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.files.retrieve(batch.output_file_id)
+        except openai.NotFoundError:
+            break
+        assert time.monotonic() < deadline, "retention did not delete the output file"
+        time.sleep(1)
+    assert client.files.retrieve(input_id).id == input_id
+    assert (stack.root / "data" / "blobs" / input_id).exists()
+    assert not (stack.root / "data" / "blobs" / batch.output_file_id).exists()

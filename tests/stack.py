@@ -1,0 +1,206 @@
+"""The whole system as separate processes, for end-to-end tests: a Prefect
+server, the gateway, a runner and `batchgate mock-upstream`, each started
+and stopped by PID (process group) the way `batchgate up` does it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from gateway.supervisor import Child, http_status, log_tail, start_child, stop_child
+from tests.live import free_port
+
+ADMIN_KEY = "admin-e2e-key"
+INTERNAL_TOKEN = "internal-e2e-token"
+
+
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float, child: Child | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if child is not None and child.popen.poll() is not None:
+            raise RuntimeError(f"{what}: {child.name} exited\n{log_tail(child.log_path)}")
+        if time.monotonic() > deadline:
+            tail = log_tail(child.log_path) if child else ""
+            raise TimeoutError(f"timed out waiting for {what}\n{tail}")
+        time.sleep(0.2)
+
+
+class PrefectServer:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.child: Child | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHGATE_"))}
+        env.update(
+            PREFECT_HOME=str(self.root / "prefect"),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PYTHONUNBUFFERED="1",
+            # schedule runs promptly, so the retention test sees its interval
+            PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        )
+        return env
+
+    def __enter__(self) -> PrefectServer:
+        self.child = start_child(
+            "prefect-server",
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--analytics-off",
+            ],
+            self.env(),
+            self.root / "logs",
+        )
+        wait_for(
+            lambda: http_status(f"{self.api_url}/health") == 200, "Prefect server", 120, self.child
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.child:
+            stop_child(self.child)
+
+
+class Stack:
+    """Gateway + runner + mock provider on one Prefect server."""
+
+    def __init__(self, root: Path, prefect: PrefectServer, **settings: Any) -> None:
+        self.root = root
+        self.prefect = prefect
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.mock_port = free_port()
+        self.mock_url = f"http://127.0.0.1:{self.mock_port}"
+        self.settings = {k.upper(): str(v) for k, v in settings.items()}
+        self.gateway: Child | None = None
+        self.runner: Child | None = None
+        self.mock: Child | None = None
+
+    def env(self) -> dict[str, str]:
+        env = self.prefect.env()
+        env.update({f"BATCHGATE_{k}": v for k, v in self.settings.items()})
+        env.update(
+            BATCHGATE_DATA_DIR=str(self.root / "data"),
+            BATCHGATE_PORT=str(self.port),
+            BATCHGATE_HOST="127.0.0.1",
+            BATCHGATE_ADMIN_KEY=ADMIN_KEY,
+            BATCHGATE_INTERNAL_TOKEN=INTERNAL_TOKEN,
+            BATCHGATE_GATEWAY_URL=self.url,
+            PREFECT_RUNNER_POLL_FREQUENCY="1",
+            PREFECT_RUNNER_PROCESS_LIMIT="8",
+        )
+        return env
+
+    def start_gateway(self) -> None:
+        self.gateway = start_child(
+            "gateway",
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            self.env(),
+            self.root / "logs",
+        )
+        wait_for(
+            lambda: http_status(f"{self.url}/openapi.json") == 200, "gateway", 60, self.gateway
+        )
+
+    def start_runner(self) -> None:
+        self.runner = start_child(
+            "runner",
+            [sys.executable, "-m", "gateway.cli", "worker"],
+            self.env(),
+            self.root / "logs",
+        )
+
+    def kill_runner(self) -> None:
+        """SIGKILL the runner and every flow-run process it spawned."""
+        assert self.runner is not None
+        os.killpg(self.runner.pid, signal.SIGKILL)
+        self.runner.popen.wait(10)
+
+    def __enter__(self) -> Stack:
+        self.mock = start_child(
+            "mock",
+            [sys.executable, "-m", "gateway.cli", "mock-upstream", "--port", str(self.mock_port)],
+            self.env(),
+            self.root / "logs",
+        )
+        wait_for(lambda: http_status(f"{self.mock_url}/stats") == 200, "mock", 30, self.mock)
+        self.start_gateway()
+        self.start_runner()
+        wait_for(
+            lambda: http_status(f"{self.url}/health") == 200, "gateway health", 90, self.runner
+        )
+        self.admin(
+            "POST",
+            "/admin/providers",
+            json={
+                "name": "openai",
+                "base_url": f"{self.mock_url}/v1",
+                "api_key": "sk-mock-openai",
+                "default": True,
+                "max_concurrency": 64,
+            },
+        )
+        self.admin(
+            "POST",
+            "/admin/providers",
+            json={
+                "name": "mistral",
+                "base_url": f"{self.mock_url}/v1",
+                "api_key": "sk-mock-mistral",
+                "max_concurrency": 16,
+            },
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for child in (self.runner, self.gateway, self.mock):
+            if child is not None and child.popen.poll() is None:
+                stop_child(child)
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = httpx.request(
+            method,
+            self.url + path,
+            timeout=30,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            **kwargs,
+        )
+        response.raise_for_status()
+        return response
+
+    def create_key(self, name: str) -> str:
+        return self.admin("POST", "/admin/keys", json={"name": name}).json()["key"]
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(api_key=key, base_url=f"{self.url}/v1", max_retries=0, timeout=60)
+
+    def mock_config(self, **fields: Any) -> None:
+        httpx.post(f"{self.mock_url}/config", json=fields).raise_for_status()
+
+    def mock_stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.mock_url}/stats").json()
+
+    def reset_mock(self) -> None:
+        httpx.post(f"{self.mock_url}/stats/reset").raise_for_status()
+        self.mock_config(latency_ms=0, failure_rate=0, rate_429=0)

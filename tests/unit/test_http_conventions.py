@@ -1,0 +1,246 @@
+"""SPEC section 6 on the in-process app: error envelope, request ids, CORS,
+/health and the OpenAPI document (checked against real responses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from starlette.routing import Route
+
+from gateway.routes.openapi import DOCUMENT
+from storage.metadata import now
+from storage.records import BatchRecord, FileRecord, batch_object
+from tests.live import FakeFlowRuns, asgi_client, inprocess_app
+
+ENVELOPE = {"message", "type", "param", "code"}
+REGISTRY = Registry().with_resource(
+    "urn:openapi", Resource(contents=DOCUMENT, specification=DRAFT202012)
+)
+
+
+def schema_errors(name: str, instance: Any) -> list[str]:
+    validator = Draft202012Validator(
+        {"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=REGISTRY
+    )
+    return [e.message for e in validator.iter_errors(instance)]
+
+
+def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers.get("x-request-id")
+    assert set(response.json()["error"]) == ENVELOPE
+    assert not schema_errors("Error", response.json())
+    return response.json()["error"]
+
+
+def new_key(app: Any) -> str:
+    return app.state.gateway.store.create_api_key("test")[1]
+
+
+async def test_every_error_status_uses_the_envelope(tmp_path: Path) -> None:
+    app = inprocess_app(tmp_path / "d", max_file_bytes=100)
+
+    async def explode(request: Any) -> None:
+        raise RuntimeError("boom")
+
+    app.router.routes.append(Route("/v1/explode", explode))
+    key = new_key(app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gw", headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+        assert_envelope(await client.get("/v1/files", headers={"Authorization": ""}), 401)
+        assert_envelope(await client.get("/v1/files/file-none"), 404)
+        assert_envelope(await client.get("/v1/not-a-route"), 404)
+        assert_envelope(await client.patch("/v1/files"), 405)
+        too_big = await client.post(
+            "/v1/files", files={"file": ("a.jsonl", b"x" * 70_000)}, data={"purpose": "batch"}
+        )
+        assert assert_envelope(too_big, 413)["param"] == "file"
+        assert (
+            assert_envelope(
+                await client.post(
+                    "/v1/files", files={"file": ("a", b"x")}, data={"purpose": "nope"}
+                ),
+                400,
+            )["param"]
+            == "purpose"
+        )
+        crashed = await client.get("/v1/explode")
+        assert assert_envelope(crashed, 500)["code"] == "internal_error"
+        assert "boom" not in crashed.text
+    app.state.gateway.store.close()
+
+
+async def test_request_id_is_echoed_or_made(inproc_app: Any) -> None:
+    async with asgi_client(inproc_app) as client:
+        echoed = await client.get("/openapi.json", headers={"x-request-id": "abc-123"})
+        made = await client.get("/openapi.json")
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert made.headers["x-request-id"].startswith("req_")
+
+
+async def test_expired_file_is_not_found_on_every_route(inproc_app: Any) -> None:
+    state = inproc_app.state.gateway
+    key = new_key(inproc_app)
+    key_id = state.store.find_api_key(key).id
+    t = now()
+    state.blobs.write_bytes("file-old", b"{}\n")
+    state.store.insert_file(
+        FileRecord(
+            id="file-old",
+            api_key_id=key_id,
+            filename="old.jsonl",
+            purpose="batch",
+            bytes=3,
+            created_at=t - 100,
+            expires_at=t - 1,
+            deleted_at=None,
+            blob_name="file-old",
+        )
+    )
+    async with asgi_client(inproc_app, key) as client:
+        for method, path in [
+            ("GET", "/v1/files/file-old"),
+            ("GET", "/v1/files/file-old/content"),
+            ("DELETE", "/v1/files/file-old"),
+        ]:
+            error = assert_envelope(await client.request(method, path), 404)
+            assert error["message"] == "No such File object: file-old"
+        assert (await client.get("/v1/files")).json()["data"] == []
+
+
+@pytest.mark.parametrize("origins", [[], ["https://app.example"]])
+async def test_cors_preflight_answers_only_listed_origins(
+    tmp_path: Path, origins: list[str]
+) -> None:
+    app = inprocess_app(tmp_path / "d", cors_origins=origins)
+    async with asgi_client(app) as client:
+        for path in ["/v1/files", "/v1/files/f/content", "/v1/batches/b/cancel"]:
+            response = await client.options(path, headers={"Origin": "https://app.example"})
+            assert response.status_code == 204
+            assert "Authorization" in response.headers["access-control-allow-headers"]
+            assert response.headers.get("access-control-allow-origin") == (
+                "https://app.example" if origins else None
+            )
+        # A real (non-preflight) answer carries the origin header too, errors included.
+        unauthorized = await client.get("/v1/files", headers={"Origin": "https://app.example"})
+        assert unauthorized.status_code == 401
+        assert unauthorized.headers.get("access-control-allow-origin") == (
+            "https://app.example" if origins else None
+        )
+    app.state.gateway.store.close()
+
+
+async def test_health_follows_flow_run_readiness(tmp_path: Path) -> None:
+    flow_runs = FakeFlowRuns(ready=False)
+    app = inprocess_app(tmp_path / "d", flow_runs=flow_runs)
+    async with asgi_client(app) as client:
+        starting = await client.get("/health")
+        flow_runs.is_ready = True
+        ready = await client.get("/health")
+    app.state.gateway.store.close()
+    assert (starting.status_code, starting.json()["status"]) == (503, "starting")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ok")
+    assert starting.headers["x-request-id"] and ready.headers["x-request-id"]
+    assert not schema_errors("Health", ready.json())
+
+
+async def test_health_is_503_when_the_probe_itself_fails(tmp_path: Path) -> None:
+    class Broken(FakeFlowRuns):
+        async def ready(self) -> bool:
+            raise ConnectionError("prefect is down")
+
+    app = inprocess_app(tmp_path / "d", flow_runs=Broken())
+    async with asgi_client(app) as client:
+        assert (await client.get("/health")).status_code == 503
+    app.state.gateway.store.close()
+
+
+def test_openapi_document_is_well_formed() -> None:
+    assert DOCUMENT["openapi"].startswith("3.1")
+    for name, schema in DOCUMENT["components"]["schemas"].items():
+        Draft202012Validator.check_schema(schema)
+        for prop in schema.get("required", []):
+            assert prop in schema["properties"], (name, prop)
+    expected = {
+        "/v1/files": {"get", "post"},
+        "/v1/files/{file_id}": {"get", "delete"},
+        "/v1/files/{file_id}/content": {"get"},
+        "/v1/batches": {"get", "post"},
+        "/v1/batches/{batch_id}": {"get"},
+        "/v1/batches/{batch_id}/cancel": {"post"},
+        "/health": {"get"},
+    }
+    paths = DOCUMENT["paths"]
+    assert {p: set(ops) - {"parameters"} for p, ops in paths.items()} == expected
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if method == "parameters":
+                continue
+            if path.startswith("/v1/"):
+                assert "401" in op["responses"], (path, method)
+            else:
+                assert op["security"] == []
+
+
+def test_batch_schema_matches_the_batch_object() -> None:
+    record = BatchRecord(
+        id="batch_1",
+        api_key_id="k",
+        endpoint="/v1/chat/completions",
+        input_file_id="file-1",
+        completion_window="24h",
+        status="failed",
+        created_at=1,
+        errors=[{"code": "invalid_json_line", "message": "m", "param": None, "line": 2}],
+        metadata={"a": "b"},
+        usage={
+            "input_tokens": 1,
+            "output_tokens": 2,
+            "total_tokens": 3,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    )
+    obj = batch_object(record)
+    assert not schema_errors("Batch", obj)
+    assert set(DOCUMENT["components"]["schemas"]["Batch"]["required"]) == set(obj)
+    fresh = batch_object(
+        BatchRecord(
+            id="batch_2",
+            api_key_id="k",
+            endpoint="/v1/embeddings",
+            input_file_id="file-1",
+            completion_window="24h",
+            status="validating",
+            created_at=1,
+        )
+    )
+    assert not schema_errors("Batch", fresh)
+
+
+async def test_file_responses_match_the_document(inproc_app: Any) -> None:
+    key = new_key(inproc_app)
+    async with asgi_client(inproc_app, key) as client:
+        created = (
+            await client.post(
+                "/v1/files", files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "batch"}
+            )
+        ).json()
+        listed = (await client.get("/v1/files?limit=1")).json()
+        retrieved = (await client.get(f"/v1/files/{created['id']}")).json()
+        deleted = (await client.delete(f"/v1/files/{created['id']}")).json()
+        empty = (await client.get("/v1/files")).json()
+    assert not schema_errors("File", created)
+    assert not schema_errors("File", retrieved)
+    assert not schema_errors("FileList", listed)
+    assert not schema_errors("FileList", empty) and empty["first_id"] is None
+    assert not schema_errors("FileDeleted", deleted)
+    assert schema_errors("File", {**created, "status": "processed", "bytes": "3"})

@@ -1,0 +1,131 @@
+"""The blob store and the file/key/provider parts of the metadata store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage import ids
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore, now
+from storage.records import FileRecord, ProviderRecord, file_object
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # noqa: ANN201
+    s = MetadataStore(tmp_path / "meta.duckdb")
+    yield s
+    s.close()
+
+
+def file_record(
+    key_id: str,
+    *,
+    created_at: int,
+    purpose: str = "batch",
+    expires_at: int | None = None,
+    file_id: str | None = None,
+) -> FileRecord:
+    fid = file_id or ids.new_file_id()
+    return FileRecord(
+        id=fid,
+        api_key_id=key_id,
+        filename=f"{fid}.jsonl",
+        purpose=purpose,
+        bytes=3,
+        created_at=created_at,
+        expires_at=expires_at,
+        deleted_at=None,
+        blob_name=fid,
+        mime_type="application/jsonl",
+    )
+
+
+def test_blob_writer_publishes_only_complete_blobs(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    with pytest.raises(RuntimeError), blobs.writer("file-a") as out:
+        out.write(b"partial")
+        raise RuntimeError("client went away")
+    assert not blobs.exists("file-a")
+    assert list((tmp_path / "blobs").iterdir()) == []  # no temp debris either
+
+    with blobs.writer("file-a") as out:
+        out.write(b"0123456789")
+    assert blobs.names() == ["file-a"]
+    assert b"".join(blobs.iter_bytes("file-a")) == b"0123456789"
+    assert b"".join(blobs.iter_bytes("file-a", 2, 5)) == b"234"
+    blobs.delete("file-a")
+    assert not blobs.exists("file-a")
+
+
+@pytest.mark.parametrize("name", ["../x", ".hidden", "a/b"])
+def test_blob_names_cannot_leave_the_directory(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError):
+        BlobStore(tmp_path).path(name)
+
+
+def test_keys_are_stored_as_hashes_and_revocation_is_immediate(store: MetadataStore) -> None:
+    record, clear = store.create_api_key("team")
+    assert record.key_hash == ids.hash_key(clear) and clear not in record.key_hash
+    assert store.find_api_key(clear) == record
+    assert store.revoke_api_key(record.id)
+    assert store.find_api_key(clear) is None
+    assert not store.revoke_api_key(record.id)
+    assert store.list_api_keys() == []
+
+
+def test_files_are_invisible_when_deleted_expired_or_foreign(store: MetadataStore) -> None:
+    t = now()
+    live = store.insert_file(file_record("k1", created_at=t))
+    expired = store.insert_file(file_record("k1", created_at=t - 10, expires_at=t - 1))
+    deleted = store.insert_file(file_record("k1", created_at=t))
+    store.mark_file_deleted(deleted.id)
+
+    assert store.get_file(live.id, "k1") == live
+    assert store.get_file(live.id, "k2") is None
+    assert store.get_file(expired.id, "k1") is None
+    assert store.get_file(deleted.id, "k1") is None
+    assert store.get_file(deleted.id, "k1", include_gone=True).deleted_at is not None
+    assert [f.id for f in store.list_files("k1")[0]] == [live.id]
+
+
+def test_list_files_orders_by_time_then_id_and_pages_by_cursor(store: MetadataStore) -> None:
+    t = now()
+    records = [
+        store.insert_file(
+            file_record(
+                "k",
+                created_at=t - i // 2,
+                purpose="batch" if i % 2 else "user_data",
+                file_id=f"file-{i:02d}",
+            )
+        )
+        for i in range(7)
+    ]
+    newest_first = [r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)]
+    page, more = store.list_files("k", limit=3)
+    assert [r.id for r in page] == newest_first[:3] and more
+    page2, more2 = store.list_files("k", limit=3, after=page[-1])
+    assert [r.id for r in page2] == newest_first[3:6] and more2
+    asc, more_asc = store.list_files("k", order="asc")
+    assert [r.id for r in asc] == newest_first[::-1] and not more_asc
+    assert {r.purpose for r in store.list_files("k", purpose="batch")[0]} == {"batch"}
+
+
+def test_file_object_leaks_nothing_internal(store: MetadataStore) -> None:
+    obj = file_object(file_record("k", created_at=1))
+    assert set(obj) == {"id", "object", "bytes", "created_at", "filename", "purpose", "expires_at"}
+
+
+def test_one_default_provider_at_a_time(store: MetadataStore) -> None:
+    store.upsert_provider(
+        ProviderRecord(name="a", base_url="http://a", api_key="k", is_default=True, models=["m"])
+    )
+    store.upsert_provider(
+        ProviderRecord(name="b", base_url="http://b", api_key="k", is_default=True)
+    )
+    providers = {p.name: p for p in store.list_providers()}
+    assert (providers["a"].is_default, providers["b"].is_default) == (False, True)
+    assert providers["a"].models == ["m"]
+    assert store.delete_provider("a") and not store.delete_provider("a")
