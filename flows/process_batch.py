@@ -24,11 +24,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed, Failed
 
-from gateway.settings import Settings, load_settings
 from storage.records import ProviderRecord
 from tasks.execute import execute_lines, parse_chunk
 from tasks.ledger import InputUnavailable, LeaseLost
 from tasks.run_control import RunControl
+from tasks.settings import Settings, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tasks.worker_api import HttpWorkerAPI, WorkerAPI

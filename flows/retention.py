@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from gateway.settings import load_settings
+from tasks.settings import load_settings
 from tasks.worker_api import HttpWorkerAPI
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from gateway.settings import Settings, load_settings
+from tasks.settings import Settings, load_settings
 
 log = logging.getLogger("batchgate.runner")
 

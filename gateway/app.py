@@ -15,10 +15,10 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.flow_runs import FlowRunStarter, PrefectFlowRuns
 from gateway.middleware import CorsMiddleware, RequestIdMiddleware
 from gateway.routes import admin, batches, files, health, internal, openapi
-from gateway.settings import Settings
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from tasks.ledger import BatchLedger
+from tasks.settings import Settings
 
 log = logging.getLogger("batchgate.gateway")
 

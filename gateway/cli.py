@@ -20,7 +20,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.settings import load_settings
+    from tasks.settings import load_settings
 
     settings = load_settings()
     app = create_app(settings)
@@ -50,8 +50,8 @@ def _cmd_mock_upstream(args: argparse.Namespace) -> int:
 
 
 def _cmd_create_key(args: argparse.Namespace) -> int:
-    from gateway.settings import load_settings
     from storage.metadata import MetadataStore
+    from tasks.settings import load_settings
 
     settings = load_settings()
     store = MetadataStore(settings.db_path)

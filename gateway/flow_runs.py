@@ -10,8 +10,8 @@ import logging
 import time
 from typing import Protocol
 
-from gateway.settings import Settings
 from storage.records import BatchRecord
+from tasks.settings import Settings
 
 log = logging.getLogger("batchgate.gateway")
 

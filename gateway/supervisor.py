@@ -30,7 +30,7 @@ import psutil
 from pydantic import ValidationError
 
 from gateway.auth import load_or_create_secret
-from gateway.settings import Settings, load_settings
+from tasks.settings import Settings, load_settings
 
 PREFECT_START_TIMEOUT = 90.0
 GATEWAY_START_TIMEOUT = 60.0

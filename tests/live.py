@@ -181,7 +181,7 @@ def inprocess_app(data_dir: Path, flow_runs: Any | None = None, **settings: Any)
     """The gateway's Starlette app in this process (no lifespan run), for
     `httpx.AsyncClient(transport=httpx.ASGITransport(app))`."""
     from gateway.app import create_app
-    from gateway.settings import load_settings
+    from tasks.settings import load_settings
 
     settings.setdefault("admin_key", "admin-test-key")
     return create_app(

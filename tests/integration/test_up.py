@@ -20,8 +20,8 @@ import psutil
 import pytest
 import yaml
 
-from gateway.settings import load_settings
 from gateway.supervisor import make_plan, start_child, stop_child, ui_url_for
+from tasks.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +205,7 @@ def test_prefect_yaml_points_at_the_served_flows() -> None:
 def test_readme_documents_every_setting_with_its_default() -> None:
     """The configuration table in README.md names every Settings field, its
     environment variable and its default, and nothing that does not exist."""
-    from gateway.settings import Settings
+    from tasks.settings import Settings
 
     rows = re.findall(
         r"^\| `(\w+)` \| `(BATCHGATE_\w+)` \| ([^|]+) \|",

@@ -30,10 +30,10 @@ from flows.process_batch import drive_batch
 from gateway.app import create_app
 from gateway.mock_upstream import MockConfig, create_mock_app
 from gateway.routes.batches import reconcile_once
-from gateway.settings import Settings, load_settings
 from storage import ids
 from storage.metadata import now
 from storage.records import FileRecord
+from tasks.settings import Settings, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI
 from tests.servers import ThreadedServer

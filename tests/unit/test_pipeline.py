@@ -15,12 +15,12 @@ import pytest
 
 from flows.process_batch import drive_batch
 from gateway.mock_upstream import MockConfig, create_mock_app
-from gateway.settings import Settings
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, FileRecord, ProviderRecord
 from tasks.ledger import BatchLedger
 from tasks.retention import sweep
+from tasks.settings import Settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import LocalWorkerAPI
 from tests.servers import ThreadedServer

@@ -1,5 +1,8 @@
 """All of batchgate's settings in one typed object, read once at start-up.
 
+It lives in `tasks/` because the gateway, the flows and the tasks all read it
+and imports point one way (gateway -> flows -> tasks -> storage).
+
 Sources, highest priority first: keyword arguments (tests), `BATCHGATE_*`
 environment variables, the TOML file named by `BATCHGATE_CONFIG`, defaults.
 """
