@@ -207,21 +207,13 @@ finalize_task = task(name="finalize", retries=2, retry_delay_seconds=2, **_TASK_
 )
 
 
-@task(
+execute_chunk_task = task(
     name="execute-chunk",
     task_run_name="chunk-{chunk[chunk_index]}",
     retries=2,
     retry_delay_seconds=2,
     **_TASK_OPTIONS,
-)
-async def execute_chunk_task(
-    api: WorkerAPI,
-    client: UpstreamClient,
-    control: RunControl,
-    providers: Sequence[ProviderRecord],
-    chunk: dict[str, Any],
-) -> dict[str, Any]:
-    return await run_chunk(api, client, control, providers, chunk)
+)(run_chunk)
 
 
 def artifact_key(batch_id: str, kind: str) -> str:

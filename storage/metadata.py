@@ -287,25 +287,23 @@ class MetadataStore:
             self._update("batches", f"id = ? AND status IN ({marks})", [batch_id, *allowed], fields)
         )
 
-    def terminal_batches(self) -> list[BatchRecord]:
-        marks = ", ".join("?" for _ in TERMINAL_STATUSES)
+    def _batches_in(self, statuses: Iterable[str]) -> list[BatchRecord]:
+        """Batches in any of `statuses`, oldest first (created_at, then id)."""
+        wanted = sorted(statuses)
+        marks = ", ".join("?" for _ in wanted)
         return self._fetch(
             "batches",
             BatchRecord,
             f"status IN ({marks})",
-            sorted(TERMINAL_STATUSES),
+            wanted,
             "ORDER BY created_at ASC, id ASC",
         )
 
+    def terminal_batches(self) -> list[BatchRecord]:
+        return self._batches_in(TERMINAL_STATUSES)
+
     def live_batches(self) -> list[BatchRecord]:
-        marks = ", ".join("?" for _ in LIVE_STATUSES)
-        return self._fetch(
-            "batches",
-            BatchRecord,
-            f"status IN ({marks})",
-            sorted(LIVE_STATUSES),
-            "ORDER BY created_at ASC, id ASC",
-        )
+        return self._batches_in(LIVE_STATUSES)
 
     # -- chunks (the execution checkpoint) --------------------------------
 
