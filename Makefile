@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo $(PYTHON) -m uv)
 RUN := $(UV) run --no-sync
 
-.PHONY: env up test lint format bench
+.PHONY: env up test lint format bench soak
 
 env:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -33,3 +33,8 @@ format: env
 bench: env
 	@if [ -f bench/__main__.py ]; then $(RUN) python -m bench; \
 	else echo "bench/__main__.py does not exist yet"; exit 1; fi
+
+# The long reliability runs (full crash matrix, upstream-fault storms); their
+# results are written into docs/reliability.md.
+soak: env
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(RUN) pytest -q -p no:cacheprovider -m soak

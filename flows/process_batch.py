@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed, Failed
 
 from storage.records import ProviderRecord
+from tasks.crashpoints import crash_point
 from tasks.execute import execute_lines, parse_chunk
 from tasks.ledger import InputUnavailable, LeaseLost
 from tasks.run_control import RunControl
@@ -60,6 +61,7 @@ def validate_input(
             ],
         )
         return {"status": "failed", "endpoint": endpoint}
+    crash_point("validate:before_plan")
     return api.save_plan(
         batch_id,
         token,
@@ -83,6 +85,7 @@ async def run_chunk(
     result = await execute_lines(
         parse_chunk(data), control.endpoint, providers, client, lambda: control.reason
     )
+    crash_point("execute:before_post")
     return await asyncio.to_thread(
         api.record_chunk, control.batch_id, control.token, index, **result.as_post()
     )
@@ -134,6 +137,7 @@ async def drive_batch(
     token = claim.get("lease_token")
     if token is None:
         return claim["status"]
+    crash_point("run:after_claim")
     control = RunControl(api, batch_id, token, claim)
     async with control.heartbeat():
         try:
@@ -158,6 +162,7 @@ async def _drive(
                 settings.max_batch_lines,
             )
         )
+        crash_point("validate:after_plan")
         if control.status == "failed":
             return "failed"
         chunks = await asyncio.to_thread(api.chunks, batch_id)
@@ -166,7 +171,9 @@ async def _drive(
     if control.reason in {"lease_lost", "ended_elsewhere"}:
         return control.status
     outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
+    crash_point("finalize:before")
     batch = steps.finalize(api, batch_id, token, outcome)
+    crash_point("finalize:after")
     await steps.summary(batch)
     return batch["status"]
 
@@ -182,7 +189,8 @@ async def _execute_all(
     providers = await asyncio.to_thread(api.providers)
     pending = [c for c in chunks if not c["done"]]
     done = len(chunks) - len(pending)
-    await steps.progress(done, len(chunks))
+    progress = ProgressReporter(steps.progress, len(chunks))
+    progress.set(done)
     window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
 
     async def one(chunk: dict[str, Any]) -> None:
@@ -191,10 +199,46 @@ async def _execute_all(
             if control.should_stop():
                 return
             control.update(await steps.execute(api, client, control, providers, chunk))
+            crash_point("execute:after_post")
             done += 1
-            await steps.progress(done, len(chunks))
+            progress.set(done)
 
-    await asyncio.gather(*(one(c) for c in pending))
+    try:
+        await asyncio.gather(*(one(c) for c in pending))
+    finally:
+        await progress.close()
+
+
+class ProgressReporter:
+    """Progress updates off the hot path: the first request does not wait for
+    the progress artifact, at most one update is in flight, and updates that
+    pile up meanwhile collapse into the latest value."""
+
+    def __init__(self, report: Callable[[int, int], Awaitable[None]], total: int) -> None:
+        self.report = report
+        self.total = total
+        self.done = 0
+        self.sent: int | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def set(self, done: int) -> None:
+        self.done = done
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self.sent != self.done:
+            value = self.done
+            try:
+                await self.report(value, self.total)
+            except Exception as exc:  # progress is cosmetic: never fail a batch over it
+                log.warning("progress update failed: %s", exc)
+            self.sent = value
+
+    async def close(self) -> None:
+        """Wait until the latest value is reported."""
+        if self.task is not None:
+            await self.task
 
 
 # -- the Prefect adapters ------------------------------------------------------

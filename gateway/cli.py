@@ -5,6 +5,7 @@ batchgate serve           the gateway alone (uvicorn)
 batchgate worker          serve the flows against a remote gateway
 batchgate mock-upstream   a fake OpenAI-compatible provider
 batchgate create-key      create an API key in the local data directory
+batchgate doctor          check metadata against blobs (gateway stopped)
 """
 
 from __future__ import annotations
@@ -61,6 +62,37 @@ def _cmd_create_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the data directory; exit 1 if problems, 2 if it cannot be opened."""
+    import duckdb
+
+    from gateway.doctor import examine
+    from storage.blobs import BlobStore
+    from storage.metadata import MetadataStore
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    if not settings.db_path.exists():
+        print(f"batchgate doctor: no database at {settings.db_path}", file=sys.stderr)
+        return 2
+    try:
+        store = MetadataStore(settings.db_path)
+    except duckdb.IOException as exc:
+        print(
+            f"batchgate doctor: cannot open {settings.db_path} - is the gateway still running?\n"
+            "Stop it first: DuckDB lets only one process open the file.\n"
+            f"({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = examine(store, BlobStore(settings.blob_dir))
+    finally:
+        store.close()
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchgate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser("create-key", help="create an API key (gateway must be stopped)")
     key.add_argument("name")
     key.set_defaults(func=_cmd_create_key)
+
+    sub.add_parser(
+        "doctor",
+        help="check the DuckDB file against the blob directory (gateway must be stopped)",
+    ).set_defaults(func=_cmd_doctor)
     return parser
 
 

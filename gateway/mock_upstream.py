@@ -7,7 +7,8 @@ failures come from a seeded generator), so a test can predict them.
 
 Knobs (flags, `MockConfig` fields, and `POST /config` at run time): latency
 with jitter, a rate of 500s, a rate of 429s with `Retry-After`, a token-bucket
-request-rate limit, and an optional API key. Moderations flag any input
+request-rate limit (which also sends OpenAI's `x-ratelimit-*-requests`
+headers on every answer), and an optional API key. Moderations flag any input
 containing "flag-me". A body with `"stream": true` is answered with
 server-sent events, so a test can prove the gateway never asks for them.
 
@@ -81,6 +82,11 @@ class MockConfig:
     rps_limit: float | None = None
     api_key: str | None = None
     seed: int | None = None
+    # Transport-level faults (after latency and the 500 draw), each its own share:
+    reset_rate: float = 0.0  # headers sent, then the connection dropped: no usable response
+    hang_rate: float = 0.0  # no answer for `hang_seconds` (longer than the client's timeout)
+    hang_seconds: float = 60.0
+    non_json_rate: float = 0.0  # 200 with a text/plain body that is not JSON
 
 
 _RUNTIME_FIELDS = frozenset(
@@ -156,6 +162,9 @@ class MockState:
         self.routes: Counter[str] = Counter()
         self.sent_429 = 0
         self.sent_5xx = 0
+        self.sent_reset = 0
+        self.sent_hang = 0
+        self.sent_non_json = 0
         self.streamed = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -178,12 +187,31 @@ class MockState:
             return None
         return (1.0 - self._tokens) / rate
 
+    def rate_headers(self) -> dict[str, str]:
+        """The budget left under `rps_limit`, as OpenAI's `x-ratelimit-*-requests` say it.
+
+        `limit` is the bucket size, `remaining` whole tokens left, `reset` the
+        time until the bucket is full again ("20ms", "1.5s"). Empty without a limit.
+        """
+        rate = self.config.rps_limit
+        if not rate or self._bucket_rate != rate:
+            return {}
+        capacity = max(1.0, rate)
+        return {
+            "x-ratelimit-limit-requests": str(int(capacity)),
+            "x-ratelimit-remaining-requests": str(int(self._tokens)),
+            "x-ratelimit-reset-requests": format_duration((capacity - self._tokens) / rate),
+        }
+
     def stats(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "routes": dict(self.routes),
             "status_429": self.sent_429,
             "status_5xx": self.sent_5xx,
+            "resets": self.sent_reset,
+            "hangs": self.sent_hang,
+            "non_json": self.sent_non_json,
             "streamed": self.streamed,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
@@ -207,6 +235,15 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> Response:
     return _json(envelope(status, message, param, code), status, headers)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way OpenAI's reset headers write it: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
 
 
 def _retry_headers(seconds: float) -> dict[str, str]:
@@ -394,13 +431,14 @@ async def _answer(
     if config.api_key and headers.get("authorization") != f"Bearer {config.api_key}":
         return _error(401, "Incorrect API key provided.", "invalid_api_key")
     wait = state.take_token()
+    budget = state.rate_headers()
     if wait is not None:
         state.sent_429 += 1
         return _error(
             429,
             "Rate limit reached (requests per second).",
             "rate_limit_exceeded",
-            headers=_retry_headers(wait),
+            headers={**_retry_headers(wait), **budget},
         )
     if config.rate_429 and state.rng.random() < config.rate_429:
         state.sent_429 += 1
@@ -408,7 +446,7 @@ async def _answer(
             429,
             "Rate limit reached.",
             "rate_limit_exceeded",
-            headers=_retry_headers(config.retry_after),
+            headers={**_retry_headers(config.retry_after), **budget},
         )
 
     try:
@@ -433,18 +471,63 @@ async def _answer(
 
     if config.failure_rate and state.rng.random() < config.failure_rate:
         state.sent_5xx += 1
-        return _error(500, "The server had an error while processing your request.", "server_error")
+        return _error(
+            500,
+            "The server had an error while processing your request.",
+            "server_error",
+            headers=budget,
+        )
+    fault = await _transport_fault(state, request)
+    if fault is not None:
+        return fault
 
     payload = builder(state, body, model)
     if custom_id is not None:
         state.custom_ids_ok[custom_id] += 1
-    request_id = {"x-request-id": f"req_mock{next(state.ids):010d}"}
+    request_id = {"x-request-id": f"req_mock{next(state.ids):010d}", **budget}
     if body.get("stream") is True:
         state.streamed += 1
         return StreamingResponse(
             _sse(payload, builder is _chat), headers=request_id, media_type="text/event-stream"
         )
     return _json(payload, headers=request_id)
+
+
+class _ResetResponse(Response):
+    """Starts a response, then fails: uvicorn closes the connection mid-answer,
+    which the client sees as a dropped connection (no status it can use)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200, headers={"content-length": "64"})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        raise ConnectionResetError("mock upstream: connection reset on purpose")
+
+
+def _draw(state: MockState, rate: float) -> bool:
+    """A seeded coin flip; no draw at all when the rate is 0 (keeps old sequences)."""
+    return bool(rate) and state.rng.random() < rate
+
+
+async def _transport_fault(state: MockState, request: Request) -> Response | None:
+    """The faults a real network and a flaky provider add: reset, hang, non-JSON."""
+    config = state.config
+    if _draw(state, config.reset_rate):
+        state.sent_reset += 1
+        return _ResetResponse()
+    if _draw(state, config.hang_rate):
+        state.sent_hang += 1
+        deadline = time.monotonic() + config.hang_seconds
+        while time.monotonic() < deadline:  # stop early once the client gave up
+            await asyncio.sleep(0.1)
+            if await request.is_disconnected():
+                break
+        return _error(504, "The mock hung on purpose.", "timeout")
+    if _draw(state, config.non_json_rate):
+        state.sent_non_json += 1
+        return Response(b"<html>502 Bad Gateway (not JSON)</html>", 200, media_type="text/plain")
+    return None
 
 
 def create_mock_app(config: MockConfig | None = None) -> Starlette:
@@ -597,10 +680,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="if set, require 'Authorization: Bearer <key>'"
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--reset-rate",
+        type=float,
+        default=defaults.reset_rate,
+        help="share of requests whose connection is dropped mid-answer (0..1)",
+    )
+    parser.add_argument(
+        "--hang-rate",
+        type=float,
+        default=defaults.hang_rate,
+        help="share of requests left unanswered for --hang-seconds (0..1)",
+    )
+    parser.add_argument("--hang-seconds", type=float, default=defaults.hang_seconds)
+    parser.add_argument(
+        "--non-json-rate",
+        type=float,
+        default=defaults.non_json_rate,
+        help="share of requests answered 200 with a non-JSON text body (0..1)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> MockConfig:
-    for name in ("failure_rate", "rate_429"):
+    for name in ("failure_rate", "rate_429", "reset_rate", "hang_rate", "non_json_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be between 0 and 1")
     return MockConfig(
@@ -614,6 +716,10 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         rps_limit=args.rps_limit,
         api_key=args.api_key,
         seed=args.seed,
+        reset_rate=args.reset_rate,
+        hang_rate=args.hang_rate,
+        hang_seconds=args.hang_seconds,
+        non_json_rate=args.non_json_rate,
     )
 
 

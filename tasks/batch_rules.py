@@ -65,6 +65,9 @@ def _check_output_expiry(value: Any) -> tuple[int | None, RuleViolation | None]:
             "output_expires_after.anchor must be 'created_at'.", f"{param}.anchor"
         )
     seconds = value.get("seconds")
+    # JSON has one number type: 7200.0 is the integer 7200 (as JSON Schema says).
+    if isinstance(seconds, float) and seconds.is_integer():
+        seconds = int(seconds)
     low, high = OUTPUT_EXPIRY_RANGE
     if not isinstance(seconds, int) or isinstance(seconds, bool) or not low <= seconds <= high:
         return None, RuleViolation(

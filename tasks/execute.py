@@ -17,6 +17,7 @@ import orjson
 
 from storage.jsonl import iter_chunk_lines
 from storage.records import ProviderRecord
+from tasks.crashpoints import crash_point
 from tasks.results import result_line
 from tasks.routing import UPSTREAM_PATHS, RoutingError, prepare_body, resolve_route
 from tasks.upstream import UpstreamClient
@@ -96,6 +97,7 @@ async def execute_lines(
             custom_id=custom_id,
             should_stop=lambda: stop_reason() is not None,
         )
+        crash_point("execute:after_response")
         if result.status_code is None:
             if result.error_code == "stopped":
                 return False, stopped_line(custom_id), None

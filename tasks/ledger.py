@@ -17,19 +17,29 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from storage.blobs import BlobStore
 from storage.jsonl import iter_chunk_lines
-from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ChunkRecord, FileRecord
 from tasks import status as st
+from tasks.crashpoints import crash_point
 from tasks.results import result_line
 from tasks.usage import sum_usage
 
+if TYPE_CHECKING:  # flow processes import this module for its errors: no DuckDB there
+    from storage.metadata import MetadataStore
+
 log = logging.getLogger("batchgate.ledger")
+
+
+def now() -> int:
+    """The metadata clock (`storage.metadata.now`), here so that importing the
+    ledger's errors does not import DuckDB."""
+    return int(time.time())
+
 
 INTERRUPTED_FINALIZE = "Batch was interrupted during finalization and could not be finalized again"
 
@@ -197,6 +207,7 @@ class BatchLedger:
                     for c in chunks
                 ],
             )
+            crash_point("ledger:plan_after_chunks")
             if planned_while_cancelling:  # keep cancelling; finalize ends it
                 self.store.update_batch(batch_id, total=total)
                 return self.control(self.batch(batch_id))
@@ -251,9 +262,11 @@ class BatchLedger:
         self._chunk(batch_id, index)
         self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
         self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
+        crash_point("ledger:chunk_after_parts")
         self.store.complete_chunk(
             batch_id, index, completed=completed, failed=failed, usage=usage, model=model
         )
+        crash_point("ledger:chunk_after_commit")
         self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))
 
@@ -278,9 +291,11 @@ class BatchLedger:
         Idempotent: file ids derive from the batch id and blobs are written
         atomically, so running it again after a crash gives the same result.
         A batch someone else already ended is left exactly as it is."""
+        ended = self.batch(batch_id)
+        if ended.is_terminal:  # e.g. a retry after the gateway died past the transition
+            self._remove_parts(batch_id)  # its parts are debris now; nothing reads them
+            return ended
         batch = self._leased(batch_id, token)
-        if batch.is_terminal:
-            return batch
         outcome = OUTCOMES["cancelled"] if batch.status == "cancelling" else OUTCOMES[outcome_name]
         if outcome.target == "completed" and batch.status == "in_progress":
             self.store.transition_batch(
@@ -348,6 +363,7 @@ class BatchLedger:
                         mime_type="application/jsonl",
                     )
                 )
+        crash_point("ledger:finalize_after_files")
         usage = sum_usage([c.usage for c in chunks if c.done])
         model = next((c.model for c in chunks if c.done and c.model), None) or batch.model
         moved = self.store.transition_batch(
@@ -368,6 +384,7 @@ class BatchLedger:
             for file_id in (out_id, err_id):
                 self.store.update_file(file_id, deleted_at=at)
                 self.blobs.delete(file_id)
+        crash_point("ledger:finalize_after_transition")
         self._remove_parts(batch.id)
 
     def _copy_part(self, name: str, out: Any) -> None:

@@ -3,8 +3,8 @@
 httpx's API on the `httpx-aiohttp` transport (httpx's own pool collapses under
 many concurrent connections; DESIGN "Choices already checked"). One
 `UpstreamClient` per worker process shares one connection pool, and a
-semaphore per provider keeps at most `max_concurrency` requests in flight to
-it. The semaphore is held for one attempt only, never across a backoff
+limiter per provider keeps at most `max_concurrency` requests in flight to
+it. The slot is held for one attempt only, never across a backoff
 sleep, so a waiting line does not block the others.
 
 Retries (SPEC section 4): 429, 5xx, timeouts and connection errors are
@@ -12,6 +12,12 @@ retried with exponential backoff and full jitter, waiting at least what the
 provider asks in `retry-after-ms` / `Retry-After` (seconds or an HTTP date);
 other 4xx are final at once. `should_stop` (cancel, expiry) is checked before
 every attempt and during backoff sleeps.
+
+How many attempts are in flight to a provider is adaptive (tasks/limits.py):
+an AIMD window under the provider's `max_concurrency`, which shrinks on 429,
+503 and timeouts, pauses the provider for a `Retry-After`, and reads the
+`x-ratelimit-*` headers, so a rate-limited provider is paced instead of
+hammered. It is shared by all chunks of the batch this process runs.
 
 The hot path does no logging and no string formatting beyond the headers.
 """
@@ -32,6 +38,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from storage.records import ProviderRecord
+from tasks.limits import AdaptiveLimiter, Budget, parse_budgets
 
 NON_JSON_BODY: dict[str, Any] = {
     "error": {
@@ -152,6 +159,15 @@ class _Attempt:
     result: UpstreamResult
     retryable: bool
     retry_after: float | None = None
+    # what the limiter learns: "ok" (2xx), "throttle" (429, 503, timeout) or None
+    signal: str | None = None
+    requests: Budget | None = None
+    tokens: Budget | None = None
+
+
+def throttles(status: int) -> bool:
+    """Answers that mean "send less": rate limited or overloaded."""
+    return status == 429 or status == 503
 
 
 class UpstreamClient:
@@ -183,14 +199,14 @@ class UpstreamClient:
             max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
         )
-        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._limiters: dict[str, AdaptiveLimiter] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> httpx.AsyncClient:
-        """Pool and semaphores for the running loop.
+        """Pool and limiters for the running loop.
 
-        aiohttp sessions and semaphores belong to one event loop; a caller that
+        aiohttp sessions and limiters belong to one event loop; a caller that
         runs each chunk under its own `asyncio.run` gets fresh ones instead of
         a crash (the old pool died with its loop).
         """
@@ -201,7 +217,7 @@ class UpstreamClient:
             timeout=httpx.Timeout(self.timeout),
             trust_env=False,
         )
-        self._semaphores = {}
+        self._limiters = {}
         self._loop = loop
         return self._client
 
@@ -229,14 +245,14 @@ class UpstreamClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _semaphore(self, provider: ProviderRecord) -> asyncio.Semaphore:
-        """The provider's semaphore; a new limit (admin change) gets a new one."""
-        limit = max(1, provider.max_concurrency)
-        entry = self._semaphores.get(provider.name)
-        if entry is None or entry[0] != limit:
-            entry = (limit, asyncio.Semaphore(limit))
-            self._semaphores[provider.name] = entry
-        return entry[1]
+    def limiter(self, provider: ProviderRecord) -> AdaptiveLimiter:
+        """The provider's limiter; an admin change of `max_concurrency` moves its ceiling."""
+        limiter = self._limiters.get(provider.name)
+        if limiter is None:
+            limiter = self._limiters[provider.name] = AdaptiveLimiter(provider.max_concurrency)
+        elif limiter.window.ceiling != max(1, provider.max_concurrency):
+            limiter.window.set_ceiling(provider.max_concurrency)
+        return limiter
 
     async def send(
         self,
@@ -258,15 +274,24 @@ class UpstreamClient:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         if custom_id is not None:
             headers["X-Batchgate-Custom-Id"] = custom_id
-        semaphore = self._semaphore(provider)
+        limiter = self.limiter(provider)
 
         attempt = 0
         while True:
             if should_stop is not None and should_stop():
                 return _stopped(attempt)
+            queued_at = time.monotonic()
+            sent_at = await limiter.acquire()
+            if sent_at - queued_at >= _STOP_POLL_SECONDS and should_stop and should_stop():
+                limiter.release()  # stopped while it queued behind a pause or a full window
+                return _stopped(attempt)
             attempt += 1
-            async with semaphore:
+            try:
                 outcome = await self._attempt(client, url, headers, body, attempt)
+            except BaseException:
+                limiter.release()
+                raise
+            _settle(limiter, sent_at, outcome)
             if not outcome.retryable or attempt >= self.max_attempts:
                 return outcome.result
             retry_after = outcome.retry_after
@@ -299,7 +324,10 @@ class UpstreamClient:
                 if code == "timeout"
                 else f"could not connect to upstream: {type(exc).__name__}: {exc}"
             )
-            return _Attempt(UpstreamResult(None, None, None, code, message, attempt), True)
+            signal = "throttle" if code == "timeout" else None
+            return _Attempt(
+                UpstreamResult(None, None, None, code, message, attempt), True, signal=signal
+            )
 
         status = response.status_code
         parsed = parse_body(response.content)
@@ -310,9 +338,12 @@ class UpstreamClient:
         result = UpstreamResult(
             status, parsed, response.headers.get("x-request-id"), error_code, None, attempt
         )
+        if 200 <= status < 300:
+            return _Attempt(result, False, None, "ok", *parse_budgets(response.headers))
         if not is_retryable_status(status):
             return _Attempt(result, False)
-        return _Attempt(result, True, parse_retry_after(response.headers))
+        signal = "throttle" if throttles(status) else None
+        return _Attempt(result, True, parse_retry_after(response.headers), signal)
 
     async def _wait(self, delay: float, should_stop: Callable[[], bool] | None) -> bool:
         """Sleep `delay` seconds; True if `should_stop` became true meanwhile."""
@@ -327,6 +358,16 @@ class UpstreamClient:
             if should_stop():
                 return True
         return False
+
+
+def _settle(limiter: AdaptiveLimiter, sent_at: float, outcome: _Attempt) -> None:
+    """Give the slot back, telling the limiter what the attempt taught."""
+    if outcome.signal == "ok":
+        limiter.on_success(sent_at, outcome.requests, outcome.tokens)
+    elif outcome.signal == "throttle":
+        limiter.on_throttle(sent_at, outcome.retry_after)
+    else:
+        limiter.release()
 
 
 def _stopped(attempts: int) -> UpstreamResult:

@@ -13,12 +13,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import orjson
 
-from storage.metadata import MetadataStore
 from storage.records import ProviderRecord
 from tasks.ledger import (
     BatchLedger,
@@ -27,6 +26,9 @@ from tasks.ledger import (
     LeaseLost,
     LedgerError,
 )
+
+if TYPE_CHECKING:  # the flow process never opens DuckDB: keep it out of its imports
+    from storage.metadata import MetadataStore
 
 log = logging.getLogger("batchgate.worker")
 

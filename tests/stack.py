@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,16 @@ class PrefectServer:
 class Stack:
     """Gateway + runner + mock provider on one Prefect server."""
 
-    def __init__(self, root: Path, prefect: PrefectServer, **settings: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        prefect: PrefectServer,
+        mock_args: Sequence[str] = (),
+        **settings: Any,
+    ) -> None:
+        """`mock_args` are extra `batchgate mock-upstream` flags (e.g. `--latency-ms`)."""
         self.root = root
+        self.mock_args = list(mock_args)
         self.prefect = prefect
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -140,7 +148,8 @@ class Stack:
     def __enter__(self) -> Stack:
         self.mock = start_child(
             "mock",
-            [sys.executable, "-m", "gateway.cli", "mock-upstream", "--port", str(self.mock_port)],
+            [sys.executable, "-m", "gateway.cli", "mock-upstream", "--port", str(self.mock_port)]
+            + self.mock_args,
             self.env(),
             self.root / "logs",
         )

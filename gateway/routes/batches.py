@@ -23,6 +23,7 @@ from storage.metadata import now
 from storage.records import BatchRecord, batch_object
 from tasks import status as st
 from tasks.batch_rules import RuleViolation, parse_batch_request
+from tasks.crashpoints import crash_point
 
 log = logging.getLogger("batchgate.gateway")
 
@@ -97,6 +98,7 @@ async def create_batch(request: Request) -> Response:
         model=await run_in_threadpool(_first_model, state, input_file.blob_name),
     )
     state.store.insert_batch(batch)
+    crash_point("create:after_insert")
     await launch(state, batch)
     return JSONResponse(batch_object(state.store.get_batch(batch.id)))
 
@@ -123,7 +125,7 @@ async def list_batches(request: Request) -> Response:
     if after_id:
         after = store.get_batch(after_id, key.id)
         if after is None:
-            raise bad_request(f"No such Batch object: {after_id}", param="after")
+            raise not_found("Batch", after_id, param="after")
     rows, has_more = store.list_batches(key.id, limit=limit, after=after)
     data = [batch_object(r) for r in rows]
     return JSONResponse(

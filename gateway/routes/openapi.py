@@ -158,6 +158,8 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
         required=["file", "purpose"],
+        # The anchor alone names no expiry; the route refuses it (400).
+        dependentRequired={"expires_after[anchor]": ["expires_after[seconds]"]},
     ),
     "BatchError": obj(
         {
@@ -230,7 +232,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "BatchCreate": obj(
         {
-            "input_file_id": {"type": "string"},
+            "input_file_id": {"type": "string", "minLength": 1},
             "endpoint": {"type": "string", "enum": BATCH_ENDPOINTS},
             "completion_window": {"type": "string", "enum": ["24h"]},
             "metadata": METADATA,

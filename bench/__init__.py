@@ -1,0 +1,1 @@
+"""The batchgate benchmark suite: `uv run python -m bench --help`."""

@@ -1,0 +1,191 @@
+"""The real system for the benchmarks: Prefect server, gateway, runner and
+`batchgate mock-upstream`, as separate processes (tests/stack.py starts and
+stops them, by process group, exactly as the end-to-end tests do), plus the
+tools to time batches through the official `openai` SDK and to sample each
+process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+
+from tests.stack import INTERNAL_TOKEN, PrefectServer, Stack
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+PROVIDER = "openai"
+
+
+def tree_rss(pid: int) -> int:
+    """RSS of a process and all its descendants (the runner's flow runs count
+    as the runner's), in bytes; 0 once it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+class RssSampler:
+    """Samples the RSS of named process trees in a thread; keeps the peak of each."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.1) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.peak: dict[str, int] = dict.fromkeys(self.pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in list(self.pids.items()):
+                self.peak[name] = max(self.peak.get(name, 0), tree_rss(pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_mb(self) -> dict[str, float]:
+        return {name: value / 1e6 for name, value in self.peak.items()}
+
+
+class BenchSystem:
+    """One running stack (one mock latency) on a shared Prefect server."""
+
+    def __init__(
+        self, root: Path, prefect: PrefectServer, *, latency_ms: float, concurrency: int
+    ) -> None:
+        self.concurrency = concurrency
+        self.stack = Stack(
+            root,
+            prefect,
+            mock_args=["--latency-ms", str(latency_ms)],
+            retention_interval_seconds=3600,
+        )
+        self.client: Any = None
+
+    def __enter__(self) -> BenchSystem:
+        self.stack.__enter__()
+        try:
+            self.stack.admin(
+                "POST",
+                "/admin/providers",
+                json={
+                    "name": PROVIDER,
+                    "base_url": f"{self.stack.mock_url}/v1",
+                    "api_key": "sk-mock-openai",
+                    "default": True,
+                    "max_concurrency": self.concurrency,
+                },
+            )
+            self.client = self.stack.client(self.stack.create_key("bench"))
+        except BaseException:
+            self.stack.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.__exit__()
+
+    def pids(self) -> dict[str, int]:
+        """The processes whose peak RSS the tables report."""
+        stack = self.stack
+        assert stack.gateway and stack.runner and stack.mock
+        return {"gateway": stack.gateway.pid, "runner": stack.runner.pid, "mock": stack.mock.pid}
+
+    def upload(self, path: Path) -> str:
+        with path.open("rb") as handle:
+            return self.client.files.create(file=handle, purpose="batch").id
+
+    def create(self, file_id: str) -> str:
+        batch = self.client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        return batch.id
+
+    def wait(self, batch_id: str, timeout: float, poll: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            batch = self.client.batches.retrieve(batch_id)
+            if batch.status in TERMINAL:
+                return batch
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{batch_id} still {batch.status} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def run_batch(self, file_id: str, timeout: float = 900) -> tuple[float, Any]:
+        """Wall time from `batches.create` to `completed`, and the final batch."""
+        began = time.perf_counter()
+        batch = self.wait(self.create(file_id), timeout)
+        wall = time.perf_counter() - began
+        if batch.status != "completed" or batch.request_counts.failed:
+            raise RuntimeError(f"batch {batch.id} ended {batch.status}: {batch.request_counts}")
+        return wall, batch
+
+    def first_request_delay(self, file_id: str, timeout: float = 120) -> float:
+        """Seconds from `batches.create` returning to the mock's first request."""
+        self.reset_stats()
+        batch_id = self.create(file_id)
+        began = time.perf_counter()
+        deadline = began + timeout
+        with httpx.Client(base_url=self.stack.mock_url) as http:
+            while orjson.loads(http.get("/stats").content)["total"] == 0:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"no upstream request for {batch_id}")
+                time.sleep(0.01)
+        delay = time.perf_counter() - began
+        self.wait(batch_id, timeout)
+        return delay
+
+    def reset_stats(self) -> None:
+        """Clear the mock's counters, keeping its latency (unlike `Stack.reset_mock`)."""
+        httpx.post(f"{self.stack.mock_url}/stats/reset").raise_for_status()
+
+    def download(self, file_id: str) -> int:
+        """Stream a file's content through the SDK; returns its size in bytes."""
+        size = 0
+        with self.client.files.with_streaming_response.content(file_id) as response:
+            for block in response.iter_bytes(1 << 20):
+                size += len(block)
+        return size
+
+    @contextmanager
+    def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
+        """The batch's input as the flow reads it: the internal API, streamed."""
+        from tasks.worker_api import HttpWorkerAPI
+
+        api = HttpWorkerAPI(self.stack.url, INTERNAL_TOKEN)
+        with api.input_blocks(batch_id) as blocks:
+            yield blocks
+
+    def baseline(self, client: str, path: Path) -> tuple[dict[str, Any], float]:
+        """Run `bench.baseline` against this mock; returns its result and peak RSS (MB)."""
+        cmd = [sys.executable, "-m", "bench.baseline", "--client", client]
+        cmd += ["--url", f"{self.stack.mock_url}/v1/chat/completions"]
+        cmd += ["--file", str(path), "--concurrency", str(self.concurrency)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        with RssSampler({"baseline": proc.pid}) as sampler:
+            out, _ = proc.communicate(timeout=900)
+        if proc.returncode:
+            raise RuntimeError(f"baseline {client} exited {proc.returncode}")
+        return orjson.loads(out.strip().splitlines()[-1]), sampler.peak_mb()["baseline"]

@@ -1,0 +1,174 @@
+"""The crash matrix: the runner and the gateway SIGKILLed at named points of a
+batch (tasks/crashpoints.py), restarted, and every batch still ends right.
+
+After each run: every batch `completed`, each `custom_id` exactly once across
+output and error files, `request_counts` equal to the files, at most one
+chunk of upstream requests repeated per crash, and `batchgate doctor` finds
+nothing (no orphans, no missing blobs, no stale parts).
+
+`make test` runs a representative subset on one stack with several batches
+at once; `make soak` (`-m soak`) runs every point on its own stack and writes
+the results into docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.crash_support import (
+    Restarter,
+    chat_lines,
+    check_batch,
+    create_batch,
+    fired,
+    run_doctor,
+    upload,
+    wait_all_terminal,
+)
+from tests.reliability_report import write_crash_matrix
+from tests.stack import PrefectServer, Stack
+
+pytestmark = pytest.mark.timeout(900)
+CHUNK = 50
+
+# Points in flow-run processes: firing kills the runner's process group
+# (the runner and all its flow runs), exactly like `kill -9` of `batchgate worker`.
+RUNNER_POINTS = [
+    "run:after_claim",
+    "validate:before_plan",
+    "validate:after_plan",
+    "execute:after_response#5",  # early in the first chunk
+    "execute:after_response#120",  # in the middle of the third chunk
+    "execute:before_post",  # a whole chunk answered, not yet posted
+    "execute:after_post",  # between chunks
+    "execute:after_post#3",  # between later chunks
+    "finalize:before",
+    "finalize:after",
+]
+# Points in the gateway process (the DuckDB and blob owner).
+GATEWAY_POINTS = [
+    "create:after_insert",  # batch stored, no flow run started yet
+    "ledger:plan_after_chunks",  # plan saved, still validating
+    "ledger:chunk_after_parts",  # mid chunk post: parts written, chunk not marked done
+    "ledger:chunk_after_commit",  # chunk done, answer never sent
+    "ledger:finalize_after_files",  # result files written, status not moved
+    "ledger:finalize_after_transition",  # batch ended, parts not removed
+]
+FAST_POINTS = [
+    "validate:after_plan",
+    "execute:after_response#20",
+    "execute:after_post",
+    "finalize:before",
+    "ledger:chunk_after_parts",
+    "ledger:finalize_after_files",
+]
+
+
+@contextmanager
+def crash_stack(prefect: PrefectServer, root: Path, points: list[str]) -> Iterator[Stack]:
+    """A stack whose processes all carry the armed points; one chunk at a time
+    per batch, so one crash can repeat at most one chunk of requests."""
+    with Stack(
+        root,
+        prefect,
+        chunk_size=CHUNK,
+        chunk_parallelism=1,
+        lease_seconds=6,
+        reconcile_interval_seconds=1,
+        max_attempts=5,
+        backoff_base_seconds=0.05,
+        backoff_max_seconds=0.5,
+        retention_interval_seconds=3600,
+        crash_at=",".join(points),
+        crash_dir=root / "crashes",
+    ) as stack:
+        (root / "crashes").mkdir(exist_ok=True)
+        stack.reset_mock()
+        stack.mock_config(latency_ms=5)
+        yield stack
+
+
+def run_matrix(
+    stack: Stack, tmp_path: Path, points: list[str], batches: int, lines: int, timeout: float
+) -> dict[str, Any]:
+    """Create `batches` batches, let the armed points fire, restart what dies,
+    check every batch and the data directory. Returns figures for the report."""
+    client = stack.client(stack.create_key("crash"))
+    started = time.monotonic()
+    with Restarter(stack) as restarter:
+        prefixes = [f"b{n}" for n in range(batches)]
+        ids = [
+            create_batch(client, upload(client, tmp_path, chat_lines(p, lines))) for p in prefixes
+        ]
+        ended = wait_all_terminal(client, ids, timeout)
+        sent = stack.mock_stats()["custom_ids"]
+        checks = [
+            check_batch(client, b, p, lines, sent) for b, p in zip(ended, prefixes, strict=True)
+        ]
+    seconds = time.monotonic() - started
+    doctor = run_doctor(stack)
+    crashes = sum(restarter.deaths.values())
+
+    assert restarter.errors == []
+    assert fired(stack.root / "crashes", points) == points, "some crash points never fired"
+    for check in checks:
+        assert check.batch.status == "completed", (check.batch.id, check.batch.status)
+        assert check.problems == [], (check.batch.id, check.problems)
+        assert check.errors == []  # no upstream faults here: every line succeeded
+        assert check.repeated <= CHUNK * crashes, (check.batch.id, check.repeated, crashes)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    return {
+        "points": points,
+        "deaths": dict(restarter.deaths),
+        "repeated": [c.repeated for c in checks],
+        "seconds": round(seconds, 1),
+        "doctor": doctor.stdout.splitlines()[0] if doctor.stdout else "",
+        "batches": batches,
+        "lines": lines,
+    }
+
+
+def test_crashes_in_every_phase_leave_every_batch_complete_and_consistent(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Runner killed during validate, mid-chunk, between chunks and before
+    finalize; gateway killed mid chunk post and mid finalize: 3 batches at once."""
+    root = Path(tmp_path_factory.mktemp("crash-fast"))
+    with crash_stack(prefect_server, root, FAST_POINTS) as stack:
+        figures = run_matrix(stack, root, FAST_POINTS, batches=3, lines=200, timeout=420)
+    # every runner point killed the runner, every gateway point the gateway
+    assert figures["deaths"] == {"runner": 4, "gateway": 2}, figures
+
+
+# -- make soak: the full matrix, one point per stack ------------------------------
+
+_SOAK_ROWS: list[dict[str, Any]] = []
+
+
+@pytest.fixture(scope="module")
+def soak_report() -> Iterator[list[dict[str, Any]]]:
+    yield _SOAK_ROWS
+    if _SOAK_ROWS:
+        write_crash_matrix(_SOAK_ROWS)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("point", RUNNER_POINTS + GATEWAY_POINTS)
+def test_soak_crash_point(
+    point: str,
+    prefect_server: PrefectServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    soak_report: list[dict[str, Any]],
+) -> None:
+    root = Path(tmp_path_factory.mktemp("crash-soak"))
+    with crash_stack(prefect_server, root, [point]) as stack:
+        figures = run_matrix(stack, root, [point], batches=2, lines=300, timeout=300)
+    killed = "gateway" if point in GATEWAY_POINTS else "runner"
+    assert figures["deaths"] == {killed: 1}, figures
+    soak_report.append({"point": point, "killed": killed, **figures})
