@@ -51,9 +51,12 @@ async def run_aiohttp(url: str, path: Path, concurrency: int) -> tuple[int, int]
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def send(body: bytes) -> int:
-            async with session.post(url, data=body) as response:
-                orjson.loads(await response.read())
-                return response.status
+            try:
+                async with session.post(url, data=body) as response:
+                    orjson.loads(await response.read())
+                    return response.status
+            except aiohttp.ClientError:
+                return 0  # counted as sent, not as answered
 
         return await drive(request_bodies(path), send, concurrency)
 
@@ -66,7 +69,10 @@ async def run_httpx(url: str, path: Path, concurrency: int) -> tuple[int, int]:
     async with httpx.AsyncClient(limits=limits, headers=headers, timeout=600) as client:
 
         async def send(body: bytes) -> int:
-            response = await client.post(url, content=body)
+            try:
+                response = await client.post(url, content=body)
+            except httpx.TransportError:
+                return 0  # httpx's pool drops connections under load: counted, not fatal
             orjson.loads(response.content)
             return response.status_code
 

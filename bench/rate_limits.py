@@ -37,7 +37,7 @@ from tests.stack import PrefectServer
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- rate-limits:start -->", "<!-- rate-limits:end -->"
-COMMAND = "uv run python -m bench.rate_limits"
+COMMAND = "PREFECT_SERVER_ANALYTICS_ENABLED=false uv run python -m bench.rate_limits"
 
 
 # -- pure helpers ------------------------------------------------------------------
@@ -280,10 +280,14 @@ def render(limit: dict[str, Any], fair: dict[str, Any], command: str) -> str:
     date = datetime.date.today().isoformat()
     return f"""## Rate limits and fairness
 
-Measured {date} with `{command}` (the whole system: Prefect server, gateway,
-runner, `batchgate mock-upstream --latency-ms 50` with a {limit["limit"]:g} requests/s
-token bucket that answers 429 with `Retry-After` beyond it; provider
-`max_concurrency` 64; 2xx and 429 counts from the mock's `/stats` every 0.1 s).
+Measured {date} with
+
+    {command}
+
+(the whole system: Prefect server, gateway, runner, and
+`batchgate mock-upstream --latency-ms 50` with a {limit["limit"]:g} requests/s token
+bucket that answers 429 with `Retry-After` beyond it; provider `max_concurrency`
+64; `max_attempts` 5; 2xx and 429 counts from the mock's `/stats` every 0.1 s).
 
 | measurement | target | measured | verdict |
 | --- | --- | --- | --- |

@@ -74,10 +74,25 @@ class PrefectFlowRuns:
             return False
 
 
+# A runner marks a run Pending when it takes it, and the run turns Running
+# seconds later. A runner killed in between leaves it Pending for ever, so an
+# older Pending run counts as dead, not queued (a spare run is harmless: the
+# lease lets only one of them work).
+PENDING_PATIENCE_SECONDS = 30.0
+
+
 async def flow_run_is_queued(flow_run_id: str) -> bool:
-    """True while a flow run waits for a runner slot (Scheduled or Pending)."""
+    """True while a flow run waits for a runner slot (Scheduled, or recently Pending)."""
+    from datetime import UTC, datetime
+
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
         run = await client.read_flow_run(flow_run_id)
-    return run.state is not None and run.state.type.value in {"SCHEDULED", "PENDING"}
+    state = run.state
+    if state is None or state.type.value not in {"SCHEDULED", "PENDING"}:
+        return False
+    if state.type.value == "SCHEDULED" or state.timestamp is None:
+        return True
+    age = (datetime.now(UTC) - state.timestamp).total_seconds()
+    return age < PENDING_PATIENCE_SECONDS

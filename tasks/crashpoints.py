@@ -44,7 +44,7 @@ def crash_point(name: str) -> None:
 
 
 def marker_path(directory: Path | str, name: str) -> Path:
-    """Where a fired point leaves its marker (names contain ':' and '#', kept as is)."""
+    """Where a fired point (`name` or `name#N`, as armed) leaves its marker."""
     return Path(directory) / name.replace("/", "_")
 
 
@@ -54,7 +54,8 @@ def _maybe_die(name: str) -> None:
         return
     if _MARKERS:
         try:
-            fd = os.open(marker_path(_MARKERS, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            spec = name if _ARMED[name] == 1 else f"{name}#{_ARMED[name]}"
+            fd = os.open(marker_path(_MARKERS, spec), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return  # fired once already, in this or an earlier process
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -31,7 +31,7 @@ import contextlib
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 # Shrink factor on a throttle. 0.7 (CUBIC's) keeps the average near the limit
@@ -108,6 +108,17 @@ class Budget:
 def parse_budgets(headers: Mapping[str, str]) -> tuple[Budget | None, Budget | None]:
     """The (requests, tokens) budgets in a response, each None if not sent."""
     return _budget(headers, "requests"), _budget(headers, "tokens")
+
+
+def budgets_from_raw(raw: Iterable[tuple[bytes, bytes]]) -> tuple[Budget | None, Budget | None]:
+    """`parse_budgets` over raw header pairs: one pass, no case-folding lookups,
+    because it runs on every 2xx and most providers send none of these."""
+    found = {
+        name.lower().decode("latin-1"): value.decode("latin-1")
+        for name, value in raw
+        if name[:12].lower() == b"x-ratelimit-"
+    }
+    return parse_budgets(found) if found else (None, None)
 
 
 def _budget(headers: Mapping[str, str], kind: str) -> Budget | None:

@@ -38,7 +38,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from storage.records import ProviderRecord
-from tasks.limits import AdaptiveLimiter, Budget, parse_budgets
+from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
 
 NON_JSON_BODY: dict[str, Any] = {
     "error": {
@@ -339,7 +339,7 @@ class UpstreamClient:
             status, parsed, response.headers.get("x-request-id"), error_code, None, attempt
         )
         if 200 <= status < 300:
-            return _Attempt(result, False, None, "ok", *parse_budgets(response.headers))
+            return _Attempt(result, False, None, "ok", *budgets_from_raw(response.headers.raw))
         if not is_retryable_status(status):
             return _Attempt(result, False)
         signal = "throttle" if throttles(status) else None

@@ -51,7 +51,11 @@ def _first_model(state: Any, blob_name: str) -> str | None:
 async def launch(state: Any, batch: BatchRecord) -> None:
     """Start a flow run for the batch; on failure the reconciler tries again."""
     state.store.update_batch(
-        batch.id, lease_token=None, lease_expires_at=time.time() + LAUNCH_GRACE_SECONDS
+        batch.id,
+        lease_token=None,
+        # short leases (tests) get a short grace; queued runs are kept by is_queued anyway
+        lease_expires_at=time.time()
+        + min(LAUNCH_GRACE_SECONDS, max(30, 5 * state.settings.lease_seconds)),
     )
     try:
         flow_run_id = await state.flow_runs.start_batch(batch)

@@ -1,0 +1,229 @@
+"""Load: 50 concurrent clients upload, list and poll for 60 s on the full
+stack while a 10,000-line batch runs. No 5xx, no lost file; per-route
+latency percentiles are printed (and written to `BATCHGATE_LOAD_REPORT` if
+set) for docs/reliability.md. Marked `soak`: it runs under `make soak` only.
+
+Each client is an asyncio task with its own connection, cycling through
+upload -> list files -> retrieve file -> list batches -> retrieve batch,
+with a short think time so the offered load is steady rather than a
+self-inflicted queue in this one client process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.workload import chat_request, write_input
+from tests.stack import PrefectServer, Stack
+
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
+
+CLIENTS = 50
+KEYS = 10  # 5 clients per key: lists and polls see other clients' writes
+DURATION_SECONDS = 60.0
+THINK_SECONDS = 0.2
+BIG_BATCH_LINES = 10_000
+MOCK_LATENCY_MS = 100  # with max_concurrency 16: the batch runs ~60 s
+METADATA_P99_BUDGET_MS = 300.0
+METADATA_ROUTES = ("list files", "retrieve file", "list batches", "retrieve batch")
+
+
+@dataclass
+class Tally:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    errors: list[str] = field(default_factory=list)
+    uploaded: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def dropped(self, route: str, exc: httpx.TransportError) -> None:
+        """A request that got no answer at all (connection reset or closed)."""
+        self.errors.append(f"{route}: {exc!r}")
+        self.statuses[0] += 1
+
+    def record(self, route: str, started: float, response: httpx.Response) -> None:
+        self.latencies[route].append((time.perf_counter() - started) * 1000)
+        self.statuses[response.status_code] += 1
+        if response.status_code >= 400:
+            self.errors.append(f"{route}: {response.status_code} {response.text[:200]}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def summary(tally: Tally) -> dict[str, Any]:
+    return {
+        route: {
+            "count": len(v),
+            "p50_ms": round(statistics.median(v), 1),
+            "p95_ms": round(percentile(v, 95), 1),
+            "p99_ms": round(percentile(v, 99), 1),
+            "max_ms": round(max(v), 1),
+        }
+        for route, v in sorted(tally.latencies.items())
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = Path(tmp_path_factory.mktemp("load"))
+    with (
+        PrefectServer(root / "prefect") as prefect,
+        Stack(root / "stack", prefect, chunk_size=1000, max_attempts=3) as running,
+    ):
+        yield running
+
+
+async def client_loop(
+    http: httpx.AsyncClient, key: str, batch_id: str, tally: Tally, stop_at: float, seed: int
+) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    rng = random.Random(seed)
+    mine: list[str] = []
+    step = 0
+    while time.monotonic() < stop_at:
+        route = ("upload", "list files", "retrieve file", "list batches", "retrieve batch")[
+            step % 5
+        ]
+        step += 1
+        started = time.perf_counter()
+        try:
+            response = await one_request(http, route, headers, rng, mine, seed, step, batch_id)
+        except httpx.TransportError as exc:
+            tally.dropped(route, exc)
+        else:
+            if route == "upload" and response.status_code == 200:
+                mine.append(response.json()["id"])
+                tally.uploaded[key].append(mine[-1])
+            tally.record(route, started, response)
+        await asyncio.sleep(THINK_SECONDS * rng.uniform(0.5, 1.5))
+
+
+async def one_request(
+    http: httpx.AsyncClient,
+    route: str,
+    headers: dict[str, str],
+    rng: random.Random,
+    mine: list[str],
+    seed: int,
+    step: int,
+    batch_id: str,
+) -> httpx.Response:
+    if route == "upload":
+        line = json.dumps(chat_request(rng.randrange(10**6))).encode()
+        return await http.post(
+            "/v1/files",
+            headers=headers,
+            data={"purpose": "batch"},
+            files={"file": (f"c{seed}-{step}.jsonl", line * 5)},
+        )
+    if route == "list files":
+        return await http.get("/v1/files?limit=20", headers=headers)
+    if route == "retrieve file" and mine:
+        return await http.get(f"/v1/files/{rng.choice(mine)}", headers=headers)
+    if route == "list batches":
+        return await http.get("/v1/batches?limit=20", headers=headers)
+    return await http.get(f"/v1/batches/{batch_id}", headers=headers)
+
+
+async def run_load(stack: Stack, keys: list[str], batches: list[str]) -> Tally:
+    tally = Tally()
+    stop_at = time.monotonic() + DURATION_SECONDS
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60, limits=limits) as http:
+        await asyncio.gather(
+            *(
+                client_loop(http, keys[i % KEYS], batches[i % KEYS], tally, stop_at, i)
+                for i in range(CLIENTS)
+            )
+        )
+    return tally
+
+
+def test_fifty_clients_for_a_minute_while_a_big_batch_runs(stack: Stack, tmp_path: Path) -> None:
+    stack.mock_config(latency_ms=MOCK_LATENCY_MS)
+    stack.admin(
+        "POST",
+        "/admin/providers",
+        json={
+            "name": "openai",
+            "base_url": f"{stack.mock_url}/v1",
+            "api_key": "sk-mock-openai",
+            "default": True,
+            "max_concurrency": 16,
+        },
+    )
+    keys = [stack.create_key(f"load-{i}") for i in range(KEYS)]
+    big_path = tmp_path / "big.jsonl"
+    write_input(big_path, BIG_BATCH_LINES)
+    owner = stack.client(keys[0])
+    with big_path.open("rb") as handle:
+        big_file = owner.files.create(file=handle, purpose="batch").id
+    big = owner.batches.create(
+        input_file_id=big_file, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    # Every other key polls a small batch of its own.
+    batches = [big.id]
+    for key in keys[1:]:
+        client = stack.client(key)
+        small_path = tmp_path / f"{key[-6:]}.jsonl"
+        write_input(small_path, 5)
+        with small_path.open("rb") as handle:
+            small = client.files.create(file=handle, purpose="batch").id
+        batches.append(
+            client.batches.create(
+                input_file_id=small, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+        )
+
+    tally = asyncio.run(run_load(stack, keys, batches))
+    during = owner.batches.retrieve(big.id)
+
+    figures = {
+        "clients": CLIENTS,
+        "duration_s": DURATION_SECONDS,
+        "requests": sum(tally.statuses.values()),
+        "statuses": dict(tally.statuses),
+        "big_batch_status_at_end_of_load": during.status,
+        "big_batch_completed_at_end_of_load": during.request_counts.completed,
+        "routes": summary(tally),
+    }
+    print(json.dumps(figures, indent=2))
+    if report := os.environ.get("BATCHGATE_LOAD_REPORT"):
+        Path(report).write_text(json.dumps(figures, indent=2))
+
+    assert not [s for s in tally.statuses if s >= 500], tally.errors[:10]
+    assert tally.errors == []
+    # The batch was running for the whole minute of load.
+    assert during.status in {"in_progress", "finalizing"}, during
+    # No lost file: every upload is listed and retrievable by its key.
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        for key, uploaded in tally.uploaded.items():
+            headers = {"Authorization": f"Bearer {key}"}
+            listed = http.get("/v1/files?limit=10000", headers=headers).json()["data"]
+            assert set(uploaded) <= {f["id"] for f in listed}
+            for file_id in uploaded[:: max(1, len(uploaded) // 20)]:
+                assert http.get(f"/v1/files/{file_id}", headers=headers).status_code == 200
+    deadline = time.monotonic() + 600
+    while (done := owner.batches.retrieve(big.id)).status not in {"completed", "failed"}:
+        assert time.monotonic() < deadline, done
+        time.sleep(1)
+    assert done.status == "completed"
+    assert done.request_counts.completed == BIG_BATCH_LINES
+    for route in METADATA_ROUTES:
+        p99 = figures["routes"][route]["p99_ms"]
+        assert p99 < METADATA_P99_BUDGET_MS, (route, figures["routes"][route])
