@@ -29,12 +29,19 @@ def request_bodies(path: Path) -> Iterator[bytes]:
                 yield orjson.dumps(orjson.loads(raw)["body"])
 
 
-async def drive(bodies: Iterator[bytes], send: Send, concurrency: int) -> tuple[int, int]:
-    """Send every body with `concurrency` workers; returns (sent, answered 2xx)."""
+async def drive(
+    bodies: Iterator[bytes], send: Send, concurrency: int, max_seconds: float = float("inf")
+) -> tuple[int, int]:
+    """Send every body with `concurrency` workers, taking no new one after
+    `max_seconds` (a loop that collapses must not stall the whole benchmark);
+    returns (sent, answered 2xx)."""
     counts = [0, 0]
+    deadline = time.monotonic() + max_seconds
 
     async def worker() -> None:
         for body in bodies:  # one shared iterator: each body goes to one worker
+            if time.monotonic() > deadline:
+                return
             status = await send(body)
             counts[0] += 1
             counts[1] += 200 <= status < 300
@@ -43,7 +50,7 @@ async def drive(bodies: Iterator[bytes], send: Send, concurrency: int) -> tuple[
     return counts[0], counts[1]
 
 
-async def run_aiohttp(url: str, path: Path, concurrency: int) -> tuple[int, int]:
+async def run_aiohttp(url: str, path: Path, concurrency: int, limit: float) -> tuple[int, int]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -58,15 +65,15 @@ async def run_aiohttp(url: str, path: Path, concurrency: int) -> tuple[int, int]
             except aiohttp.ClientError:
                 return 0  # counted as sent, not as answered
 
-        return await drive(request_bodies(path), send, concurrency)
+        return await drive(request_bodies(path), send, concurrency, limit)
 
 
-async def run_httpx(url: str, path: Path, concurrency: int) -> tuple[int, int]:
+async def run_httpx(url: str, path: Path, concurrency: int, limit: float) -> tuple[int, int]:
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
-    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=600) as client:
+    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=60) as client:
 
         async def send(body: bytes) -> int:
             try:
@@ -76,7 +83,7 @@ async def run_httpx(url: str, path: Path, concurrency: int) -> tuple[int, int]:
             orjson.loads(response.content)
             return response.status_code
 
-        return await drive(request_bodies(path), send, concurrency)
+        return await drive(request_bodies(path), send, concurrency, limit)
 
 
 RUNNERS = {"aiohttp": run_aiohttp, "httpx": run_httpx}
@@ -88,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:PORT/v1/chat/...")
     parser.add_argument("--file", type=Path, required=True)
     parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument(
+        "--max-seconds", type=float, default=float("inf"), help="take no new line after this"
+    )
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    sent, ok = asyncio.run(RUNNERS[args.client](args.url, args.file, args.concurrency))
+    run = RUNNERS[args.client](args.url, args.file, args.concurrency, args.max_seconds)
+    sent, ok = asyncio.run(run)
     wall = time.perf_counter() - began
     sys.stdout.write(orjson.dumps({"wall": wall, "sent": sent, "ok": ok}).decode() + "\n")
     return 0

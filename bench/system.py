@@ -178,9 +178,12 @@ class BenchSystem:
         with api.input_blocks(batch_id) as blocks:
             yield blocks
 
-    def baseline(self, client: str, path: Path) -> tuple[dict[str, Any], float]:
+    def baseline(
+        self, client: str, path: Path, max_seconds: float = float("inf")
+    ) -> tuple[dict[str, Any], float]:
         """Run `bench.baseline` against this mock; returns its result and peak RSS (MB)."""
         cmd = [sys.executable, "-m", "bench.baseline", "--client", client]
+        cmd += ["--max-seconds", str(max_seconds)]
         cmd += ["--url", f"{self.stack.mock_url}/v1/chat/completions"]
         cmd += ["--file", str(path), "--concurrency", str(self.concurrency)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

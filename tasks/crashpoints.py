@@ -16,8 +16,10 @@ ones see the marker and go on, so a restarted process does not crash again.
 
 Firing sends SIGKILL to the caller's whole process group - the runner and
 every flow run it spawned, or the gateway - exactly as `kill -9` of the
-process a user started would. Arm it only in a process started in its own
-session (tests/stack.py does so); never set these variables in production.
+process a user started would. With BATCHGATE_CRASH_SCOPE=process only the
+calling process dies (one flow run, not its runner). Arm it only in a
+process started in its own session (tests/stack.py does so); never set
+these variables in production.
 
 When unset, `crash_point` costs one test of an empty set: the variables are
 read once, at import.
@@ -34,6 +36,7 @@ for _spec in filter(None, (s.strip() for s in os.environ.get("BATCHGATE_CRASH_AT
     _name, _, _count = _spec.partition("#")
     _ARMED[_name] = int(_count or 1)
 _MARKERS = os.environ.get("BATCHGATE_CRASH_DIR")
+_SCOPE = os.environ.get("BATCHGATE_CRASH_SCOPE", "group")
 _hits: dict[str, int] = {}
 
 
@@ -61,5 +64,7 @@ def _maybe_die(name: str) -> None:
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)
         os.close(fd)
+    if _SCOPE == "process":
+        os.kill(os.getpid(), signal.SIGKILL)
     os.killpg(os.getpgrp(), signal.SIGKILL)
     os._exit(137)  # not reached; in case the group could not be signalled
