@@ -25,8 +25,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     app = create_app(settings)
+    # A long keep-alive: clients (the openai SDK, workers) reuse connections,
+    # and a server closing one just as a client reuses it drops that request.
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=75,
     )
     return 0
 

@@ -78,7 +78,7 @@ class PrefectFlowRuns:
 # seconds later. A runner killed in between leaves it Pending for ever, so an
 # older Pending run counts as dead, not queued (a spare run is harmless: the
 # lease lets only one of them work).
-PENDING_PATIENCE_SECONDS = 30.0
+PENDING_PATIENCE_SECONDS = 90.0
 
 
 async def flow_run_is_queued(flow_run_id: str) -> bool:

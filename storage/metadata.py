@@ -33,6 +33,7 @@ from storage.records import (
 )
 
 SCHEMA_VERSION = 1
+MAX_CACHED_KEYS = 10_000
 R = TypeVar("R")
 
 # Columns stored as JSON text, per table.
@@ -73,6 +74,7 @@ class MetadataStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = duckdb.connect(self.path)
         self._lock = threading.RLock()
+        self._live_keys: dict[str, ApiKeyRecord] = {}
         self._migrate()
 
     # -- plumbing ---------------------------------------------------------
@@ -154,13 +156,22 @@ class MetadataStore:
         return record, clear
 
     def find_api_key(self, clear_key: str) -> ApiKeyRecord | None:
+        """The live key with this clear text. Every request asks, so live keys
+        are remembered by hash; this process is the only writer, and revoking
+        clears the memory, so a revoked key stops working at once."""
+        key_hash = ids.hash_key(clear_key)
+        cached = self._live_keys.get(key_hash)
+        if cached is not None:
+            return cached
         found = self._fetch(
-            "api_keys",
-            ApiKeyRecord,
-            "key_hash = ? AND revoked_at IS NULL",
-            [ids.hash_key(clear_key)],
+            "api_keys", ApiKeyRecord, "key_hash = ? AND revoked_at IS NULL", [key_hash]
         )
-        return found[0] if found else None
+        if not found:
+            return None
+        if len(self._live_keys) >= MAX_CACHED_KEYS:
+            self._live_keys.clear()
+        self._live_keys[key_hash] = found[0]
+        return found[0]
 
     def list_api_keys(self) -> list[ApiKeyRecord]:
         return self._fetch(
@@ -168,6 +179,7 @@ class MetadataStore:
         )
 
     def revoke_api_key(self, key_id: str) -> bool:
+        self._live_keys.clear()
         return bool(
             self._update(
                 "api_keys", "id = ? AND revoked_at IS NULL", [key_id], {"revoked_at": now()}

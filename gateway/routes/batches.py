@@ -20,9 +20,9 @@ from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
 from storage import ids
 from storage.metadata import now
-from storage.records import BatchRecord, batch_object
+from storage.records import ApiKeyRecord, BatchRecord, batch_object
 from tasks import status as st
-from tasks.batch_rules import RuleViolation, parse_batch_request
+from tasks.batch_rules import BatchRequest, RuleViolation, parse_batch_request
 from tasks.crashpoints import crash_point
 
 log = logging.getLogger("batchgate.gateway")
@@ -50,7 +50,9 @@ def _first_model(state: Any, blob_name: str) -> str | None:
 
 async def launch(state: Any, batch: BatchRecord) -> None:
     """Start a flow run for the batch; on failure the reconciler tries again."""
-    state.store.update_batch(
+    update = state.store.update_batch
+    await run_in_threadpool(
+        update,
         batch.id,
         lease_token=None,
         # short leases (tests) get a short grace; queued runs are kept by is_queued anyway
@@ -61,22 +63,14 @@ async def launch(state: Any, batch: BatchRecord) -> None:
         flow_run_id = await state.flow_runs.start_batch(batch)
     except Exception as exc:
         log.warning("could not start a flow run for %s: %s", batch.id, exc)
-        state.store.update_batch(batch.id, lease_expires_at=None)
+        await run_in_threadpool(update, batch.id, lease_expires_at=None)
         return
     if flow_run_id:
-        state.store.update_batch(batch.id, flow_run_id=flow_run_id)
+        await run_in_threadpool(update, batch.id, flow_run_id=flow_run_id)
 
 
-async def create_batch(request: Request) -> Response:
-    key = require_key(request)
-    state = _state(request)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("The request body is not valid JSON.") from exc
-    parsed = parse_batch_request(body)
-    if isinstance(parsed, RuleViolation):
-        raise bad_request(parsed.message, param=parsed.param)
+def _record_batch(state: Any, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
+    """Check the input file and store the new batch (blocking: runs in a thread)."""
     input_file = state.store.get_file(parsed.input_file_id, key.id)
     if input_file is None:
         raise not_found("File", parsed.input_file_id, param="input_file_id")
@@ -99,12 +93,27 @@ async def create_batch(request: Request) -> Response:
         metadata=parsed.metadata,
         output_expires_after_seconds=parsed.output_expires_after_seconds,
         output_expires_after_anchor="created_at" if parsed.output_expires_after_seconds else None,
-        model=await run_in_threadpool(_first_model, state, input_file.blob_name),
+        model=_first_model(state, input_file.blob_name),
     )
     state.store.insert_batch(batch)
+    return batch
+
+
+async def create_batch(request: Request) -> Response:
+    key = require_key(request)
+    state = _state(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("The request body is not valid JSON.") from exc
+    parsed = parse_batch_request(body)
+    if isinstance(parsed, RuleViolation):
+        raise bad_request(parsed.message, param=parsed.param)
+    batch = await run_in_threadpool(_record_batch, state, key, parsed)
     crash_point("create:after_insert")
     await launch(state, batch)
-    return JSONResponse(batch_object(state.store.get_batch(batch.id)))
+    stored = await run_in_threadpool(state.store.get_batch, batch.id)
+    return JSONResponse(batch_object(stored))
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -120,7 +129,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
-async def list_batches(request: Request) -> Response:
+def list_batches(request: Request) -> Response:
     key = require_key(request)
     store = _state(request).store
     limit = _int_param(request, "limit", 20, 1, 100)
@@ -143,7 +152,7 @@ async def list_batches(request: Request) -> Response:
     )
 
 
-async def retrieve_batch(request: Request) -> Response:
+def retrieve_batch(request: Request) -> Response:
     key = require_key(request)
     batch_id = request.path_params["batch_id"]
     batch = _state(request).store.get_batch(batch_id, key.id)
@@ -152,7 +161,7 @@ async def retrieve_batch(request: Request) -> Response:
     return JSONResponse(batch_object(batch))
 
 
-async def cancel_batch(request: Request) -> Response:
+def cancel_batch(request: Request) -> Response:
     key = require_key(request)
     store = _state(request).store
     batch_id = request.path_params["batch_id"]

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import anyio
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -186,7 +187,8 @@ async def create_file(request: Request) -> Response:
     created_at = now()
     try:
         params = upload_params(form, created_at, state.settings.batch_file_ttl_seconds)
-        record = state.store.insert_file(
+        record = await run_in_threadpool(
+            state.store.insert_file,
             FileRecord(
                 id=file_id,
                 api_key_id=key.id,
@@ -198,7 +200,7 @@ async def create_file(request: Request) -> Response:
                 deleted_at=None,
                 blob_name=file_id,
                 mime_type=params.mime_type,
-            )
+            ),
         )
     except BaseException:
         state.blobs.delete(file_id)
@@ -214,7 +216,7 @@ def _owned_file(request: Request, key: ApiKeyRecord) -> FileRecord:
     return record
 
 
-async def list_files(request: Request) -> Response:
+def list_files(request: Request) -> Response:
     key = require_key(request)
     store = request.app.state.gateway.store
     query = request.query_params
@@ -237,10 +239,10 @@ async def list_files(request: Request) -> Response:
 async def files_collection(request: Request) -> Response:
     if request.method == "POST":
         return await create_file(request)
-    return await list_files(request)
+    return await run_in_threadpool(list_files, request)
 
 
-async def file_item(request: Request) -> Response:
+def file_item(request: Request) -> Response:
     key = require_key(request)
     record = _owned_file(request, key)
     if request.method == "DELETE":
@@ -251,7 +253,7 @@ async def file_item(request: Request) -> Response:
     return JSONResponse(file_object(record))
 
 
-async def file_content(request: Request) -> Response:
+def file_content(request: Request) -> Response:
     key = require_key(request)
     record = _owned_file(request, key)
     blobs = request.app.state.gateway.blobs
