@@ -92,7 +92,7 @@ def comparison_headers(processes: Sequence[str]) -> list[str]:
         "requests/s",
         "wall / baseline",
         "rate / baseline",
-        *(f"peak RSS {p}" for p in processes),
+        *(f"peak mem {p}" for p in processes),
     ]
 
 
@@ -133,12 +133,29 @@ def render_report(
         "",
         f"- Date: {date}",
         f"- Machine: {machine}",
+        "- Memory: peak RSS of a single process; for the runner, the sum of the PSS of the",
+        "  runner, its forkserver and its flow-run processes (forked processes share pages).",
     ]
     if intro:
         header += ["", intro]
     return "\n".join(header) + "\n\n" + "\n\n".join(map(render_section, sections)) + "\n"
 
 
+# Sections other benchmarks keep in the same file (bench/rate_limits.py).
+KEPT_SECTIONS = (("<!-- rate-limits:start -->", "<!-- rate-limits:end -->"),)
+
+
+def keep_sections(old: str, new: str) -> str:
+    """`new` with the marked sections of `old` carried over, so one benchmark's
+    run does not erase another's results."""
+    for start, end in KEPT_SECTIONS:
+        if start in old and end in old and start not in new:
+            block = start + old.split(start, 1)[1].split(end, 1)[0] + end
+            new = new.rstrip() + "\n\n" + block + "\n"
+    return new
+
+
 def write_report(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    old = path.read_text() if path.exists() else ""
+    path.write_text(keep_sections(old, text))

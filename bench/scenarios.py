@@ -187,7 +187,7 @@ def big_section(big: BigResult) -> Section:
             ],
             ["batch wall time (create -> completed)", seconds(big.run.wall)],
             ["requests/s", f"{big.run.rate:.0f}"],
-            ["peak RSS runner + flow runs", mb(runner)],
+            ["peak memory runner + flow runs (PSS sum)", mb(runner)],
             ["peak RSS gateway", mb(gateway)],
             ["peak RSS mock", mb(big.run.rss_mb["mock"])],
             [
@@ -226,13 +226,11 @@ def start_section(delays: list[float]) -> Section:
         + [["median", seconds(middle)], ["min / max", f"{min(delays):.2f} / {max(delays):.2f} s"]],
         passed=middle < START_TARGET,
         notes=[
-            "Where the time goes (runner log timestamps, 2-core machine under load): the"
-            " runner's poll (up to PREFECT_RUNNER_POLL_FREQUENCY=1 s); a fresh"
-            " `python -m prefect.engine` process importing Prefect (2-5 s); loading the flow"
-            " ('Downloading flow code from storage' to 'Beginning flow run', 1-2.5 s); then"
-            " claim, validation and the first chunk fetch (~0.5 s). The flow process no longer"
-            " imports DuckDB, and progress artifacts no longer delay the first request, but"
-            " the per-batch process start of Prefect's runner is the floor.",
+            "Where the time goes: the runner's poll (every 0.5 s); the flow run forked from"
+            " the runner's preloaded forkserver (flows/serve.py; Prefect's default spawns a"
+            " fresh interpreter that re-imports Prefect and batchgate, 3-6 s here); Prefect's"
+            " flow-run start (state changes through its API); then claim, validation and the"
+            " first chunk fetch through the gateway's internal API.",
         ],
     )
 

@@ -26,18 +26,26 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 PROVIDER = "openai"
 
 
-def tree_rss(pid: int) -> int:
-    """RSS of a process and all its descendants (the runner's flow runs count
-    as the runner's), in bytes; 0 once it is gone."""
+def tree_memory(pid: int) -> int:
+    """Memory of a process and all its descendants, in bytes; 0 once gone.
+
+    One process: its RSS. A tree (the runner, its forkserver and the flow runs
+    forked from it): the sum of each process's PSS, because forked processes
+    share their parent's pages and summing RSS would count those pages once
+    per process."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0
+    if len(procs) == 1:
+        with suppress(psutil.Error):
+            return root.memory_info().rss
+        return 0
     total = 0
     for proc in procs:
         with suppress(psutil.Error):
-            total += proc.memory_info().rss
+            total += proc.memory_full_info().pss
     return total
 
 
@@ -54,7 +62,7 @@ class RssSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for name, pid in list(self.pids.items()):
-                self.peak[name] = max(self.peak.get(name, 0), tree_rss(pid))
+                self.peak[name] = max(self.peak.get(name, 0), tree_memory(pid))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:

@@ -133,7 +133,6 @@ def make_plan(settings: Settings, env: Mapping[str, str], internal_token: str) -
 
 def runner_env(plan: Plan, settings: Settings) -> dict[str, str]:
     env = dict(plan.base_env)
-    env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
     env["PREFECT_RUNNER_PROCESS_LIMIT"] = str(settings.runner_limit)
     env["BATCHGATE_RUNNER_LIMIT"] = str(settings.runner_limit)
     env["BATCHGATE_GATEWAY_URL"] = settings.gateway_url or plan.gateway_base

@@ -115,7 +115,6 @@ class Stack:
             BATCHGATE_ADMIN_KEY=ADMIN_KEY,
             BATCHGATE_INTERNAL_TOKEN=INTERNAL_TOKEN,
             BATCHGATE_GATEWAY_URL=self.url,
-            PREFECT_RUNNER_POLL_FREQUENCY="1",
             PREFECT_RUNNER_PROCESS_LIMIT="8",
         )
         return env

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.report import (
     Run,
     Section,
@@ -73,3 +75,15 @@ def test_report_has_command_machine_date_and_verdicts() -> None:
     assert "- Machine: 2 CPUs" in text and "- Date: D" in text
     assert "Measured: 1.20 x. **not met**" in text
     assert "## How cost grows\n\nGrowth.\n\n| lines | wall   |" in text
+
+
+def test_writing_the_report_keeps_the_rate_limit_section(tmp_path: Path) -> None:
+    from bench.report import write_report
+
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# old\n\n<!-- rate-limits:start -->\nRL figures\n<!-- rate-limits:end -->\n")
+    write_report(path, "# Benchmarks\n\nnew tables\n")
+    text = path.read_text()
+    assert text.startswith("# Benchmarks\n\nnew tables")
+    assert "<!-- rate-limits:start -->\nRL figures\n<!-- rate-limits:end -->" in text
+    assert "# old" not in text
