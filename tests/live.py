@@ -35,7 +35,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LiveGateway:
+class GatewayAdmin:
+    """The admin routes of a running gateway; mixed into the test harnesses,
+    which set `url` and `admin_key`."""
+
+    url: str
+    admin_key: str
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """An admin call that must succeed."""
+        response = httpx.request(
+            method, self.url + path, timeout=30, headers=self.admin_headers(), **kwargs
+        )
+        response.raise_for_status()
+        return response
+
+    def create_key(self, name: str) -> str:
+        """A new API key through `POST /admin/keys`; returns the clear key."""
+        return str(self.admin("POST", "/admin/keys", json={"name": name}).json()["key"])
+
+
+class LiveGateway(GatewayAdmin):
     """`with LiveGateway(tmp_path) as gw:` - a gateway subprocess on a free port."""
 
     def __init__(
@@ -141,20 +164,6 @@ class LiveGateway:
         self.stop()
 
     # -- helpers ----------------------------------------------------------
-
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.admin_key}"}
-
-    def create_key(self, name: str) -> str:
-        """A new API key through `POST /admin/keys`; returns the clear key."""
-        response = httpx.post(
-            f"{self.url}/admin/keys",
-            json={"name": name},
-            headers=self.admin_headers(),
-            timeout=10.0,
-        )
-        response.raise_for_status()
-        return str(response.json()["key"])
 
     def openai_client(self, key: str) -> openai.OpenAI:
         client = openai.OpenAI(api_key=key, base_url=f"{self.url}/v1", max_retries=0)

@@ -16,7 +16,7 @@ import httpx
 import openai
 
 from gateway.supervisor import Child, http_status, log_tail, start_child, stop_child
-from tests.live import free_port
+from tests.live import GatewayAdmin, free_port
 
 ADMIN_KEY = "admin-e2e-key"
 INTERNAL_TOKEN = "internal-e2e-token"
@@ -82,7 +82,7 @@ class PrefectServer:
             stop_child(self.child)
 
 
-class Stack:
+class Stack(GatewayAdmin):
     """Gateway + runner + mock provider on one Prefect server."""
 
     def __init__(
@@ -98,6 +98,7 @@ class Stack:
         self.prefect = prefect
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = ADMIN_KEY
         self.mock_port = free_port()
         self.mock_url = f"http://127.0.0.1:{self.mock_port}"
         self.settings = {k.upper(): str(v) for k, v in settings.items()}
@@ -185,20 +186,6 @@ class Stack:
         for child in (self.runner, self.gateway, self.mock):
             if child is not None and child.popen.poll() is None:
                 stop_child(child)
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = httpx.request(
-            method,
-            self.url + path,
-            timeout=30,
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            **kwargs,
-        )
-        response.raise_for_status()
-        return response
-
-    def create_key(self, name: str) -> str:
-        return self.admin("POST", "/admin/keys", json={"name": name}).json()["key"]
 
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(api_key=key, base_url=f"{self.url}/v1", max_retries=0, timeout=60)

@@ -96,6 +96,15 @@ def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 180) ->
         time.sleep(0.5)
 
 
+def wait_progress(client: openai.OpenAI, batch_id: str, at_least: int, timeout: float = 120) -> int:
+    """Wait until `at_least` lines of a running batch completed; return the count."""
+    deadline = time.monotonic() + timeout
+    while (done := client.batches.retrieve(batch_id).request_counts.completed) < at_least:
+        assert time.monotonic() < deadline, f"{batch_id}: {done} of {at_least} lines done"
+        time.sleep(0.1)
+    return done
+
+
 def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
@@ -216,10 +225,7 @@ def test_cancel_mid_run_keeps_partial_results(
         endpoint="/v1/chat/completions",
         completion_window="24h",
     )
-    deadline = time.monotonic() + 120
-    while client.batches.retrieve(batch.id).request_counts.completed < CHUNK:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_progress(client, batch.id, CHUNK)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
     done = wait_terminal(client, batch.id)
@@ -242,10 +248,7 @@ def test_runner_killed_mid_batch_resumes_without_repeats(
         endpoint="/v1/chat/completions",
         completion_window="24h",
     )
-    deadline = time.monotonic() + 120
-    while (done_at_kill := client.batches.retrieve(batch.id).request_counts.completed) < 300:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    done_at_kill = wait_progress(client, batch.id, 300)
     stack.kill_runner()
     stack.start_runner()
     final = wait_terminal(client, batch.id, timeout=300)

@@ -36,6 +36,7 @@ from storage.records import FileRecord
 from tasks.settings import Settings, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI
+from tests.live import GatewayAdmin, free_port
 from tests.servers import ThreadedServer
 
 ADMIN = "admin-parity"
@@ -80,14 +81,12 @@ class InlineFlowRuns:
         return False
 
 
-class Env:
+class Env(GatewayAdmin):
     def __init__(self, root: Path) -> None:
         self.mock = ThreadedServer(create_mock_app(MockConfig(seed=7))).__enter__()
         self.runs = InlineFlowRuns()
         self.cancel_target: list[str] = []
         self.cancelable = ThreadedServer(self._cancelling_upstream()).__enter__()
-        from tests.live import free_port
-
         port = free_port()
         settings = load_settings(
             data_dir=root,
@@ -102,6 +101,7 @@ class Env:
         self.app = create_app(settings, flow_runs=self.runs)
         self.server = ThreadedServer(self.app, port=port).__enter__()
         self.url = self.server.url
+        self.admin_key = ADMIN
         self.state = self.app.state.gateway
         self.admin(
             "POST",
@@ -158,20 +158,6 @@ class Env:
             thread.join(timeout=30)
         for server in (self.server, self.cancelable, self.mock):
             server.__exit__(None, None, None)
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = httpx.request(
-            method,
-            self.url + path,
-            timeout=30,
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            **kwargs,
-        )
-        response.raise_for_status()
-        return response
-
-    def new_key(self, name: str) -> str:
-        return self.admin("POST", "/admin/keys", json={"name": name}).json()["key"]
 
     def call(self, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(
@@ -266,7 +252,7 @@ def first_line(data: bytes) -> dict[str, Any]:
 def test_batch_api_and_processing(env: Env) -> None:
     """Reference: "Batch API and Processing". Same flow through HTTP; the
     provider is the mock, so the batch must complete (no tolerated failures)."""
-    key = env.new_key("Test Key")
+    key = env.create_key("Test Key")
     file_id = env.upload(
         key,
         [chat_line("request-1", "Hello world"), chat_line("request-2", "Goodbye world")],
@@ -295,7 +281,7 @@ def test_batch_handles_and_counts_failures_correctly(env: Env) -> None:
     """Reference: "Batch handles and counts failures correctly". An unknown
     provider fails its line only; the batch itself completes (the reference
     accepts completed or failed)."""
-    key = env.new_key("fail")
+    key = env.create_key("fail")
     batch = env.create_batch(
         key,
         env.upload(
@@ -315,7 +301,7 @@ def test_batch_handles_and_counts_failures_correctly(env: Env) -> None:
 def test_batch_dispatches_non_chat_endpoints_through_the_matching_route_handler(env: Env) -> None:
     """Reference: "Batch dispatches non-chat endpoints through the matching route
     handler". The embeddings line goes to the provider's /embeddings route."""
-    key = env.new_key("embed")
+    key = env.create_key("embed")
     batch = env.create_batch(
         key,
         env.upload(
@@ -344,7 +330,7 @@ def test_batch_dispatches_non_chat_endpoints_through_the_matching_route_handler(
 def test_batch_rejects_input_lines_whose_url_does_not_match_the_batch_endpoint(env: Env) -> None:
     """Reference: "Batch rejects input lines whose url does not match the batch
     endpoint". Errors come as the OpenAI list `errors.data`."""
-    key = env.new_key("mismatch")
+    key = env.create_key("mismatch")
     batch = env.create_batch(
         key,
         env.upload(
@@ -366,7 +352,7 @@ def test_batch_rejects_input_lines_whose_url_does_not_match_the_batch_endpoint(e
 
 def test_batch_forces_stream_false_for_all_requests(env: Env) -> None:
     """Reference: "Batch forces stream: false for all requests"."""
-    key = env.new_key("stream")
+    key = env.create_key("stream")
     batch = env.create_batch(
         key, env.upload(key, [chat_line("stream-request", "Hello", stream=True)])
     )
@@ -382,7 +368,7 @@ def test_batch_api_response_format_is_spec_compliant(env: Env) -> None:
     """Reference: "Batch API response format is spec-compliant". The update the
     reference makes with updateBatch is made on the store; the object is read
     back through GET /v1/batches/{id}."""
-    key = env.new_key("Spec Test Key")
+    key = env.create_key("Spec Test Key")
     with env.held():
         batch = env.create_batch(key, env.upload(key, b"{}"), metadata={"test": "meta"})
     usage = {
@@ -432,7 +418,7 @@ def test_batch_api_response_format_is_spec_compliant(env: Env) -> None:
 def test_list_batches_pagination_and_response_format(env: Env) -> None:
     """Reference: "List batches pagination and response format", through
     GET /v1/batches?limit=&after= (the reference calls listBatches directly)."""
-    key = env.new_key("List Test Key")
+    key = env.create_key("List Test Key")
     file_id = env.upload(key, b"{}")
     base = now() - 10_000
     order = []
@@ -477,7 +463,7 @@ def test_batch_cleanup_honors_output_expires_after_for_output_artifacts(env: Env
     """Reference: "Batch cleanup honors output_expires_after for output artifacts".
     The cleanup pass is the retention sweep the `retention` flow triggers
     (POST /internal/retention); anchor is the batch's created_at."""
-    key = env.new_key("Batch Retention Key")
+    key = env.create_key("Batch Retention Key")
     key_id = env.state.store.find_api_key(key).id
     input_id = env.upload(key, b"{}", "retention_input.jsonl")
     output_id = _system_file(env, key_id, "retention_output.jsonl")
@@ -510,7 +496,7 @@ def test_batch_processor_fails_orphaned_finalizing_batches_during_startup_recove
     recovery". batchgate first re-runs the interrupted finalize (SPEC 7); this
     batch never recorded a plan, so finalize cannot complete and the batch
     ends failed with "interrupted during finalization"."""
-    key = env.new_key("Finalizing Recovery Key")
+    key = env.create_key("Finalizing Recovery Key")
     with env.held():
         batch = env.create_batch(key, env.upload(key, b"{}", "finalizing.jsonl"))
     env.state.store.update_batch(batch["id"], status="finalizing", finalizing_at=now())
@@ -524,7 +510,7 @@ def test_batch_cancel_api(env: Env) -> None:
     """Reference: "Batch Cancel API". Cancel goes through POST .../cancel; the
     terminal case is 409 with x-should-retry: false (the reference's comment
     says 400; SPEC 7)."""
-    key = env.new_key("Cancel Test Key")
+    key = env.create_key("Cancel Test Key")
     with env.held():
         batch = env.create_batch(key, env.upload(key, b"{}", "cancel_mock.jsonl"))
     assert batch["status"] == "validating"
@@ -544,7 +530,7 @@ def test_batch_processor_keeps_cancelled_status_for_in_flight_batches(env: Env) 
     """Reference: "Batch processor keeps cancelled status for in-flight batches".
     The upstream sets the batch cancelled from outside mid-request; the run
     leaves it exactly as set and writes no files."""
-    key = env.new_key("In Flight Cancel Key")
+    key = env.create_key("In Flight Cancel Key")
     with env.held():
         batch = env.create_batch(
             key,
@@ -569,7 +555,7 @@ def test_batch_processor_keeps_cancelled_status_for_in_flight_batches(env: Env) 
 
 def test_batch_dispatches_to_embeddings_handler_for_v1_embeddings_url(env: Env) -> None:
     """Reference: "Batch dispatches to embeddings handler for /v1/embeddings URL"."""
-    key = env.new_key("mistral")
+    key = env.create_key("mistral")
     batch = env.create_batch(
         key,
         env.upload(
@@ -599,7 +585,7 @@ def test_batch_dispatches_to_embeddings_handler_for_v1_embeddings_url(env: Env) 
 def test_get_terminal_batches_returns_only_terminal_statuses_ordered_oldest_first(env: Env) -> None:
     """Reference: "getTerminalBatches returns only terminal statuses ordered
     oldest first" - `store.terminal_batches()`, the retention sweep's list."""
-    key = env.new_key("Terminal Batches Test Key")
+    key = env.create_key("Terminal Batches Test Key")
     file_id = env.upload(key, b"{}", "terminal_mock.jsonl")
     ended = {
         "completed": "completed_at",
