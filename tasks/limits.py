@@ -37,7 +37,7 @@ from dataclasses import dataclass
 # Shrink factor on a throttle. 0.7 (CUBIC's) keeps the average near the limit
 # while still giving way quickly; 0.5 leaves a quarter of the budget unused.
 BETA = 0.7
-INITIAL_WINDOW = 8
+INITIAL_WINDOW = 32
 # A 2xx that took longer than this many times the smoothed latency is a sign
 # of queueing at the provider: it does not grow the window.
 SLOW_FACTOR = 3.0
