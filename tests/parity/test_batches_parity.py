@@ -82,7 +82,7 @@ class InlineFlowRuns:
 
 
 class Env(GatewayAdmin):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **settings_overrides: Any) -> None:
         self.mock = ThreadedServer(create_mock_app(MockConfig(seed=7))).__enter__()
         self.runs = InlineFlowRuns()
         self.cancel_target: list[str] = []
@@ -96,6 +96,7 @@ class Env(GatewayAdmin):
             gateway_url=f"http://127.0.0.1:{port}",
             reconcile_interval_seconds=3600,
             backoff_base_seconds=0.01,
+            **settings_overrides,
         )
         self.runs.settings = settings
         self.app = create_app(settings, flow_runs=self.runs)
