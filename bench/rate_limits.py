@@ -302,7 +302,7 @@ file or answered 2xx more than once.
 
 How it works (tasks/limits.py): each worker process keeps one limiter per
 provider, shared by all chunks of the batch it runs; its AIMD window starts at
-8 requests in flight, doubles per round trip until the first 429/503, then
+32 requests in flight, doubles per round trip until the first 429/503, then
 grows by one per round trip while answers are 2xx, not slow and the window is
 full, and shrinks to 0.7x (once per round trip) on 429, 503 or a timeout,
 never above the provider's `max_concurrency`. A 429's `Retry-After` pauses the
