@@ -36,7 +36,7 @@ KEYS = 10  # 5 clients per key: lists and polls see other clients' writes
 DURATION_SECONDS = 60.0
 THINK_SECONDS = 0.2
 BIG_BATCH_LINES = 10_000
-MOCK_LATENCY_MS = 100  # with max_concurrency 16: the batch runs ~60 s
+MOCK_LATENCY_MS = 150  # with max_concurrency 16: the batch runs ~95 s, past the minute of load
 METADATA_P99_BUDGET_MS = 300.0
 METADATA_ROUTES = ("list files", "retrieve file", "list batches", "retrieve batch")
 
