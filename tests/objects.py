@@ -41,7 +41,7 @@ def make_objects(env: Env, name: str) -> Objects:
     """A new key and its objects. The finished batch has one good line and one
     line for an unknown provider, so it has both an output and an error file.
     The live batch is created while runs are held, so it stays `validating`."""
-    key = env.new_key(name)
+    key = env.create_key(name)
     input_id = env.upload(
         key,
         [chat_line("ok-1", "hello"), chat_line("bad-1", "x", model="no-such-provider/m")],
