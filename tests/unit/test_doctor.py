@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import pytest
 from gateway.cli import main
 from gateway.doctor import examine
 from storage.blobs import BlobStore
-from storage.metadata import MetadataStore, now
-from storage.records import BatchRecord, FileRecord
+from storage.metadata import MetadataStore
+from storage.records import BatchRecord
 from tasks.ledger import BatchLedger, part_name
 from tasks.results import result_line
+from tests.records import store_batch
 
 CHAT = "/v1/chat/completions"
 
@@ -44,26 +44,7 @@ class Data:
             + b"\n"
             for i in range(lines)
         )
-        file_id = f"file-in{time.monotonic_ns()}"
-        self.blobs.write_bytes(file_id, data)
-        self.store.insert_file(
-            FileRecord(
-                file_id, self.key.id, "in.jsonl", "batch", len(data), now(), None, None, file_id
-            )
-        )
-        batch_id = f"batch_{time.monotonic_ns()}"
-        self.store.insert_batch(
-            BatchRecord(
-                id=batch_id,
-                api_key_id=self.key.id,
-                endpoint=CHAT,
-                input_file_id=file_id,
-                completion_window="24h",
-                status="validating",
-                created_at=now(),
-                expires_at=now() + 86400,
-            )
-        )
+        batch_id = store_batch(self.store, self.blobs, self.key.id, data, CHAT)
         token = self.ledger.claim(batch_id, None)["lease_token"]
         offsets = [0]
         for line in data.splitlines(keepends=True):

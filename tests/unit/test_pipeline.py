@@ -17,12 +17,13 @@ from flows.process_batch import drive_batch
 from gateway.mock_upstream import MockConfig, create_mock_app
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
-from storage.records import BatchRecord, FileRecord, ProviderRecord
+from storage.records import BatchRecord, ProviderRecord
 from tasks.ledger import BatchLedger
 from tasks.retention import sweep
 from tasks.settings import Settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import LocalWorkerAPI
+from tests.records import store_batch
 from tests.servers import ThreadedServer
 
 CHAT = "/v1/chat/completions"
@@ -67,36 +68,7 @@ class Harness:
 
     def add_batch(self, lines: list[Any], endpoint: str = CHAT, **fields: Any) -> str:
         data = b"".join((ln if isinstance(ln, bytes) else orjson.dumps(ln)) + b"\n" for ln in lines)
-        file_id = f"file-{time.monotonic_ns()}"
-        self.blobs.write_bytes(file_id, data)
-        self.store.insert_file(
-            FileRecord(
-                id=file_id,
-                api_key_id=self.key.id,
-                filename="in.jsonl",
-                purpose="batch",
-                bytes=len(data),
-                created_at=now(),
-                expires_at=None,
-                deleted_at=None,
-                blob_name=file_id,
-            )
-        )
-        batch_id = f"batch_{time.monotonic_ns()}"
-        self.store.insert_batch(
-            BatchRecord(
-                id=batch_id,
-                api_key_id=self.key.id,
-                endpoint=endpoint,
-                input_file_id=file_id,
-                completion_window="24h",
-                status="validating",
-                created_at=now(),
-                expires_at=fields.pop("expires_at", now() + 86400),
-                **fields,
-            )
-        )
-        return batch_id
+        return store_batch(self.store, self.blobs, self.key.id, data, endpoint, **fields)
 
     async def run(self, batch_id: str) -> BatchRecord:
         async with UpstreamClient.from_settings(self.settings) as client:

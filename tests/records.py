@@ -1,0 +1,47 @@
+"""Writing a batch straight into storage, as `POST /v1/files` + `POST
+/v1/batches` would, for tests that drive the ledger or pipeline without HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore, now
+from storage.records import BatchRecord, FileRecord
+
+
+def store_batch(
+    store: MetadataStore, blobs: BlobStore, key_id: str, data: bytes, endpoint: str, **fields: Any
+) -> str:
+    """An input file holding `data` and a `validating` batch over it; the batch id."""
+    file_id = f"file-{time.monotonic_ns()}"
+    blobs.write_bytes(file_id, data)
+    store.insert_file(
+        FileRecord(
+            id=file_id,
+            api_key_id=key_id,
+            filename="in.jsonl",
+            purpose="batch",
+            bytes=len(data),
+            created_at=now(),
+            expires_at=None,
+            deleted_at=None,
+            blob_name=file_id,
+        )
+    )
+    batch_id = f"batch_{time.monotonic_ns()}"
+    store.insert_batch(
+        BatchRecord(
+            id=batch_id,
+            api_key_id=key_id,
+            endpoint=endpoint,
+            input_file_id=file_id,
+            completion_window="24h",
+            status="validating",
+            created_at=now(),
+            expires_at=fields.pop("expires_at", now() + 86400),
+            **fields,
+        )
+    )
+    return batch_id
