@@ -6,7 +6,7 @@ Each route is a thin adapter around `tasks.ledger.BatchLedger`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -20,6 +20,8 @@ from gateway.auth import require_internal
 from gateway.errors import APIError
 from tasks.ledger import BatchLedger, LedgerError
 from tasks.retention import sweep
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _ledger(request: Request) -> BatchLedger:
@@ -48,7 +50,6 @@ def _json(data: Any) -> Response:
 
 
 async def claim(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     return _json(
         await _call(
@@ -58,7 +59,6 @@ async def claim(request: Request) -> Response:
 
 
 async def renew(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     return _json(
         await _call(
@@ -68,7 +68,6 @@ async def renew(request: Request) -> Response:
 
 
 async def release(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     await _call(
         _ledger(request).release, request.path_params["batch_id"], str(body.get("lease_token"))
@@ -77,13 +76,11 @@ async def release(request: Request) -> Response:
 
 
 async def input_file(request: Request) -> Response:
-    require_internal(request)
     blocks = await _call(_ledger(request).input_blocks, request.path_params["batch_id"])
     return StreamingResponse(iterate_in_threadpool(blocks), media_type="application/jsonl")
 
 
 async def plan(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     return _json(
         await _call(
@@ -99,13 +96,11 @@ async def plan(request: Request) -> Response:
 
 
 async def chunks(request: Request) -> Response:
-    require_internal(request)
     found = await _call(_ledger(request).chunks, request.path_params["batch_id"])
     return _json([asdict(c) for c in found])
 
 
 async def chunk_input(request: Request) -> Response:
-    require_internal(request)
     data = await _call(
         _ledger(request).chunk_input, request.path_params["batch_id"], request.path_params["index"]
     )
@@ -113,7 +108,6 @@ async def chunk_input(request: Request) -> Response:
 
 
 async def record_chunk(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     return _json(
         await _call(
@@ -132,7 +126,6 @@ async def record_chunk(request: Request) -> Response:
 
 
 async def finalize(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     batch = await _call(
         _ledger(request).finalize,
@@ -144,7 +137,6 @@ async def finalize(request: Request) -> Response:
 
 
 async def fail(request: Request) -> Response:
-    require_internal(request)
     body = await _body(request)
     batch = await _call(
         _ledger(request).fail,
@@ -156,29 +148,37 @@ async def fail(request: Request) -> Response:
 
 
 async def providers(request: Request) -> Response:
-    require_internal(request)
     found = request.app.state.gateway.store.list_providers()
     return JSONResponse([asdict(p) for p in found])
 
 
 async def retention(request: Request) -> Response:
-    require_internal(request)
     state = request.app.state.gateway
     return _json(await run_in_threadpool(sweep, state.store, state.blobs))
 
 
+def _internal(path: str, endpoint: Endpoint, method: str) -> Route:
+    """A route that answers only callers holding the internal token."""
+
+    async def guarded(request: Request) -> Response:
+        require_internal(request)
+        return await endpoint(request)
+
+    return Route(path, guarded, methods=[method], name=endpoint.__name__)
+
+
 _B = "/internal/batches/{batch_id}"
 routes = [
-    Route(f"{_B}/claim", claim, methods=["POST"]),
-    Route(f"{_B}/renew", renew, methods=["POST"]),
-    Route(f"{_B}/release", release, methods=["POST"]),
-    Route(f"{_B}/input", input_file, methods=["GET"]),
-    Route(f"{_B}/plan", plan, methods=["POST"]),
-    Route(f"{_B}/chunks", chunks, methods=["GET"]),
-    Route(f"{_B}/chunks/{{index:int}}/input", chunk_input, methods=["GET"]),
-    Route(f"{_B}/chunks/{{index:int}}", record_chunk, methods=["POST"]),
-    Route(f"{_B}/finalize", finalize, methods=["POST"]),
-    Route(f"{_B}/fail", fail, methods=["POST"]),
-    Route("/internal/providers", providers, methods=["GET"]),
-    Route("/internal/retention", retention, methods=["POST"]),
+    _internal(f"{_B}/claim", claim, "POST"),
+    _internal(f"{_B}/renew", renew, "POST"),
+    _internal(f"{_B}/release", release, "POST"),
+    _internal(f"{_B}/input", input_file, "GET"),
+    _internal(f"{_B}/plan", plan, "POST"),
+    _internal(f"{_B}/chunks", chunks, "GET"),
+    _internal(f"{_B}/chunks/{{index:int}}/input", chunk_input, "GET"),
+    _internal(f"{_B}/chunks/{{index:int}}", record_chunk, "POST"),
+    _internal(f"{_B}/finalize", finalize, "POST"),
+    _internal(f"{_B}/fail", fail, "POST"),
+    _internal("/internal/providers", providers, "GET"),
+    _internal("/internal/retention", retention, "POST"),
 ]
