@@ -72,7 +72,7 @@ def examine(store: MetadataStore, blobs: BlobStore) -> DoctorReport:
     chunks = {b.id: store.get_chunks(b.id) for b in batches}
     names = blobs.names()
     report = DoctorReport(blobs=len(names), batches=len(batches))
-    live_rows = store.execute("SELECT id, blob_name FROM files WHERE deleted_at IS NULL")
+    live_rows = store.query("SELECT id, blob_name FROM files WHERE deleted_at IS NULL")
     report.files = len(live_rows)
     report.problems += check_temp_files(blobs)
     report.problems += check_missing_blobs(live_rows, set(names))
