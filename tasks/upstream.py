@@ -242,12 +242,16 @@ class UpstreamClient:
         self,
         provider: ProviderRecord,
         path: str,
-        body: bytes,
+        body: bytes | Callable[[], bytes],
         *,
         custom_id: str | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> UpstreamResult:
-        """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says."""
+        """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says.
+
+        `body` may be a function that makes the bytes: it is called once the
+        first slot is granted, so the many lines of a chunk that queue behind
+        a full window hold no encoded body meanwhile."""
         loop = asyncio.get_running_loop()
         client = self._client if loop is self._loop else None
         if client is None:
@@ -270,6 +274,8 @@ class UpstreamClient:
                 limiter.release()  # stopped while it queued behind a pause or a full window
                 return _stopped(attempt)
             attempt += 1
+            if not isinstance(body, bytes):
+                body = body()
             try:
                 outcome = await self._attempt(client, url, headers, body, attempt)
             except BaseException:

@@ -146,7 +146,8 @@ def _seconds_ok(raw: bytes) -> bool:
 
 def expected_ok(parts: list[Part]) -> bool:
     """The upload rules, restated for well-framed bodies (the last value of a
-    repeated field wins; parts without a name are ignored)."""
+    repeated field wins, but every value must be UTF-8; parts without a name
+    are ignored)."""
     fields: dict[str, bytes] = {}
     for p in parts:
         if p.name and p.name != "file":
@@ -155,9 +156,12 @@ def expected_ok(parts: list[Part]) -> bool:
     if len(files) != 1 or len(files[0].data) > LIMIT:
         return False
     try:
-        text = {name: data.decode("utf-8") for name, data in fields.items()}
+        for p in parts:
+            if p.name and p.name != "file":
+                p.data.decode("utf-8")
     except UnicodeDecodeError:
         return False
+    text = {name: data.decode("utf-8") for name, data in fields.items()}
     if text.get("purpose") not in UPLOAD_PURPOSES:
         return False
     anchor = text.get("expires_after[anchor]")
