@@ -1,8 +1,9 @@
-"""Writes `make soak` results into docs/reliability.md, only between the
-crash-matrix markers (other sections of that page belong to others).
+"""Writes `make soak` results into docs/reliability.md, only between
+markers (the prose around them is written by hand).
 
-Inside the section, each soak module owns a block of its own (inner
-markers), so the crash matrix and the upstream-fault runs update separately.
+Inside the crash-matrix section, each soak module owns a block of its own
+(inner markers), so the crash matrix and the upstream-fault runs update
+separately; the load test owns the block in the Load section.
 """
 
 from __future__ import annotations
@@ -74,3 +75,26 @@ def write_upstream_faults(rows: list[dict[str, Any]]) -> None:
             f"{row['failed']} | {codes} | {row['seconds']} |"
         )
     write_block("faults", "\n".join(lines))
+
+
+def write_load(figures: dict[str, Any], budget_ms: float, doc: Path = DOC) -> None:
+    """The load test's table, between the load markers of the Load section."""
+    routes = figures["routes"]
+    lines = [
+        f"Last `make soak` load run: {_stamp()}, {figures['clients']} clients for "
+        f"{figures['duration_s']:g} s, {figures['requests']:,} requests "
+        f"({figures['requests'] / figures['duration_s']:.0f}/s), statuses "
+        + ", ".join(f"{k}: {v:,}" for k, v in sorted(figures["statuses"].items()))
+        + f"; the big batch had {figures['big_batch_completed_at_end_of_load']:,} lines "
+        f"completed when the load stopped. Budget: p99 of metadata routes under {budget_ms:g} ms.",
+        "",
+        "| route | requests | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for route, row in routes.items():
+        lines.append(
+            f"| {route} | {row['count']:,} | {row['p50_ms']:g} | {row['p95_ms']:g} | "
+            f"{row['p99_ms']:g} | {row['max_ms']:g} |"
+        )
+    start, end = "<!-- soak:load:start -->", "<!-- soak:load:end -->"
+    doc.write_text(replace_between(doc.read_text(), start, end, "\n".join(lines)))

@@ -166,7 +166,8 @@ def _error_paths(http: httpx.Client, api_key: str) -> None:
 def _prefect_records(stack: Stack, batch_id: str) -> dict[str, Any]:
     """The batch's flow runs (parameters), their logs and artifacts, through
     the raw API (the client's filter models send nulls this server refuses).
-    Waits for the summary artifact, which lands just after the batch ends."""
+    Waits for the summary artifact and the run's logs, which land just after
+    the batch ends (Prefect ships logs in batches, every few seconds)."""
     api = stack.prefect.api_url
     deadline = time.monotonic() + 60
     while True:
@@ -179,16 +180,19 @@ def _prefect_records(stack: Stack, batch_id: str) -> dict[str, Any]:
             f"{api}/artifacts/filter",
             json={"flow_runs": {"id": {"any_": run_ids}}, "sort": "CREATED_DESC", "limit": 50},
         ).json()
+        logs = httpx.post(
+            f"{api}/logs/filter",
+            json={
+                "logs": {"flow_run_id": {"any_": run_ids}},
+                "sort": "TIMESTAMP_ASC",
+                "limit": 200,
+            },
+        ).json()
         done = any(r["state_type"] == "COMPLETED" for r in runs)
-        if done and any("summary" in (a.get("key") or "") for a in artifacts):
-            break
-        assert time.monotonic() < deadline, (runs, artifacts)
+        if done and logs and any("summary" in (a.get("key") or "") for a in artifacts):
+            return {"flow_runs": runs, "artifacts": artifacts, "logs": logs}
+        assert time.monotonic() < deadline, (runs, artifacts, logs)
         time.sleep(0.5)
-    logs = httpx.post(
-        f"{api}/logs/filter",
-        json={"logs": {"flow_run_id": {"any_": run_ids}}, "sort": "TIMESTAMP_ASC", "limit": 200},
-    ).json()
-    return {"flow_runs": runs, "artifacts": artifacts, "logs": logs}
 
 
 def _forbidden(run: dict[str, Any], *, provider_keys: bool = True) -> dict[str, str]:
