@@ -635,92 +635,47 @@ def serve_mock_in_thread(config: MockConfig | None = None) -> Iterator[str]:
         sock.close()
 
 
+# The fault and pacing knobs: (flag, help). Each flag's destination is the
+# MockConfig field of the same name, and so is its default.
+FLOAT_KNOBS = (
+    ("--latency-ms", "mean added latency per request"),
+    ("--latency-jitter-ms", "uniform jitter around the mean"),
+    ("--failure-rate", "share of requests answered 500 (0..1)"),
+    ("--rate-429", "share of requests answered 429 with Retry-After (0..1)"),
+    ("--retry-after", "Retry-After seconds sent with random 429s"),
+    ("--rps-limit", "token-bucket limit in requests per second; beyond it, 429"),
+    ("--reset-rate", "share of requests whose connection is dropped mid-answer (0..1)"),
+    ("--hang-rate", "share of requests left unanswered for --hang-seconds (0..1)"),
+    ("--hang-seconds", "how long a hanging request stays unanswered"),
+    ("--non-json-rate", "share of requests answered 200 with a non-JSON text body (0..1)"),
+)
+SHARES = ("failure_rate", "rate_429", "reset_rate", "hang_rate", "non_json_rate")
+
+
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `batchgate mock-upstream` flags."""
     defaults = MockConfig()
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port)
-    parser.add_argument(
-        "--latency-ms",
-        type=float,
-        default=defaults.latency_ms,
-        help="mean added latency per request",
-    )
-    parser.add_argument(
-        "--latency-jitter-ms",
-        type=float,
-        default=defaults.latency_jitter_ms,
-        help="uniform jitter around the mean",
-    )
-    parser.add_argument(
-        "--failure-rate",
-        type=float,
-        default=defaults.failure_rate,
-        help="share of requests answered 500 (0..1)",
-    )
-    parser.add_argument(
-        "--rate-429",
-        type=float,
-        default=defaults.rate_429,
-        help="share of requests answered 429 with Retry-After (0..1)",
-    )
-    parser.add_argument(
-        "--retry-after",
-        type=float,
-        default=defaults.retry_after,
-        help="Retry-After seconds sent with random 429s",
-    )
-    parser.add_argument(
-        "--rps-limit",
-        type=float,
-        default=None,
-        help="token-bucket limit in requests per second; beyond it, 429",
-    )
+    for flag, help_text in FLOAT_KNOBS:
+        default = getattr(defaults, _field(flag))
+        parser.add_argument(flag, type=float, default=default, help=help_text)
     parser.add_argument(
         "--api-key", default=None, help="if set, require 'Authorization: Bearer <key>'"
     )
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--reset-rate",
-        type=float,
-        default=defaults.reset_rate,
-        help="share of requests whose connection is dropped mid-answer (0..1)",
-    )
-    parser.add_argument(
-        "--hang-rate",
-        type=float,
-        default=defaults.hang_rate,
-        help="share of requests left unanswered for --hang-seconds (0..1)",
-    )
-    parser.add_argument("--hang-seconds", type=float, default=defaults.hang_seconds)
-    parser.add_argument(
-        "--non-json-rate",
-        type=float,
-        default=defaults.non_json_rate,
-        help="share of requests answered 200 with a non-JSON text body (0..1)",
-    )
 
 
 def config_from_args(args: argparse.Namespace) -> MockConfig:
-    for name in ("failure_rate", "rate_429", "reset_rate", "hang_rate", "non_json_rate"):
+    for name in SHARES:
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be between 0 and 1")
-    return MockConfig(
-        host=args.host,
-        port=args.port,
-        latency_ms=args.latency_ms,
-        latency_jitter_ms=args.latency_jitter_ms,
-        failure_rate=args.failure_rate,
-        rate_429=args.rate_429,
-        retry_after=args.retry_after,
-        rps_limit=args.rps_limit,
-        api_key=args.api_key,
-        seed=args.seed,
-        reset_rate=args.reset_rate,
-        hang_rate=args.hang_rate,
-        hang_seconds=args.hang_seconds,
-        non_json_rate=args.non_json_rate,
-    )
+    knobs = {_field(flag): getattr(args, _field(flag)) for flag, _ in FLOAT_KNOBS}
+    return MockConfig(host=args.host, port=args.port, api_key=args.api_key, seed=args.seed, **knobs)
 
 
 def run_mock_upstream(args: argparse.Namespace) -> int:
