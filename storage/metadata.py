@@ -81,15 +81,20 @@ class MetadataStore:
         self._lock = threading.RLock()
         self._readers: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         self._all_readers: list[duckdb.DuckDBPyConnection] = []
+        # New read cursors come from a connection of their own, so making one
+        # never waits for the write lock.
+        self._reader_source = self._conn.cursor()
+        self._reader_lock = threading.Lock()
         self._live_keys: dict[str, ApiKeyRecord] = {}
         self._migrate()
 
     # -- plumbing ---------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._reader_lock:
             for reader in self._all_readers:
                 reader.close()
+            self._reader_source.close()
             self._conn.close()
 
     def _migrate(self) -> None:
@@ -134,8 +139,8 @@ class MetadataStore:
         try:
             reader = self._readers.get_nowait()
         except queue.Empty:
-            with self._lock:
-                reader = self._conn.cursor()
+            with self._reader_lock:
+                reader = self._reader_source.cursor()
                 self._all_readers.append(reader)
         try:
             return reader.execute(sql, list(params)).fetchall()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,25 @@ def test_one_default_provider_at_a_time(store: MetadataStore) -> None:
     assert (providers["a"].is_default, providers["b"].is_default) == (False, True)
     assert providers["a"].models == ["m"]
     assert store.delete_provider("a") and not store.delete_provider("a")
+
+
+def test_reads_run_beside_a_write_and_see_only_committed_rows(store: MetadataStore) -> None:
+    """A poll or a list must not queue behind a write: while a transaction
+    holds the write lock, reads from other threads finish, and they see the
+    rows as they were before it; once it commits, the next read sees them."""
+    key, _ = store.create_api_key("reader")
+    before = file_record(key.id, created_at=now() - 10)
+    store.insert_file(before)
+    pending = file_record(key.id, created_at=now())
+    with ThreadPoolExecutor(max_workers=4) as pool, store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO files (id, api_key_id, filename, purpose, bytes, created_at, blob_name) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [pending.id, key.id, pending.filename, "batch", 3, pending.created_at, pending.id],
+        )
+        reads = [pool.submit(store.list_files, key.id) for _ in range(8)]
+        seen = [[f.id for f in future.result(timeout=10)[0]] for future in reads]
+        assert seen == [[before.id]] * 8
+        assert store.get_file(pending.id) is None
+    assert [f.id for f in store.list_files(key.id)[0]] == [pending.id, before.id]
+    assert store.get_file(pending.id) is not None
