@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +35,8 @@ class GatewayState:
     internal_token: str
     flow_runs: FlowRunStarter
     ledger: BatchLedger
+    # Flow-run starts still in flight after their `batches.create` answered.
+    launches: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> GatewayState:
@@ -68,6 +71,7 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
         admin.load_configured_providers(state)
         async with batches.background_tasks(state):
             yield
+        await state.flow_runs.aclose()
         state.store.close()
 
     app = Starlette(

@@ -185,6 +185,9 @@ class FakeFlowRuns:
     async def ready(self) -> bool:
         return self.is_ready
 
+    async def aclose(self) -> None:
+        return None
+
 
 def inprocess_app(data_dir: Path, flow_runs: Any | None = None, **settings: Any) -> Any:
     """The gateway's Starlette app in this process (no lifespan run), for

@@ -48,17 +48,22 @@ def _first_model(state: Any, blob_name: str) -> str | None:
         return None
 
 
-async def launch(state: Any, batch: BatchRecord) -> None:
-    """Start a flow run for the batch; on failure the reconciler tries again."""
-    update = state.store.update_batch
+async def reserve_launch(state: Any, batch: BatchRecord) -> None:
+    """Give the batch a grace period in which the reconciler leaves it to the
+    flow run being started for it."""
     await run_in_threadpool(
-        update,
+        state.store.update_batch,
         batch.id,
         lease_token=None,
         # short leases (tests) get a short grace; queued runs are kept by is_queued anyway
         lease_expires_at=time.time()
         + min(LAUNCH_GRACE_SECONDS, max(30, 5 * state.settings.lease_seconds)),
     )
+
+
+async def start_run(state: Any, batch: BatchRecord) -> None:
+    """Start a flow run for the batch; on failure the reconciler tries again."""
+    update = state.store.update_batch
     try:
         flow_run_id = await state.flow_runs.start_batch(batch)
     except Exception as exc:
@@ -67,6 +72,24 @@ async def launch(state: Any, batch: BatchRecord) -> None:
         return
     if flow_run_id:
         await run_in_threadpool(update, batch.id, flow_run_id=flow_run_id)
+
+
+async def launch(state: Any, batch: BatchRecord) -> None:
+    await reserve_launch(state, batch)
+    await start_run(state, batch)
+
+
+def launch_in_background(state: Any, batch: BatchRecord) -> None:
+    """Start the batch's flow run after `batches.create` has answered.
+
+    Creating a flow run is a Prefect API call that usually takes ~50 ms but
+    took 2-13 s while the Prefect server was busy starting other runs
+    (its client retries with backoff); the caller should not wait for that.
+    The batch is stored and reserved first, so a gateway that dies before
+    the start leaves a batch the reconciler starts once the grace lapses."""
+    task = asyncio.create_task(start_run(state, batch))
+    state.launches.add(task)  # the loop keeps only a weak reference
+    task.add_done_callback(state.launches.discard)
 
 
 def _record_batch(state: Any, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
@@ -111,7 +134,8 @@ async def create_batch(request: Request) -> Response:
         raise bad_request(parsed.message, param=parsed.param)
     batch = await run_in_threadpool(_record_batch, state, key, parsed)
     crash_point("create:after_insert")
-    await launch(state, batch)
+    await reserve_launch(state, batch)
+    launch_in_background(state, batch)
     stored = await run_in_threadpool(state.store.get_batch, batch.id)
     return JSONResponse(batch_object(stored))
 
@@ -205,7 +229,7 @@ async def reconcile_once(state: Any) -> int:
 
 @contextlib.asynccontextmanager
 async def background_tasks(state: Any) -> AsyncIterator[None]:
-    """Run the reconciler while the app lives."""
+    """Run the reconciler while the app lives; cancel what is left at the end."""
 
     async def loop() -> None:
         while True:
@@ -219,9 +243,11 @@ async def background_tasks(state: Any) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Unfinished launches are dropped: their batches are reserved only
+        # for the grace period, then the next reconciler pass starts them.
+        for pending in [task, *state.launches]:
+            pending.cancel()
+        await asyncio.gather(task, *state.launches, return_exceptions=True)
 
 
 routes = [

@@ -80,6 +80,9 @@ class InlineFlowRuns:
     async def is_queued(self, flow_run_id: str) -> bool:
         return False
 
+    async def aclose(self) -> None:
+        return None
+
 
 class Env(GatewayAdmin):
     def __init__(self, root: Path, **settings_overrides: Any) -> None:
