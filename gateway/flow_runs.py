@@ -48,26 +48,35 @@ class PrefectFlowRuns:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ready_until = 0.0
-        self._client: PrefectClient | None = None
+        self._opened: asyncio.Task[PrefectClient] | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     async def _prefect(self) -> PrefectClient:
-        """The kept client, made on first use. A client belongs to the loop it
-        was opened on; on another loop (tests) a new one is opened, and the
-        old one is left to its loop."""
-        from prefect.client.orchestration import get_client
-
+        """The kept client, opened on first use by one task that concurrent
+        callers share (so two first calls do not open two clients). A client
+        belongs to the loop it was opened on; on another loop (tests) a new
+        one is opened and the old one is left to its loop. A failed opening
+        is forgotten, so the next call tries again."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            client = get_client()
-            await client.__aenter__()
-            self._client, self._client_loop = client, loop
-        return self._client
+        if self._opened is None or self._client_loop is not loop:
+            self._client_loop = loop
+            self._opened = loop.create_task(_open_client())
+        opened = self._opened
+        try:
+            return await asyncio.shield(opened)
+        except Exception:
+            if self._opened is opened:
+                self._opened = None
+            raise
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
-            await client.__aexit__(None, None, None)
+        opened, self._opened = self._opened, None
+        if opened is None or self._client_loop is not asyncio.get_running_loop():
+            return
+        if opened.done() and not opened.cancelled() and opened.exception() is None:
+            await opened.result().__aexit__(None, None, None)
+        else:
+            opened.cancel()
 
     async def start_batch(self, batch: BatchRecord) -> str | None:
         from prefect.deployments import run_deployment
@@ -104,6 +113,14 @@ class PrefectFlowRuns:
         except Exception as exc:  # unknown run or server away: not known to be queued
             log.debug("could not read flow run %s: %s", flow_run_id, exc)
             return False
+
+
+async def _open_client() -> PrefectClient:
+    from prefect.client.orchestration import get_client
+
+    client = get_client()
+    await client.__aenter__()
+    return client
 
 
 # A runner marks a run Pending when it takes it, and the run turns Running
