@@ -27,10 +27,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     # A long keep-alive: clients (the openai SDK, workers) reuse connections,
     # and a server closing one just as a client reuses it drops that request.
+    # httptools and uvloop, not h11 and asyncio's loop: the same requests take
+    # less of the gateway's one core for its own plumbing.
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        http="httptools",
+        loop="uvloop",
         log_level=args.log_level,
         access_log=False,
         timeout_keep_alive=75,

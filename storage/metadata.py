@@ -6,6 +6,8 @@ that process writes share one connection behind a lock, which keeps
 transactions simple (no write-write conflicts to retry). Reads take a cursor
 from a small pool instead: each is its own DuckDB transaction that sees every
 committed write, and a list or poll never queues behind a write's commit.
+The reads an API client repeats (a batch, a file, a page of either) are
+remembered until a write could change them (`storage/read_cache.py`).
 Nothing here reads file bytes.
 """
 
@@ -25,6 +27,7 @@ import duckdb
 import orjson
 
 from storage import ids
+from storage.read_cache import ReadCache
 from storage.records import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -33,6 +36,7 @@ from storage.records import (
     ChunkRecord,
     FileRecord,
     ProviderRecord,
+    file_is_live,
 )
 
 SCHEMA_VERSION = 1
@@ -70,6 +74,21 @@ def _decode(table: str, values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _owner_scope(table: str, owner: str | None) -> str:
+    """The cache scope of one key's rows in `table` (its list pages)."""
+    return f"{table}:{owner}"
+
+
+def _earliest_expiry(page: tuple[list[FileRecord], bool]) -> int | None:
+    """When a page of files stops being right by itself: its first expiry."""
+    return min((f.expires_at for f in page[0] if f.expires_at is not None), default=None)
+
+
+def _page_cursor(after: FileRecord | BatchRecord | None) -> tuple[int, str] | None:
+    """The part of a page's `after` row that decides the page (a cache key)."""
+    return None if after is None else (after.created_at, after.id)
+
+
 class MetadataStore:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -86,6 +105,7 @@ class MetadataStore:
         self._reader_source = self._conn.cursor()
         self._reader_lock = threading.Lock()
         self._live_keys: dict[str, ApiKeyRecord] = {}
+        self._cache = ReadCache()
         self._migrate()
 
     # -- plumbing ---------------------------------------------------------
@@ -112,25 +132,47 @@ class MetadataStore:
                 number = int(number_text.strip())
                 if number <= current:
                     continue
-                with self.transaction():
+                with self.transaction(writes=[]):
                     self._conn.execute(body)
                     self._conn.execute("INSERT INTO schema_version VALUES (?, ?)", [number, now()])
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:
-            self._conn.execute("BEGIN TRANSACTION")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def transaction(
+        self, writes: Sequence[str] | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write transaction. `writes` names the cache scopes it changes;
+        None (not known) forgets every remembered read."""
+        try:
+            with self._lock:
+                self._conn.execute("BEGIN TRANSACTION")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+        finally:
+            self._forget(writes)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a statement that may write, under the write lock."""
-        with self._lock:
-            return self._conn.execute(sql, list(params)).fetchall()
+        """Run a statement that may write anything, under the write lock."""
+        return self._write(sql, params, None)
+
+    def _write(
+        self, sql: str, params: Sequence[Any], writes: Sequence[str] | None
+    ) -> list[tuple[Any, ...]]:
+        """Run a writing statement, then forget the reads of `writes`."""
+        try:
+            with self._lock:
+                return self._conn.execute(sql, list(params)).fetchall()
+        finally:
+            self._forget(writes)
+
+    def _forget(self, writes: Sequence[str] | None) -> None:
+        if writes is None:
+            self._cache.invalidate_all()
+        else:
+            self._cache.invalidate(*writes)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only statement on a pooled cursor, beside any write.
@@ -155,11 +197,23 @@ class MetadataStore:
         rows = self.query(sql, params)
         return [record_cls(**_decode(table, dict(zip(cols, row, strict=True)))) for row in rows]
 
+    def _first(
+        self, table: str, record_cls: type[R], where: str, params: Sequence[Any]
+    ) -> R | None:
+        found = self._fetch(table, record_cls, where, params)
+        return found[0] if found else None
+
     def _insert(self, table: str, record: Any) -> None:
+        """A new row changes its owner's pages only; no remembered row."""
         values = _encode(table, {c: getattr(record, c) for c in _columns(type(record))})
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        self.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(values.values()))
+        owner = getattr(record, "api_key_id", None)
+        self._write(
+            f"INSERT INTO {table} ({names}) VALUES ({marks})",
+            list(values.values()),
+            [_owner_scope(table, owner)],
+        )
 
     def _update(
         self, table: str, key_where: str, key_params: Sequence[Any], fields: dict[str, Any]
@@ -168,9 +222,10 @@ class MetadataStore:
             return 0
         values = _encode(table, fields)
         assignments = ", ".join(f"{k} = ?" for k in values)
-        rows = self.execute(
+        rows = self._write(
             f"UPDATE {table} SET {assignments} WHERE {key_where} RETURNING 1",
             [*values.values(), *key_params],
+            [table],
         )
         return len(rows)
 
@@ -227,15 +282,16 @@ class MetadataStore:
     ) -> FileRecord | None:
         """A file visible to `api_key_id` (any owner when None); deleted or expired
         files are invisible unless `include_gone`."""
-        where, params = ["id = ?"], [file_id]
-        if api_key_id is not None:
-            where.append("api_key_id = ?")
-            params.append(api_key_id)
-        if not include_gone:
-            where.append("deleted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(now())
-        found = self._fetch("files", FileRecord, " AND ".join(where), params)
-        return found[0] if found else None
+        at = now()
+        record = self._cache.remembered(
+            ("file", file_id),
+            ["files"],
+            lambda: self._first("files", FileRecord, "id = ?", [file_id]),
+            at=at,
+        )
+        if record is None or api_key_id not in (None, record.api_key_id):
+            return None
+        return record if include_gone or file_is_live(record, at) else None
 
     def list_files(
         self,
@@ -248,8 +304,26 @@ class MetadataStore:
     ) -> tuple[list[FileRecord], bool]:
         """One page of a key's live files, ordered by (created_at, id)."""
         direction = "DESC" if order == "desc" else "ASC"
+        at = now()
+        return self._cache.remembered(
+            ("files", api_key_id, purpose, limit, direction, _page_cursor(after)),
+            ["files", _owner_scope("files", api_key_id)],
+            lambda: self._file_page(api_key_id, purpose, limit, direction, after, at),
+            at=at,
+            valid_until=_earliest_expiry,
+        )
+
+    def _file_page(
+        self,
+        api_key_id: str,
+        purpose: str | None,
+        limit: int,
+        direction: str,
+        after: FileRecord | None,
+        at: int,
+    ) -> tuple[list[FileRecord], bool]:
         where = ["api_key_id = ?", "deleted_at IS NULL", "(expires_at IS NULL OR expires_at > ?)"]
-        params: list[Any] = [api_key_id, now()]
+        params: list[Any] = [api_key_id, at]
         if purpose:
             where.append("purpose = ?")
             params.append(purpose)
@@ -294,15 +368,28 @@ class MetadataStore:
         return record
 
     def get_batch(self, batch_id: str, api_key_id: str | None = None) -> BatchRecord | None:
-        where, params = "id = ?", [batch_id]
-        if api_key_id is not None:
-            where += " AND api_key_id = ?"
-            params.append(api_key_id)
-        found = self._fetch("batches", BatchRecord, where, params)
-        return found[0] if found else None
+        record = self._cache.remembered(
+            ("batch", batch_id),
+            ["batches"],
+            lambda: self._first("batches", BatchRecord, "id = ?", [batch_id]),
+            at=now(),
+        )
+        if record is None or api_key_id not in (None, record.api_key_id):
+            return None
+        return record
 
     def list_batches(
         self, api_key_id: str, *, limit: int = 20, after: BatchRecord | None = None
+    ) -> tuple[list[BatchRecord], bool]:
+        return self._cache.remembered(
+            ("batches", api_key_id, limit, _page_cursor(after)),
+            ["batches", _owner_scope("batches", api_key_id)],
+            lambda: self._batch_page(api_key_id, limit, after),
+            at=now(),
+        )
+
+    def _batch_page(
+        self, api_key_id: str, limit: int, after: BatchRecord | None
     ) -> tuple[list[BatchRecord], bool]:
         where, params = ["api_key_id = ?"], [api_key_id]
         if after is not None:
@@ -351,7 +438,7 @@ class MetadataStore:
 
     def save_chunks(self, batch_id: str, chunks: Sequence[ChunkRecord]) -> None:
         """Record the plan once; a second call (a resumed run) changes nothing."""
-        with self.transaction() as conn:
+        with self.transaction(writes=["batch_chunks"]) as conn:
             existing = conn.execute(
                 "SELECT count(*) FROM batch_chunks WHERE batch_id = ?", [batch_id]
             ).fetchone()
@@ -384,7 +471,7 @@ class MetadataStore:
     ) -> bool:
         """Mark a chunk done and add its counts to the batch, in one transaction.
         Returns False if it was already done (a repeated post changes nothing)."""
-        with self.transaction() as conn:
+        with self.transaction(writes=["batch_chunks", "batches"]) as conn:
             row = conn.execute(
                 "UPDATE batch_chunks SET done = TRUE, completed = ?, failed = ?, usage = ?, "
                 "model = ? WHERE batch_id = ? AND chunk_index = ? AND NOT done RETURNING 1",
@@ -408,7 +495,7 @@ class MetadataStore:
     # -- providers --------------------------------------------------------
 
     def upsert_provider(self, record: ProviderRecord) -> ProviderRecord:
-        with self.transaction() as conn:
+        with self.transaction(writes=["providers"]) as conn:
             if record.is_default:
                 conn.execute(
                     "UPDATE providers SET is_default = FALSE WHERE name <> ?", [record.name]
@@ -430,4 +517,6 @@ class MetadataStore:
         return found[0] if found else None
 
     def delete_provider(self, name: str) -> bool:
-        return bool(self.execute("DELETE FROM providers WHERE name = ? RETURNING 1", [name]))
+        return bool(
+            self._write("DELETE FROM providers WHERE name = ? RETURNING 1", [name], ["providers"])
+        )

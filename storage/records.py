@@ -36,6 +36,11 @@ class FileRecord:
     mime_type: str | None = None
 
 
+def file_is_live(record: FileRecord, at: int) -> bool:
+    """Not deleted and not past its own expiry at `at` (epoch seconds)."""
+    return record.deleted_at is None and (record.expires_at is None or record.expires_at > at)
+
+
 @dataclass(frozen=True)
 class ProviderRecord:
     name: str
