@@ -14,6 +14,7 @@ import duckdb
 import httpx
 import openai
 import orjson
+import psutil
 import pytest
 
 from tests.stack import PrefectServer, Stack
@@ -226,6 +227,14 @@ def test_cancel_mid_run_keeps_partial_results(
         completion_window="24h",
     )
     wait_progress(client, batch.id, CHUNK)
+    # The run is background work: it yields the CPU to the API (flow_run_nice).
+    assert stack.gateway is not None and stack.runner is not None
+    runner = psutil.Process(stack.runner.pid)
+    forkserver = [p for p in runner.children() if "forkserver" in " ".join(p.cmdline())]
+    runs = [run for server in forkserver for run in server.children()]
+    assert runs, [p.cmdline() for p in runner.children()]
+    assert {p.nice() for p in [*forkserver, *runs]} == {10}
+    assert psutil.Process(stack.gateway.pid).nice() == 0
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
     done = wait_terminal(client, batch.id)
