@@ -11,8 +11,8 @@ header it visits and copy the parent's pages into the child one by one
 
 It also lowers its own CPU priority (`flow_run_nice`, inherited by every run):
 a batch is background work, and when it shares cores with the gateway the
-API's answers should not wait behind it (measured: with 11 runs starting at
-once, the metadata routes' p99 went from 260-390 ms to ... ms).
+API's answers should not wait behind it (measured with the load test: the
+slowest answers all came while 11 runs started at once; docs/reliability.md).
 """
 
 from __future__ import annotations
