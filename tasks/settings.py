@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     retention_interval_seconds: int = 3600
     runner_limit: int = 8  # flow runs one `batchgate up` runner executes at once
     # Flow runs are background work: on a shared machine the API answers first.
-    flow_run_nice: int = Field(default=10, ge=0, le=19)
+    flow_run_nice: int = Field(default=0, ge=0, le=19)
 
     # Upstream calls
     request_timeout_seconds: float = 600.0
