@@ -10,7 +10,7 @@ header it visits and copy the parent's pages into the child one by one
 (measured: a run started with 47 MB of its own pages before any work).
 
 It sets two things every run inherits: uvloop as the event loop (the
-request loop of a chunk is the run's hot path: measured 2,331 -> 2,800
+request loop of a chunk is the run's hot path: measured 2,331 -> 2,684-2,800
 requests/s in the overhead-bound benchmark), and the CPU niceness
 `flow_run_nice` (0 unless set: see docs/reliability.md for the trade-off).
 """

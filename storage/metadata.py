@@ -40,7 +40,6 @@ from storage.records import (
 )
 
 SCHEMA_VERSION = 1
-MAX_CACHED_KEYS = 10_000
 R = TypeVar("R")
 
 # Columns stored as JSON text, per table.
@@ -104,7 +103,6 @@ class MetadataStore:
         # never waits for the write lock.
         self._reader_source = self._conn.cursor()
         self._reader_lock = threading.Lock()
-        self._live_keys: dict[str, ApiKeyRecord] = {}
         self._cache = ReadCache()
         self._migrate()
 
@@ -242,21 +240,17 @@ class MetadataStore:
 
     def find_api_key(self, clear_key: str) -> ApiKeyRecord | None:
         """The live key with this clear text. Every request asks, so live keys
-        are remembered by hash; this process is the only writer, and revoking
-        clears the memory, so a revoked key stops working at once."""
+        are remembered by hash; revoking is a write to `api_keys`, so a revoked
+        key stops working at once."""
         key_hash = ids.hash_key(clear_key)
-        cached = self._live_keys.get(key_hash)
-        if cached is not None:
-            return cached
-        found = self._fetch(
-            "api_keys", ApiKeyRecord, "key_hash = ? AND revoked_at IS NULL", [key_hash]
+        return self._cache.remembered(
+            ("api_key", key_hash),
+            ["api_keys"],
+            lambda: self._first(
+                "api_keys", ApiKeyRecord, "key_hash = ? AND revoked_at IS NULL", [key_hash]
+            ),
+            at=now(),
         )
-        if not found:
-            return None
-        if len(self._live_keys) >= MAX_CACHED_KEYS:
-            self._live_keys.clear()
-        self._live_keys[key_hash] = found[0]
-        return found[0]
 
     def list_api_keys(self) -> list[ApiKeyRecord]:
         return self._fetch(
@@ -264,7 +258,6 @@ class MetadataStore:
         )
 
     def revoke_api_key(self, key_id: str) -> bool:
-        self._live_keys.clear()
         return bool(
             self._update(
                 "api_keys", "id = ? AND revoked_at IS NULL", [key_id], {"revoked_at": now()}
@@ -513,8 +506,7 @@ class MetadataStore:
         return self._fetch("providers", ProviderRecord, "TRUE", [], "ORDER BY name")
 
     def get_provider(self, name: str) -> ProviderRecord | None:
-        found = self._fetch("providers", ProviderRecord, "name = ?", [name])
-        return found[0] if found else None
+        return self._first("providers", ProviderRecord, "name = ?", [name])
 
     def delete_provider(self, name: str) -> bool:
         return bool(

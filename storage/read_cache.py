@@ -65,12 +65,12 @@ class ReadCache:
         """`load()`'s result for `key`, read again only when a write to one
         of `scopes` has committed since (or `at` has reached the time
         `valid_until` gave for it). Results that are None are not kept."""
+        stamp = self.stamp(scopes)
         entry = self._entries.get(key)
         if entry is not None:
-            stamp, until, value = entry
-            if stamp == self.stamp(scopes) and (until is None or at < until):
+            kept_stamp, until, value = entry
+            if kept_stamp == stamp and (until is None or at < until):
                 return value
-        stamp = self.stamp(scopes)
         value = load()
         if value is not None:
             if len(self._entries) >= self.max_entries:

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 10.0
     retention_interval_seconds: int = 3600
     runner_limit: int = 8  # flow runs one `batchgate up` runner executes at once
-    # Flow runs are background work: on a shared machine the API answers first.
+    # CPU niceness of flow runs: raise it on a small shared machine to let the API
+    # answer first, at some batch throughput when CPU is short (docs/reliability.md).
     flow_run_nice: int = Field(default=0, ge=0, le=19)
 
     # Upstream calls
