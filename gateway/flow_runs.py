@@ -91,6 +91,7 @@ class PrefectFlowRuns:
             timeout=0,
             flow_run_name=batch.id,
             tags=tags,
+            idempotency_key=launch_key(batch),
         )
         return str(flow_run.id)
 
@@ -113,6 +114,16 @@ class PrefectFlowRuns:
         except Exception as exc:  # unknown run or server away: not known to be queued
             log.debug("could not read flow run %s: %s", flow_run_id, exc)
             return False
+
+
+def launch_key(batch: BatchRecord) -> str:
+    """The flow run's idempotency key: one run per batch and previous run.
+
+    Two starts of the same launch (a client retry after a lost answer, the
+    reconciler racing `batches.create`, a restarted gateway redoing a start
+    whose answer it never stored) get the one run Prefect already made; a
+    relaunch after a run died names that run, so it gets a new one."""
+    return f"{batch.id}:after:{batch.flow_run_id or 'none'}"
 
 
 async def _open_client() -> PrefectClient:

@@ -144,9 +144,16 @@ class BatchLedger:
         return {"lease_token": token, **self.control(self.batch(batch_id))}
 
     def renew(self, batch_id: str, token: str) -> dict[str, Any]:
-        batch = self._leased(batch_id, token)
-        if not batch.is_terminal:
-            self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
+        """Extend the run's lease; for an ended batch just say so.
+
+        Finalize clears the lease as it ends the batch, so a heartbeat that
+        races the run's own finalize must not read as a lost lease: the
+        ended status alone tells any run to stop."""
+        batch = self.batch(batch_id)
+        if batch.is_terminal:
+            return self.control(batch)
+        self._leased(batch_id, token)
+        self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(batch)
 
     def release(self, batch_id: str, token: str) -> None:

@@ -48,6 +48,13 @@ def _first_model(state: Any, blob_name: str) -> str | None:
         return None
 
 
+def launch_reserved_until(settings: Any) -> float:
+    """When the grace for a flow run being started ends: until then the
+    reconciler leaves the batch to that run. Short leases (tests) get a
+    short grace; queued runs are kept by `is_queued` anyway."""
+    return time.time() + min(LAUNCH_GRACE_SECONDS, max(30, 5 * settings.lease_seconds))
+
+
 async def reserve_launch(state: Any, batch: BatchRecord) -> None:
     """Give the batch a grace period in which the reconciler leaves it to the
     flow run being started for it."""
@@ -55,9 +62,7 @@ async def reserve_launch(state: Any, batch: BatchRecord) -> None:
         state.store.update_batch,
         batch.id,
         lease_token=None,
-        # short leases (tests) get a short grace; queued runs are kept by is_queued anyway
-        lease_expires_at=time.time()
-        + min(LAUNCH_GRACE_SECONDS, max(30, 5 * state.settings.lease_seconds)),
+        lease_expires_at=launch_reserved_until(state.settings),
     )
 
 
@@ -117,6 +122,10 @@ def _record_batch(state: Any, key: ApiKeyRecord, parsed: BatchRequest) -> BatchR
         output_expires_after_seconds=parsed.output_expires_after_seconds,
         output_expires_after_anchor="created_at" if parsed.output_expires_after_seconds else None,
         model=_first_model(state, input_file.blob_name),
+        # Stored already reserved for the run `create_batch` starts next: a
+        # reconciler pass between the insert and a later reservation would
+        # start a second flow run for the same batch.
+        lease_expires_at=launch_reserved_until(state.settings),
     )
     state.store.insert_batch(batch)
     return batch
@@ -134,7 +143,6 @@ async def create_batch(request: Request) -> Response:
         raise bad_request(parsed.message, param=parsed.param)
     batch = await run_in_threadpool(_record_batch, state, key, parsed)
     crash_point("create:after_insert")
-    await reserve_launch(state, batch)
     launch_in_background(state, batch)
     stored = await run_in_threadpool(state.store.get_batch, batch.id)
     return JSONResponse(batch_object(stored))
@@ -208,12 +216,24 @@ def cancel_batch(request: Request) -> Response:
     return JSONResponse(batch_object(batch))
 
 
-async def reconcile_once(state: Any) -> int:
+def lease_is_live(batch: BatchRecord, at: float, *, first_pass: bool = False) -> bool:
+    """True while a run holds the batch, or a launch has reserved it.
+
+    On a gateway's first pass a reservation without a lease token counts as
+    lapsed: the process that was starting that run is gone (it crashed just
+    after storing the batch, say). Starting again is safe: flow-run creation
+    is idempotent per batch and previous run (`PrefectFlowRuns.start_batch`)."""
+    if first_pass and batch.lease_token is None:
+        return False
+    return (batch.lease_expires_at or 0) > at
+
+
+async def reconcile_once(state: Any, *, first_pass: bool = False) -> int:
     """Start a new flow run for every live batch that nobody is working on:
     its lease lapsed (the run died) and no queued flow run is waiting for it."""
     started = 0
-    for batch in state.store.live_batches():
-        if (batch.lease_expires_at or 0) > time.time():
+    for batch in await run_in_threadpool(state.store.live_batches):
+        if lease_is_live(batch, time.time(), first_pass=first_pass):
             continue
         if (
             batch.lease_token is None
@@ -232,9 +252,11 @@ async def background_tasks(state: Any) -> AsyncIterator[None]:
     """Run the reconciler while the app lives; cancel what is left at the end."""
 
     async def loop() -> None:
+        first_pass = True
         while True:
             try:
-                await reconcile_once(state)
+                await reconcile_once(state, first_pass=first_pass)
+                first_pass = False
             except Exception:
                 log.exception("reconciler pass failed")
             await asyncio.sleep(state.settings.reconcile_interval_seconds)

@@ -295,6 +295,36 @@ def test_prefect_shows_flow_run_tasks_and_artifacts(
     assert sum(1 for n in names if n.startswith("chunk-")) == 3
     assert found["progress"] == 100.0
     assert any(row["field"] == "completed" and row["value"] == 250 for row in found["summary"])
+    # Starting the same launch again (a retried create, a restarted gateway)
+    # gets the run Prefect already made, not a second run for the batch.
+    assert asyncio.run(_start_again(stack, batch.id, tmp_path)) == found["flow_run_id"]
+    assert asyncio.run(_prefect_view(stack, batch.id))["flow_run_id"] == found["flow_run_id"]
+
+
+async def _start_again(stack: Stack, batch_id: str, tmp_path: Path) -> str | None:
+    """The gateway's first start of `batch_id`, made once more."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gateway.flow_runs import PrefectFlowRuns
+    from storage.records import BatchRecord
+    from tasks.settings import load_settings
+
+    first_launch = BatchRecord(
+        id=batch_id,
+        api_key_id="",
+        endpoint="/v1/chat/completions",
+        input_file_id="",
+        completion_window="24h",
+        status="validating",
+        created_at=0,
+        expires_at=0,
+    )
+    runs = PrefectFlowRuns(load_settings(data_dir=tmp_path))
+    with temporary_settings({PREFECT_API_URL: stack.prefect.api_url}):
+        try:
+            return await runs.start_batch(first_launch)
+        finally:
+            await runs.aclose()
 
 
 def _artifacts(stack: Stack, key: str) -> list[dict[str, Any]]:
@@ -320,11 +350,13 @@ async def _prefect_view(stack: Stack, batch_id: str) -> dict[str, Any]:
 
     key = batch_id.replace("_", "-").lower()
     async with PrefectClient(stack.prefect.api_url) as prefect:
-        (run,) = await prefect.read_flow_runs(
+        runs = await prefect.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[batch_id])),
             sort=FlowRunSort.ID_DESC,
             limit=10,
         )
+        assert len(runs) == 1, f"one flow run per batch, got {[str(r.id) for r in runs]}"
+        (run,) = runs
         tasks = await prefect.read_task_runs(
             task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])),
             sort=TaskRunSort.ID_DESC,
@@ -334,6 +366,7 @@ async def _prefect_view(stack: Stack, batch_id: str) -> dict[str, Any]:
         summary = _artifacts(stack, f"{key}-summary")
     data = summary[0]["data"] if summary else []
     return {
+        "flow_run_id": str(run.id),
         "flow_run_name": run.name,
         "state": run.state.type.value,
         "tags": run.tags,

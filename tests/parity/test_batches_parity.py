@@ -226,6 +226,12 @@ class Env(GatewayAdmin):
                 env.runs.held = True
 
             def __exit__(self, *exc: object) -> None:
+                # The refused starts run after `batches.create` answered; let
+                # them finish (and drop their launch reservations) before the
+                # test goes on, or a reconciler pass may still find them reserved.
+                deadline = time.monotonic() + 30
+                while env.state.launches and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 env.runs.held = False
 
         return Hold()

@@ -18,7 +18,7 @@ from gateway.mock_upstream import MockConfig, create_mock_app
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ProviderRecord
-from tasks.ledger import BatchLedger
+from tasks.ledger import BatchLedger, LeaseLost
 from tasks.retention import sweep
 from tasks.settings import Settings
 from tasks.upstream import UpstreamClient
@@ -279,6 +279,19 @@ async def test_interrupted_finalize_is_run_again(h: Harness) -> None:
     # a second finalize of an ended batch changes nothing
     claim = h.ledger.claim(batch_id, None)
     assert claim["lease_token"] is None and claim["status"] == "completed"
+
+
+async def test_a_heartbeat_after_finalize_is_not_a_lost_lease(h: Harness) -> None:
+    """Finalize clears the lease as it ends the batch; a heartbeat racing it
+    hears "completed" (stop), not "another run holds the lease"."""
+    batch_id = h.add_batch([chat(1)])
+    h.ledger.claim(batch_id, None)
+    with pytest.raises(LeaseLost):  # a live batch: only its lease holder may renew
+        h.ledger.renew(batch_id, "another-runs-token")
+    h.ledger.release(batch_id, h.ledger.batch(batch_id).lease_token or "")
+    assert (await h.run(batch_id)).status == "completed"
+    assert h.ledger.batch(batch_id).lease_token is None
+    assert h.ledger.renew(batch_id, "the-finished-runs-token")["status"] == "completed"
 
 
 async def test_status_set_elsewhere_is_left_alone(h: Harness) -> None:

@@ -1,0 +1,108 @@
+"""Starting a batch's flow run exactly once: the reservation a new batch is
+stored with, the reconciler's view of leases, and the idempotency key that
+lets Prefect fold two starts of one launch into one run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.flow_runs import launch_key
+from gateway.routes.batches import _record_batch, lease_is_live, reconcile_once
+from storage.blobs import BlobStore
+from storage.records import BatchRecord
+from tasks.batch_rules import BatchRequest
+from tests.live import FakeFlowRuns, inprocess_app
+from tests.records import store_batch
+
+CHAT = "/v1/chat/completions"
+
+
+class CountingFlowRuns(FakeFlowRuns):
+    """Counts starts; no run is ever queued (every unreserved batch looks dead)."""
+
+    async def is_queued(self, flow_run_id: str) -> bool:
+        return False
+
+
+def gateway_state(tmp_path: Path) -> Any:
+    app = inprocess_app(tmp_path, flow_runs=CountingFlowRuns(), lease_seconds=60)
+    return app.state.gateway
+
+
+def stored_batch(state: Any, key_id: str | None = None, **fields: Any) -> BatchRecord:
+    """A batch as an earlier gateway left it (by default unreserved: its start failed)."""
+    key_id = key_id or state.store.create_api_key("launch")[0].id
+    blobs = BlobStore(state.settings.blob_dir)
+    batch_id = store_batch(state.store, blobs, key_id, b"{}\n", CHAT, **fields)
+    batch = state.store.get_batch(batch_id)
+    assert batch is not None
+    return batch
+
+
+def test_a_new_batch_is_stored_reserved_so_a_reconciler_pass_leaves_it(tmp_path: Path) -> None:
+    """`batches.create` starts the run after the insert; a reconciler pass in
+    between must not start a second one (it did: two flow runs, one batch)."""
+    state = gateway_state(tmp_path)
+    key, _ = state.store.create_api_key("create")
+    earlier = stored_batch(state, key.id)
+
+    batch = _record_batch(state, key, BatchRequest(earlier.input_file_id, CHAT, "24h", None, None))
+
+    stored = state.store.get_batch(batch.id)
+    assert stored is not None and stored.lease_token is None
+    assert (stored.lease_expires_at or 0) > time.time() + 60  # the launch grace
+    assert asyncio.run(reconcile_once(state)) == 1  # the earlier, unreserved batch only
+    assert state.flow_runs.started == [earlier.id]
+
+
+def test_first_pass_after_a_restart_starts_reserved_but_unclaimed_batches(
+    tmp_path: Path,
+) -> None:
+    """A gateway that died between storing a batch and starting its run left
+    a reservation nobody will honour; the next gateway starts it at once."""
+    state = gateway_state(tmp_path)
+    reserved = stored_batch(state, lease_expires_at=time.time() + 300)
+    leased = stored_batch(state, lease_token="run-token", lease_expires_at=time.time() + 300)
+
+    assert asyncio.run(reconcile_once(state)) == 0
+    assert asyncio.run(reconcile_once(state, first_pass=True)) == 1
+    assert state.flow_runs.started == [reserved.id]
+    assert leased.id not in state.flow_runs.started  # a live run's lease holds on every pass
+
+
+def test_lease_is_live_until_it_lapses() -> None:
+    batch = BatchRecord(
+        id="batch_x",
+        api_key_id="key",
+        endpoint=CHAT,
+        input_file_id="file-x",
+        completion_window="24h",
+        status="in_progress",
+        created_at=0,
+        expires_at=10**10,
+        lease_token="token",
+        lease_expires_at=100.0,
+    )
+    assert lease_is_live(batch, 99.0)
+    assert not lease_is_live(batch, 100.0)
+    assert lease_is_live(batch, 99.0, first_pass=True)  # a held lease is not a reservation
+
+
+def test_launch_key_is_one_per_batch_and_previous_run() -> None:
+    fields: dict[str, Any] = {
+        "api_key_id": "key",
+        "endpoint": CHAT,
+        "input_file_id": "file-x",
+        "completion_window": "24h",
+        "status": "validating",
+        "created_at": 0,
+        "expires_at": 10**10,
+    }
+    first = BatchRecord(id="batch_a", **fields)
+    assert launch_key(first) == launch_key(BatchRecord(id="batch_a", **fields))
+    assert launch_key(first) != launch_key(BatchRecord(id="batch_b", **fields))
+    relaunch = BatchRecord(id="batch_a", flow_run_id="run-1", **fields)
+    assert launch_key(relaunch) != launch_key(first)
