@@ -38,6 +38,7 @@ import aiohttp
 import orjson
 
 from storage.records import ProviderRecord
+from tasks.deadlines import Deadlines
 from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
 
 NON_JSON_BODY: dict[str, Any] = {
@@ -186,8 +187,9 @@ class UpstreamClient:
         self._limiters: dict[str, AdaptiveLimiter] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiohttp.ClientSession | None = None
+        self._deadlines: Deadlines | None = None
 
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> tuple[aiohttp.ClientSession, Deadlines]:
         """Pool and limiters for the running loop.
 
         aiohttp sessions and limiters belong to one event loop; a caller that
@@ -197,13 +199,14 @@ class UpstreamClient:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, limit_per_host=0, keepalive_timeout=30.0
         )
-        # The deadline is ours (asyncio.timeout around each attempt), not aiohttp's.
+        # The deadline is ours (tasks/deadlines.py, around each attempt), not aiohttp's.
         self._client = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False
         )
         self._limiters = {}
+        self._deadlines = Deadlines(loop)
         self._loop = loop
-        return self._client
+        return self._client, self._deadlines
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> UpstreamClient:
@@ -221,7 +224,9 @@ class UpstreamClient:
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.close()
-        self._client = self._loop = None
+        if self._deadlines is not None:
+            self._deadlines.close()
+        self._client = self._loop = self._deadlines = None
 
     async def __aenter__(self) -> UpstreamClient:
         return self
@@ -253,9 +258,9 @@ class UpstreamClient:
         first slot is granted, so the many lines of a chunk that queue behind
         a full window hold no encoded body meanwhile."""
         loop = asyncio.get_running_loop()
-        client = self._client if loop is self._loop else None
-        if client is None:
-            client = self._bind(loop)
+        client, deadlines = (self._client, self._deadlines) if loop is self._loop else (None, None)
+        if client is None or deadlines is None:
+            client, deadlines = self._bind(loop)
         url = provider.base_url.rstrip("/") + path
         headers = {"Content-Type": "application/json"}
         if provider.api_key:
@@ -277,7 +282,7 @@ class UpstreamClient:
             if not isinstance(body, bytes):
                 body = body()
             try:
-                outcome = await self._attempt(client, url, headers, body, attempt)
+                outcome = await self._attempt(client, deadlines, url, headers, body, attempt)
             except BaseException:
                 limiter.release()
                 raise
@@ -294,17 +299,16 @@ class UpstreamClient:
     async def _attempt(
         self,
         client: aiohttp.ClientSession,
+        deadlines: Deadlines,
         url: str,
         headers: dict[str, str],
         body: bytes,
         attempt: int,
     ) -> _Attempt:
         try:
-            async with (
-                asyncio.timeout(self.timeout),
-                client.post(url, data=body, headers=headers) as response,
-            ):
-                content = await response.read()
+            with deadlines.within(self.timeout):
+                async with client.post(url, data=body, headers=headers) as response:
+                    content = await response.read()
         except (aiohttp.InvalidURL, ValueError) as exc:
             message = f"invalid provider URL {url!r}: {exc}"
             return _Attempt(

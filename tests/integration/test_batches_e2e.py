@@ -230,10 +230,9 @@ def test_cancel_mid_run_keeps_partial_results(
     wait_progress(client, batch.id, CHUNK)
     # A run and its forkserver take the configured CPU niceness (flow_run_nice).
     assert stack.gateway is not None and stack.runner is not None
-    runner = psutil.Process(stack.runner.pid)
-    forkserver = [p for p in runner.children() if "forkserver" in " ".join(p.cmdline())]
-    runs = [run for server in forkserver for run in server.children()]
-    assert runs, [p.cmdline() for p in runner.children()]
+    runs = flow_run_processes(stack)
+    assert runs
+    forkserver = [run.parent() for run in runs]
     assert {p.nice() for p in [*forkserver, *runs]} == {7}
     assert psutil.Process(stack.gateway.pid).nice() == 0
     cancelling = client.batches.cancel(batch.id)
@@ -247,6 +246,41 @@ def test_cancel_mid_run_keeps_partial_results(
     with pytest.raises(openai.ConflictError) as info:
         client.batches.cancel(batch.id)
     assert info.value.response.headers["x-should-retry"] == "false"
+
+
+def flow_run_processes(stack: Stack) -> list[psutil.Process]:
+    """The running flow-run processes: children of the runner's forkserver."""
+    assert stack.runner is not None
+    runner = psutil.Process(stack.runner.pid)
+    forkserver = [p for p in runner.children() if "forkserver" in " ".join(p.cmdline())]
+    return [run for server in forkserver for run in server.children()]
+
+
+def test_sigterm_stops_a_flow_run_at_once_and_the_batch_goes_on(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """SIGTERM (Prefect's cancel of a flow run, `batchgate up` stopping) ends
+    a run on uvloop within a second or two, as on the standard loop; the
+    batch is then resumed by a new run and every line ends once."""
+    stack.mock_config(latency_ms=300)
+    lines = 6000
+    batch = client.batches.create(
+        input_file_id=upload(client, tmp_path, [chat_line(i) for i in range(lines)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_progress(client, batch.id, CHUNK)
+    runs = flow_run_processes(stack)
+    assert runs
+    for run in runs:
+        run.terminate()
+    _, alive = psutil.wait_procs(runs, timeout=5)
+    assert alive == [], "flow-run processes still running 5 s after SIGTERM"
+    assert client.batches.retrieve(batch.id).request_counts.completed < lines
+    final = wait_terminal(client, batch.id, timeout=300)
+    assert final.status == "completed"
+    out = lines_of(client, final.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(lines))
 
 
 def test_runner_killed_mid_batch_resumes_without_repeats(
