@@ -9,9 +9,9 @@ posted once to the gateway, which writes it and marks the chunk done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -19,7 +19,7 @@ from storage.jsonl import iter_chunk_lines
 from storage.records import ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.results import result_line
-from tasks.routing import UPSTREAM_PATHS, RoutingError, prepare_body, resolve_route
+from tasks.routing import UPSTREAM_PATHS, Route, RoutingError, prepare_body, resolve_route
 from tasks.upstream import UpstreamClient
 from tasks.usage import add_usage, empty_usage, usage_of
 
@@ -75,6 +75,24 @@ def parse_chunk(data: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(raw) for _, raw in iter_chunk_lines(data)]
 
 
+def route_lines(
+    lines: Sequence[dict[str, Any]], providers: Sequence[ProviderRecord]
+) -> list[Route | RoutingError]:
+    """Each line's route, resolved once per distinct model of the chunk."""
+    known: dict[str, Route | RoutingError] = {}
+    routes: list[Route | RoutingError] = []
+    for line in lines:
+        model = line["body"].get("model")
+        if not isinstance(model, str):
+            routes.append(resolve_route(model, providers))
+            continue
+        route = known.get(model)
+        if route is None:
+            route = known[model] = resolve_route(model, providers)
+        routes.append(route)
+    return routes
+
+
 async def execute_lines(
     lines: Sequence[dict[str, Any]],
     endpoint: str,
@@ -82,48 +100,81 @@ async def execute_lines(
     client: UpstreamClient,
     stop_reason: Callable[[], str | None],
 ) -> ChunkResult:
-    """Run every line; each ends as exactly one output or error line, in input order."""
+    """Run every line; each ends as exactly one output or error line, in input order.
+
+    Each provider's lines are worked off by as many workers as it may have
+    requests in flight (its `max_concurrency`), not by a task per line: a
+    thousand-line chunk made a thousand tasks, most of them parked in the
+    limiter, and that bookkeeping was about a third of a run's own CPU per
+    line at 0 ms provider latency. A queue per provider keeps a slow
+    provider's lines from holding up another's."""
     path = UPSTREAM_PATHS[endpoint]
+    routes = route_lines(lines, providers)
+    results: list[bytes] = [b""] * len(lines)
+    bodies: list[dict[str, Any] | None] = [None] * len(lines)
+    queues: dict[str, tuple[ProviderRecord, list[int]]] = {}
+    for index, route in enumerate(routes):
+        if isinstance(route, RoutingError):
+            response = {"status_code": route.status, "request_id": None, "body": route.error_body()}
+            results[index] = result_line(lines[index]["custom_id"], response)
+        else:
+            queues.setdefault(route.provider.name, (route.provider, []))[1].append(index)
 
     def stopped_line(custom_id: str) -> bytes:
         code, message = STOP_CODES.get(stop_reason() or "", DEFAULT_STOP)
         return result_line(custom_id, None, code=code, message=message)
 
-    async def one(line: dict[str, Any]) -> tuple[bool, bytes, dict[str, Any] | None]:
-        custom_id = line["custom_id"]
-        body = line["body"]
-        route = resolve_route(body.get("model"), providers)
-        if isinstance(route, RoutingError):
-            response = {"status_code": route.status, "request_id": None, "body": route.error_body()}
-            return False, result_line(custom_id, response), None
+    def should_stop() -> bool:
+        return stop_reason() is not None
+
+    async def one(index: int, route: Route) -> None:
+        """Send line `index`; keep its result line, and its body if it succeeded."""
+        custom_id = lines[index]["custom_id"]
         if stop_reason():
-            return False, stopped_line(custom_id), None
+            results[index] = stopped_line(custom_id)
+            return
+        body, upstream_model = lines[index]["body"], route.upstream_model
         result = await client.send(
             route.provider,
             path,
-            lambda: encode_body(prepare_body(body, route.upstream_model)),
+            lambda: encode_body(prepare_body(body, upstream_model)),
             custom_id=custom_id,
-            should_stop=lambda: stop_reason() is not None,
+            should_stop=should_stop,
         )
         crash_point("execute:after_response")
         if result.status_code is None:
-            if result.error_code == "stopped":
-                return False, stopped_line(custom_id), None
-            return (
-                False,
-                result_line(custom_id, None, code=result.error_code, message=result.error_message),
-                None,
+            results[index] = (
+                stopped_line(custom_id)
+                if result.error_code == "stopped"
+                else result_line(
+                    custom_id, None, code=result.error_code, message=result.error_message
+                )
             )
+            return
         response = {
             "status_code": result.status_code,
             "request_id": result.request_id,
             "body": result.body,
         }
-        return result.ok, result_line(custom_id, response), result.body
+        results[index] = result_line(custom_id, response)
+        if result.ok:
+            bodies[index] = result.body
 
+    async def worker(pending: Iterator[int]) -> None:
+        for index in pending:  # one shared iterator: each line goes to one worker
+            await one(index, cast(Route, routes[index]))
+
+    await asyncio.gather(
+        *(
+            worker(pending)
+            for provider, indexes in queues.values()
+            for pending in [iter(indexes)]
+            for _ in range(min(len(indexes), max(1, provider.max_concurrency)))
+        )
+    )
     outcome = ChunkResult()
-    for ok, line, body in await asyncio.gather(*(one(line) for line in lines)):
-        if ok and body is not None:
+    for line, body in zip(results, bodies, strict=True):
+        if body is not None:
             outcome.succeed(line, body)
         else:
             outcome.fail(line)

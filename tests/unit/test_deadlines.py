@@ -25,7 +25,7 @@ async def test_an_overdue_attempt_times_out_soon_after_its_deadline() -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await attempt(deadlines, 0.2, 10)
-    assert 0.2 <= time.monotonic() - started < 0.2 + RESOLUTION + 0.2
+    assert 0.2 <= time.monotonic() - started < 1.0  # not the 10 s the attempt would take
 
 
 async def test_only_the_overdue_attempts_of_many_time_out() -> None:
