@@ -45,3 +45,18 @@ def store_batch(
         )
     )
     return batch_id
+
+
+def batch_record(batch_id: str = "batch_x", **fields: Any) -> BatchRecord:
+    """A batch record for tests of pure logic: a `validating` chat batch
+    unless `fields` say otherwise."""
+    defaults: dict[str, Any] = {
+        "api_key_id": "key",
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-x",
+        "completion_window": "24h",
+        "status": "validating",
+        "created_at": 0,
+        "expires_at": 10**10,
+    }
+    return BatchRecord(id=batch_id, **{**defaults, **fields})

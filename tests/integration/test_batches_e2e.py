@@ -340,23 +340,13 @@ async def _start_again(stack: Stack, batch_id: str, tmp_path: Path) -> str | Non
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gateway.flow_runs import PrefectFlowRuns
-    from storage.records import BatchRecord
     from tasks.settings import load_settings
+    from tests.records import batch_record
 
-    first_launch = BatchRecord(
-        id=batch_id,
-        api_key_id="",
-        endpoint="/v1/chat/completions",
-        input_file_id="",
-        completion_window="24h",
-        status="validating",
-        created_at=0,
-        expires_at=0,
-    )
     runs = PrefectFlowRuns(load_settings(data_dir=tmp_path))
     with temporary_settings({PREFECT_API_URL: stack.prefect.api_url}):
         try:
-            return await runs.start_batch(first_launch)
+            return await runs.start_batch(batch_record(batch_id))
         finally:
             await runs.aclose()
 

@@ -15,7 +15,7 @@ from storage.blobs import BlobStore
 from storage.records import BatchRecord
 from tasks.batch_rules import BatchRequest
 from tests.live import FakeFlowRuns, inprocess_app
-from tests.records import store_batch
+from tests.records import batch_record, store_batch
 
 CHAT = "/v1/chat/completions"
 
@@ -74,35 +74,14 @@ def test_first_pass_after_a_restart_starts_reserved_but_unclaimed_batches(
 
 
 def test_lease_is_live_until_it_lapses() -> None:
-    batch = BatchRecord(
-        id="batch_x",
-        api_key_id="key",
-        endpoint=CHAT,
-        input_file_id="file-x",
-        completion_window="24h",
-        status="in_progress",
-        created_at=0,
-        expires_at=10**10,
-        lease_token="token",
-        lease_expires_at=100.0,
-    )
+    batch = batch_record(status="in_progress", lease_token="token", lease_expires_at=100.0)
     assert lease_is_live(batch, 99.0)
     assert not lease_is_live(batch, 100.0)
     assert lease_is_live(batch, 99.0, first_pass=True)  # a held lease is not a reservation
 
 
 def test_launch_key_is_one_per_batch_and_previous_run() -> None:
-    fields: dict[str, Any] = {
-        "api_key_id": "key",
-        "endpoint": CHAT,
-        "input_file_id": "file-x",
-        "completion_window": "24h",
-        "status": "validating",
-        "created_at": 0,
-        "expires_at": 10**10,
-    }
-    first = BatchRecord(id="batch_a", **fields)
-    assert launch_key(first) == launch_key(BatchRecord(id="batch_a", **fields))
-    assert launch_key(first) != launch_key(BatchRecord(id="batch_b", **fields))
-    relaunch = BatchRecord(id="batch_a", flow_run_id="run-1", **fields)
-    assert launch_key(relaunch) != launch_key(first)
+    first = batch_record("batch_a")
+    assert launch_key(first) == launch_key(batch_record("batch_a"))
+    assert launch_key(first) != launch_key(batch_record("batch_b"))
+    assert launch_key(batch_record("batch_a", flow_run_id="run-1")) != launch_key(first)
