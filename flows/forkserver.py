@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+from typing import NoReturn
 
 import prefect.flow_engine
 import prefect.task_engine
@@ -51,7 +52,7 @@ class UvloopTermination(TerminationSignal, SystemExit):
         self.signal = signal
 
 
-def _raise_termination(sig_num: int, *args: object) -> None:
+def _raise_termination(sig_num: int, *args: object) -> NoReturn:
     raise UvloopTermination(signal=sig_num)
 
 

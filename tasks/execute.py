@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -109,16 +109,15 @@ async def execute_lines(
     line at 0 ms provider latency. A queue per provider keeps a slow
     provider's lines from holding up another's."""
     path = UPSTREAM_PATHS[endpoint]
-    routes = route_lines(lines, providers)
     results: list[bytes] = [b""] * len(lines)
     bodies: list[dict[str, Any] | None] = [None] * len(lines)
-    queues: dict[str, tuple[ProviderRecord, list[int]]] = {}
-    for index, route in enumerate(routes):
+    queues: dict[str, tuple[ProviderRecord, list[tuple[int, Route]]]] = {}
+    for index, route in enumerate(route_lines(lines, providers)):
         if isinstance(route, RoutingError):
             response = {"status_code": route.status, "request_id": None, "body": route.error_body()}
             results[index] = result_line(lines[index]["custom_id"], response)
         else:
-            queues.setdefault(route.provider.name, (route.provider, []))[1].append(index)
+            queues.setdefault(route.provider.name, (route.provider, []))[1].append((index, route))
 
     def stopped_line(custom_id: str) -> bytes:
         code, message = STOP_CODES.get(stop_reason() or "", DEFAULT_STOP)
@@ -160,16 +159,16 @@ async def execute_lines(
         if result.ok:
             bodies[index] = result.body
 
-    async def worker(pending: Iterator[int]) -> None:
-        for index in pending:  # one shared iterator: each line goes to one worker
-            await one(index, cast(Route, routes[index]))
+    async def worker(pending: Iterator[tuple[int, Route]]) -> None:
+        for index, route in pending:  # one shared iterator: each line goes to one worker
+            await one(index, route)
 
     await asyncio.gather(
         *(
             worker(pending)
-            for provider, indexes in queues.values()
-            for pending in [iter(indexes)]
-            for _ in range(min(len(indexes), max(1, provider.max_concurrency)))
+            for provider, queue in queues.values()
+            for pending in [iter(queue)]
+            for _ in range(min(len(queue), max(1, provider.max_concurrency)))
         )
     )
     outcome = ChunkResult()
