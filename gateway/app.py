@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from gateway.auth import load_or_create_secret
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.flow_runs import FlowRunStarter, PrefectFlowRuns
+from gateway.loops import reconciler
 from gateway.middleware import CorsMiddleware, RequestIdMiddleware
 from gateway.routes import admin, batches, files, health, internal, openapi
 from storage.blobs import BlobStore
@@ -69,7 +70,7 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         admin.load_configured_providers(state)
-        async with batches.background_tasks(state):
+        async with reconciler.running(state):
             yield
         await state.flow_runs.aclose()
         state.store.close()

@@ -29,6 +29,7 @@ import httpx
 import psutil
 from pydantic import ValidationError
 
+from gateway import prefect_server
 from gateway.auth import load_or_create_secret
 from tasks.settings import Settings, load_settings
 
@@ -141,8 +142,7 @@ def runner_env(plan: Plan, settings: Settings) -> dict[str, str]:
 
 def prefect_server_command(port: int) -> list[str]:
     """A local Prefect server on loopback; its SQLite file lives in PREFECT_HOME."""
-    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-            "--port", str(port), "--analytics-off"]  # fmt: skip
+    return prefect_server.command("127.0.0.1", port)
 
 
 def port_is_free(host: str, port: int) -> bool:

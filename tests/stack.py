@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 import openai
 
-from gateway.supervisor import Child, http_status, log_tail, start_child, stop_child
+from gateway.supervisor import (
+    Child,
+    http_status,
+    log_tail,
+    prefect_server_command,
+    start_child,
+    stop_child,
+)
 from tests.live import GatewayAdmin, free_port
 
 ADMIN_KEY = "admin-e2e-key"
@@ -57,18 +64,7 @@ class PrefectServer:
     def __enter__(self) -> PrefectServer:
         self.child = start_child(
             "prefect-server",
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--analytics-off",
-            ],
+            prefect_server_command(self.port),
             self.env(),
             self.root / "logs",
         )

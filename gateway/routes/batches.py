@@ -1,14 +1,9 @@
-"""/v1/batches: create, list, retrieve, cancel (SPEC section 3), and the
-reconciler that gives every live batch a running flow run."""
+"""/v1/batches: create, list, retrieve, cancel (SPEC section 3). The flow
+run a new batch needs is started by `gateway/loops/reconciler.py`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +13,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
+from gateway.loops.reconciler import launch_in_background, launch_reserved_until
 from storage import ids
 from storage.metadata import now
 from storage.records import ApiKeyRecord, BatchRecord, batch_object
@@ -25,18 +21,15 @@ from tasks import status as st
 from tasks.batch_rules import BatchRequest, RuleViolation, parse_batch_request
 from tasks.crashpoints import crash_point
 
-log = logging.getLogger("batchgate.gateway")
-
-# How long a freshly started flow run has to claim its batch before the
-# reconciler may start another one.
-LAUNCH_GRACE_SECONDS = 120
+if TYPE_CHECKING:
+    from gateway.app import GatewayState
 
 
-def _state(request: Request) -> Any:
+def _state(request: Request) -> GatewayState:
     return request.app.state.gateway
 
 
-def _first_model(state: Any, blob_name: str) -> str | None:
+def _first_model(state: GatewayState, blob_name: str) -> str | None:
     """The model of the input's first line, for the flow run's tags (best effort)."""
     try:
         with state.blobs.open(blob_name) as handle:
@@ -48,56 +41,7 @@ def _first_model(state: Any, blob_name: str) -> str | None:
         return None
 
 
-def launch_reserved_until(settings: Any) -> float:
-    """When the grace for a flow run being started ends: until then the
-    reconciler leaves the batch to that run. Short leases (tests) get a
-    short grace; queued runs are kept by `is_queued` anyway."""
-    return time.time() + min(LAUNCH_GRACE_SECONDS, max(30, 5 * settings.lease_seconds))
-
-
-async def reserve_launch(state: Any, batch: BatchRecord) -> None:
-    """Give the batch a grace period in which the reconciler leaves it to the
-    flow run being started for it."""
-    await run_in_threadpool(
-        state.store.update_batch,
-        batch.id,
-        lease_token=None,
-        lease_expires_at=launch_reserved_until(state.settings),
-    )
-
-
-async def start_run(state: Any, batch: BatchRecord) -> None:
-    """Start a flow run for the batch; on failure the reconciler tries again."""
-    update = state.store.update_batch
-    try:
-        flow_run_id = await state.flow_runs.start_batch(batch)
-    except Exception as exc:
-        log.warning("could not start a flow run for %s: %s", batch.id, exc)
-        await run_in_threadpool(update, batch.id, lease_expires_at=None)
-        return
-    if flow_run_id:
-        await run_in_threadpool(update, batch.id, flow_run_id=flow_run_id)
-
-
-async def launch(state: Any, batch: BatchRecord) -> None:
-    await reserve_launch(state, batch)
-    await start_run(state, batch)
-
-
-def launch_in_background(state: Any, batch: BatchRecord) -> None:
-    """Start the batch's flow run after `batches.create` has answered.
-
-    Creating a flow run is a Prefect API call that usually takes ~50 ms but
-    took 2-13 s while the Prefect server was busy starting other runs
-    (its client retries with backoff); the caller should not wait for that.
-    The batch is stored and reserved first, so a gateway that dies before
-    the start leaves a batch the reconciler starts once the grace lapses."""
-    task = asyncio.create_task(start_run(state, batch))
-    state.launches.add(task)  # the loop keeps only a weak reference
-    task.add_done_callback(state.launches.discard)
-
-
-def _record_batch(state: Any, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
+def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
     """Check the input file and store the new batch (blocking: runs in a thread)."""
     input_file = state.store.get_file(parsed.input_file_id, key.id)
     if input_file is None:
@@ -214,62 +158,6 @@ def cancel_batch(request: Request) -> Response:
             headers={"x-should-retry": "false"},
         )
     return JSONResponse(batch_object(batch))
-
-
-def lease_is_live(batch: BatchRecord, at: float, *, first_pass: bool = False) -> bool:
-    """True while a run holds the batch, or a launch has reserved it.
-
-    On a gateway's first pass a reservation without a lease token counts as
-    lapsed: the process that was starting that run is gone (it crashed just
-    after storing the batch, say). Starting again is safe: flow-run creation
-    is idempotent per batch and previous run (`PrefectFlowRuns.start_batch`)."""
-    if first_pass and batch.lease_token is None:
-        return False
-    return (batch.lease_expires_at or 0) > at
-
-
-async def reconcile_once(state: Any, *, first_pass: bool = False) -> int:
-    """Start a new flow run for every live batch that nobody is working on:
-    its lease lapsed (the run died) and no queued flow run is waiting for it."""
-    started = 0
-    for batch in await run_in_threadpool(state.store.live_batches):
-        if lease_is_live(batch, time.time(), first_pass=first_pass):
-            continue
-        if (
-            batch.lease_token is None
-            and batch.flow_run_id
-            and await state.flow_runs.is_queued(batch.flow_run_id)
-        ):
-            continue
-        log.info("batch %s has no live run; starting one", batch.id)
-        await launch(state, batch)
-        started += 1
-    return started
-
-
-@contextlib.asynccontextmanager
-async def background_tasks(state: Any) -> AsyncIterator[None]:
-    """Run the reconciler while the app lives; cancel what is left at the end."""
-
-    async def loop() -> None:
-        first_pass = True
-        while True:
-            try:
-                await reconcile_once(state, first_pass=first_pass)
-                first_pass = False
-            except Exception:
-                log.exception("reconciler pass failed")
-            await asyncio.sleep(state.settings.reconcile_interval_seconds)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        # Unfinished launches are dropped: their batches are reserved only
-        # for the grace period, then the next reconciler pass starts them.
-        for pending in [task, *state.launches]:
-            pending.cancel()
-        await asyncio.gather(task, *state.launches, return_exceptions=True)
 
 
 routes = [

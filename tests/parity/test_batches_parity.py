@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 from flows.process_batch import drive_batch
 from gateway.app import create_app
+from gateway.loops.reconciler import reconcile_once
 from gateway.mock_upstream import MockConfig, create_mock_app
-from gateway.routes.batches import reconcile_once
 from storage import ids
 from storage.metadata import now
 from storage.records import FileRecord

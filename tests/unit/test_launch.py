@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.flow_runs import launch_key
-from gateway.routes.batches import _record_batch, lease_is_live, reconcile_once
+from gateway.loops.reconciler import lease_is_live, reconcile_once
+from gateway.routes.batches import _record_batch
 from storage.blobs import BlobStore
 from storage.records import BatchRecord
 from tasks.batch_rules import BatchRequest

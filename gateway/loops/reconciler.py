@@ -1,0 +1,136 @@
+"""Flow-run launches and the reconciler that gives every live batch a run.
+
+`batches.create` stores a batch already reserved for the flow run it starts
+here, after the answer. The reconciler runs every
+`reconcile_interval_seconds` and starts a new run for any live batch that
+nobody works on: its run's lease lapsed (the run died) or its reservation
+lapsed (the start never happened), and no queued flow run waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from starlette.concurrency import run_in_threadpool
+
+from storage.records import BatchRecord
+from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.app import GatewayState
+
+log = logging.getLogger("batchgate.gateway")
+
+# How long a freshly started flow run has to claim its batch before the
+# reconciler may start another one.
+LAUNCH_GRACE_SECONDS = 120
+
+
+def launch_reserved_until(settings: Settings) -> float:
+    """When the grace for a flow run being started ends: until then the
+    reconciler leaves the batch to that run. Short leases (tests) get a
+    short grace; queued runs are kept by `is_queued` anyway."""
+    return time.time() + min(LAUNCH_GRACE_SECONDS, max(30, 5 * settings.lease_seconds))
+
+
+async def reserve_launch(state: GatewayState, batch: BatchRecord) -> None:
+    """Give the batch a grace period in which the reconciler leaves it to the
+    flow run being started for it."""
+    await run_in_threadpool(
+        state.store.update_batch,
+        batch.id,
+        lease_token=None,
+        lease_expires_at=launch_reserved_until(state.settings),
+    )
+
+
+async def start_run(state: GatewayState, batch: BatchRecord) -> None:
+    """Start a flow run for the batch; on failure the reconciler tries again."""
+    update = state.store.update_batch
+    try:
+        flow_run_id = await state.flow_runs.start_batch(batch)
+    except Exception as exc:
+        log.warning("could not start a flow run for %s: %s", batch.id, exc)
+        await run_in_threadpool(update, batch.id, lease_expires_at=None)
+        return
+    if flow_run_id:
+        await run_in_threadpool(update, batch.id, flow_run_id=flow_run_id)
+
+
+async def launch(state: GatewayState, batch: BatchRecord) -> None:
+    await reserve_launch(state, batch)
+    await start_run(state, batch)
+
+
+def launch_in_background(state: GatewayState, batch: BatchRecord) -> None:
+    """Start the batch's flow run after `batches.create` has answered.
+
+    Creating a flow run is a Prefect API call that usually takes ~50 ms but
+    took 2-13 s while the Prefect server was busy starting other runs
+    (its client retries with backoff); the caller should not wait for that.
+    The batch is stored and reserved first, so a gateway that dies before
+    the start leaves a batch the reconciler starts once the grace lapses."""
+    task = asyncio.create_task(start_run(state, batch))
+    state.launches.add(task)  # the loop keeps only a weak reference
+    task.add_done_callback(state.launches.discard)
+
+
+def lease_is_live(batch: BatchRecord, at: float, *, first_pass: bool = False) -> bool:
+    """True while a run holds the batch, or a launch has reserved it.
+
+    On a gateway's first pass a reservation without a lease token counts as
+    lapsed: the process that was starting that run is gone (it crashed just
+    after storing the batch, say). Starting again is safe: flow-run creation
+    is idempotent per batch and previous run (`PrefectFlowRuns.start_batch`)."""
+    if first_pass and batch.lease_token is None:
+        return False
+    return (batch.lease_expires_at or 0) > at
+
+
+async def reconcile_once(state: GatewayState, *, first_pass: bool = False) -> int:
+    """Start a new flow run for every live batch that nobody is working on:
+    its lease lapsed (the run died) and no queued flow run is waiting for it."""
+    started = 0
+    for batch in await run_in_threadpool(state.store.live_batches):
+        if lease_is_live(batch, time.time(), first_pass=first_pass):
+            continue
+        if (
+            batch.lease_token is None
+            and batch.flow_run_id
+            and await state.flow_runs.is_queued(batch.flow_run_id)
+        ):
+            continue
+        log.info("batch %s has no live run; starting one", batch.id)
+        await launch(state, batch)
+        started += 1
+    return started
+
+
+@contextlib.asynccontextmanager
+async def running(state: GatewayState) -> AsyncIterator[None]:
+    """Run the reconciler while the app lives; cancel what is left at the end."""
+
+    async def loop() -> None:
+        first_pass = True
+        while True:
+            try:
+                await reconcile_once(state, first_pass=first_pass)
+                first_pass = False
+            except Exception:
+                log.exception("reconciler pass failed")
+            await asyncio.sleep(state.settings.reconcile_interval_seconds)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        # Unfinished launches are dropped: their batches are reserved only
+        # for the grace period, then the next reconciler pass starts them.
+        for pending in [task, *state.launches]:
+            pending.cancel()
+        await asyncio.gather(task, *state.launches, return_exceptions=True)
