@@ -111,6 +111,13 @@ def test_lists_and_pages_are_exactly_creation_order(env: Env, kind_name: str) ->
         assert paged_ids(first.iter_pages()) == in_order(created, order), order
 
 
+def test_batches_list_refuses_an_unknown_order(env: Env) -> None:
+    key = env.create_key("order-sideways")
+    response = env.call(key, "GET", "/v1/batches?order=sideways")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "order"
+
+
 class Creator(threading.Thread):
     """Another client that keeps creating objects until stopped or it made
     `kind.count` (so paging in `asc` order, which shows them all, ends);
