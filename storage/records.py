@@ -34,8 +34,9 @@ class FileRecord:
     deleted_at: int | None
     blob_name: str
     mime_type: str | None = None
-    # Place in creation order, given by the store when the row is inserted
-    # (lists sort by it: `created_at` ties within a second). Never shown.
+    # Place in creation order, given by the store when the row is inserted:
+    # lists sort by (created_at, seq), as `created_at` ties within a second.
+    # Internal: the API objects never show it.
     seq: int | None = None
 
 
