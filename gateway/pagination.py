@@ -56,6 +56,12 @@ def parse_choice(
     return raw
 
 
+def parse_order(query: Mapping[str, str]) -> str:
+    """A list's `order`: "asc" is creation order, "desc" (the default) its
+    exact reverse; objects created in the same second keep their order."""
+    return parse_choice(query, "order", ("asc", "desc"), default="desc") or "desc"
+
+
 def list_envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     """`{"object": "list", "data", "first_id", "last_id", "has_more"}`."""
     return {

@@ -39,7 +39,7 @@ from storage.records import (
     file_is_live,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 R = TypeVar("R")
 
 # Columns stored as JSON text, per table.
@@ -83,9 +83,35 @@ def _earliest_expiry(page: tuple[list[FileRecord], bool]) -> int | None:
     return min((f.expires_at for f in page[0] if f.expires_at is not None), default=None)
 
 
-def _page_cursor(after: FileRecord | BatchRecord | None) -> tuple[int, str] | None:
+def _page_cursor(after: FileRecord | BatchRecord | None) -> tuple[int, int | None] | None:
     """The part of a page's `after` row that decides the page (a cache key)."""
-    return None if after is None else (after.created_at, after.id)
+    return None if after is None else (after.created_at, after.seq)
+
+
+def _sql_direction(order: str) -> str:
+    return "DESC" if order == "desc" else "ASC"
+
+
+# Creation order: by the second shown as `created_at`, and within a second
+# by `seq`, which follows the order the inserts committed in and never ties.
+# (`seq` alone would be creation order too, but two uploads that overlap can
+# commit in the other order than their `created_at` seconds; this way a list
+# never shows a later second before an earlier one.)
+_CREATION_ORDER = ("created_at", "seq")
+
+
+def _order_by(direction: str) -> str:
+    return "ORDER BY " + ", ".join(f"{c} {direction}" for c in _CREATION_ORDER)
+
+
+def _after_clause(direction: str, after: FileRecord | BatchRecord | None) -> tuple[str, list[Any]]:
+    """The condition that starts a page right after `after` in creation
+    order. Rows created since sort after every older row: before the cursor
+    in DESC order (on no later page), at the end in ASC."""
+    if after is None:
+        return "TRUE", []
+    op = "<" if direction == "DESC" else ">"
+    return f"({', '.join(_CREATION_ORDER)}) {op} (?, ?)", [after.created_at, after.seq]
 
 
 class MetadataStore:
@@ -201,17 +227,24 @@ class MetadataStore:
         found = self._fetch(table, record_cls, where, params)
         return found[0] if found else None
 
-    def _insert(self, table: str, record: Any) -> None:
-        """A new row changes its owner's pages only; no remembered row."""
-        values = _encode(table, {c: getattr(record, c) for c in _columns(type(record))})
+    def _insert(self, table: str, record: R) -> R:
+        """Store a new row; it changes its owner's pages only, no remembered
+        row. A record with a `seq` gets it from the table's sequence, under
+        the write lock, so `seq` follows the order the inserts commit in;
+        the record is returned with it."""
+        numbered = hasattr(record, "seq")
+        columns = [c for c in _columns(type(record)) if c != "seq"]
+        values = _encode(table, {c: getattr(record, c) for c in columns})
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         owner = getattr(record, "api_key_id", None)
-        self._write(
-            f"INSERT INTO {table} ({names}) VALUES ({marks})",
+        rows = self._write(
+            f"INSERT INTO {table} ({names}) VALUES ({marks})"
+            + (" RETURNING seq" if numbered else ""),
             list(values.values()),
             [_owner_scope(table, owner)],
         )
+        return dataclasses.replace(record, seq=rows[0][0]) if numbered else record
 
     def _update(
         self, table: str, key_where: str, key_params: Sequence[Any], fields: dict[str, Any]
@@ -267,8 +300,8 @@ class MetadataStore:
     # -- files ------------------------------------------------------------
 
     def insert_file(self, record: FileRecord) -> FileRecord:
-        self._insert("files", record)
-        return record
+        """Store a new file; returns it with its `seq`."""
+        return self._insert("files", record)
 
     def get_file(
         self, file_id: str, api_key_id: str | None = None, *, include_gone: bool = False
@@ -295,8 +328,9 @@ class MetadataStore:
         order: str = "desc",
         after: FileRecord | None = None,
     ) -> tuple[list[FileRecord], bool]:
-        """One page of a key's live files, ordered by (created_at, id)."""
-        direction = "DESC" if order == "desc" else "ASC"
+        """One page of a key's live files in creation order (`order` "asc") or
+        its reverse ("desc"), starting right after `after`."""
+        direction = _sql_direction(order)
         at = now()
         return self._cache.remembered(
             ("files", api_key_id, purpose, limit, direction, _page_cursor(after)),
@@ -320,16 +354,27 @@ class MetadataStore:
         if purpose:
             where.append("purpose = ?")
             params.append(purpose)
-        if after is not None:
-            op = "<" if direction == "DESC" else ">"
-            where.append(f"(created_at, id) {op} (?, ?)")
-            params.extend([after.created_at, after.id])
+        return self._page("files", FileRecord, where, params, limit, direction, after)
+
+    def _page(
+        self,
+        table: str,
+        record_cls: type[R],
+        where: list[str],
+        params: list[Any],
+        limit: int,
+        direction: str,
+        after: FileRecord | BatchRecord | None,
+    ) -> tuple[list[R], bool]:
+        """Up to `limit` rows matching `where` in creation order (`direction`)
+        right after `after`, and whether more follow."""
+        after_where, after_params = _after_clause(direction, after)
         rows = self._fetch(
-            "files",
-            FileRecord,
-            " AND ".join(where),
-            params,
-            f"ORDER BY created_at {direction}, id {direction} LIMIT {int(limit) + 1}",
+            table,
+            record_cls,
+            " AND ".join([*where, after_where]),
+            [*params, *after_params],
+            f"{_order_by(direction)} LIMIT {int(limit) + 1}",
         )
         return rows[:limit], len(rows) > limit
 
@@ -357,8 +402,8 @@ class MetadataStore:
     # -- batches ----------------------------------------------------------
 
     def insert_batch(self, record: BatchRecord) -> BatchRecord:
-        self._insert("batches", record)
-        return record
+        """Store a new batch; returns it with its `seq`."""
+        return self._insert("batches", record)
 
     def get_batch(self, batch_id: str, api_key_id: str | None = None) -> BatchRecord | None:
         record = self._cache.remembered(
@@ -372,30 +417,24 @@ class MetadataStore:
         return record
 
     def list_batches(
-        self, api_key_id: str, *, limit: int = 20, after: BatchRecord | None = None
+        self,
+        api_key_id: str,
+        *,
+        limit: int = 20,
+        order: str = "desc",
+        after: BatchRecord | None = None,
     ) -> tuple[list[BatchRecord], bool]:
+        """One page of a key's batches in creation order or its reverse, as
+        `list_files`."""
+        direction = _sql_direction(order)
         return self._cache.remembered(
-            ("batches", api_key_id, limit, _page_cursor(after)),
+            ("batches", api_key_id, limit, direction, _page_cursor(after)),
             ["batches", _owner_scope("batches", api_key_id)],
-            lambda: self._batch_page(api_key_id, limit, after),
+            lambda: self._page(
+                "batches", BatchRecord, ["api_key_id = ?"], [api_key_id], limit, direction, after
+            ),
             at=now(),
         )
-
-    def _batch_page(
-        self, api_key_id: str, limit: int, after: BatchRecord | None
-    ) -> tuple[list[BatchRecord], bool]:
-        where, params = ["api_key_id = ?"], [api_key_id]
-        if after is not None:
-            where.append("(created_at, id) < (?, ?)")
-            params.extend([after.created_at, after.id])
-        rows = self._fetch(
-            "batches",
-            BatchRecord,
-            " AND ".join(where),
-            params,
-            f"ORDER BY created_at DESC, id DESC LIMIT {int(limit) + 1}",
-        )
-        return rows[:limit], len(rows) > limit
 
     def update_batch(self, batch_id: str, **fields: Any) -> int:
         return self._update("batches", "id = ?", [batch_id], fields)
@@ -410,7 +449,7 @@ class MetadataStore:
         )
 
     def _batches_in(self, statuses: Iterable[str]) -> list[BatchRecord]:
-        """Batches in any of `statuses`, oldest first (created_at, then id)."""
+        """Batches in any of `statuses`, oldest first (creation order)."""
         wanted = sorted(statuses)
         marks = ", ".join("?" for _ in wanted)
         return self._fetch(
@@ -418,7 +457,7 @@ class MetadataStore:
             BatchRecord,
             f"status IN ({marks})",
             wanted,
-            "ORDER BY created_at ASC, id ASC",
+            _order_by("ASC"),
         )
 
     def terminal_batches(self) -> list[BatchRecord]:

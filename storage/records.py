@@ -34,6 +34,10 @@ class FileRecord:
     deleted_at: int | None
     blob_name: str
     mime_type: str | None = None
+    # Place in creation order, given by the store when the row is inserted:
+    # lists sort by (created_at, seq), as `created_at` ties within a second.
+    # Internal: the API objects never show it.
+    seq: int | None = None
 
 
 def file_is_live(record: FileRecord, at: int) -> bool:
@@ -99,6 +103,7 @@ class BatchRecord:
     flow_run_id: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None
+    seq: int | None = None  # place in creation order, as FileRecord.seq
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -81,3 +81,26 @@ CREATE TABLE IF NOT EXISTS providers (
     is_default       BOOLEAN NOT NULL DEFAULT FALSE,
     created_at       BIGINT  NOT NULL
 );
+
+-- migration 2
+-- `seq`: each file's and batch's place in creation order. `created_at` is
+-- whole seconds, so objects made in the same second tie on it; lists sort by
+-- (created_at, seq), and a sequence cannot tie. Rows stored before are
+-- numbered in (created_at, id) order, the order lists showed them in until
+-- now, and the sequence goes on after the last of them (setval is not
+-- called on an empty table, whose sequence starts at 1).
+-- No NOT NULL: DuckDB cannot add that constraint in the transaction that
+-- filled the column; the default gives every insert its number.
+CREATE SEQUENCE files_seq START 1;
+ALTER TABLE files ADD COLUMN seq BIGINT DEFAULT nextval('files_seq');
+UPDATE files SET seq = numbered.n
+FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM files) AS numbered
+WHERE files.id = numbered.id;
+SELECT setval('files_seq', seq) FROM files WHERE seq = (SELECT max(seq) FROM files);
+
+CREATE SEQUENCE batches_seq START 1;
+ALTER TABLE batches ADD COLUMN seq BIGINT DEFAULT nextval('batches_seq');
+UPDATE batches SET seq = numbered.n
+FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM batches) AS numbered
+WHERE batches.id = numbered.id;
+SELECT setval('batches_seq', seq) FROM batches WHERE seq = (SELECT max(seq) FROM batches);

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background, launch_reserved_until
+from gateway.pagination import parse_order
 from storage import ids
 from storage.metadata import now
 from storage.records import ApiKeyRecord, BatchRecord, batch_object
@@ -109,13 +110,15 @@ def list_batches(request: Request) -> Response:
     key = require_key(request)
     store = _state(request).store
     limit = _int_param(request, "limit", 20, 1, 100)
+    # `order` is an extension here (OpenAI's batches list has none).
+    order = parse_order(request.query_params)
     after_id = request.query_params.get("after")
     after = None
     if after_id:
         after = store.get_batch(after_id, key.id)
         if after is None:
             raise not_found("Batch", after_id, param="after")
-    rows, has_more = store.list_batches(key.id, limit=limit, after=after)
+    rows, has_more = store.list_batches(key.id, limit=limit, order=order, after=after)
     data = [batch_object(r) for r in rows]
     return JSONResponse(
         {

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
-from gateway.pagination import list_envelope, parse_choice, parse_int, parse_limit
+from gateway.pagination import list_envelope, parse_choice, parse_int, parse_limit, parse_order
 from gateway.uploads import StreamingFormParser, UploadForm, UploadMalformed, UploadTooLarge
 from storage import ids
 from storage.metadata import now
@@ -222,7 +222,7 @@ def list_files(request: Request) -> Response:
     query = request.query_params
     purpose = parse_choice(query, "purpose", ALL_PURPOSES)
     limit = parse_limit(query, default=MAX_LIST_LIMIT, maximum=MAX_LIST_LIMIT)
-    order = parse_choice(query, "order", ("asc", "desc"), default="desc") or "desc"
+    order = parse_order(query)
     after_id = query.get("after")
     after = None
     if after_id is not None:

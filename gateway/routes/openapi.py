@@ -263,7 +263,13 @@ BATCH_ID = path_param("batch_id", "A batch id (`batch_…`).")
 AFTER = query_param(
     "after",
     {"type": "string"},
-    "Cursor: the page starts right after this id. An unknown id is a 404.",
+    "Cursor: the page starts right after this id, in the chosen order (a file deleted "
+    "since still marks its place). An unknown id is a 404.",
+)
+ORDER_SCHEMA = {"type": "string", "enum": ["asc", "desc"], "default": "desc"}
+ORDER_TEXT = (
+    "`asc`: creation order; `desc`: exactly its reverse, objects created in the same "
+    "second included."
 )
 
 PATHS: dict[str, Any] = {
@@ -306,11 +312,7 @@ PATHS: dict[str, Any] = {
                     },
                     "Page size.",
                 ),
-                query_param(
-                    "order",
-                    {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
-                    "Order by created_at, then id.",
-                ),
+                query_param("order", ORDER_SCHEMA, ORDER_TEXT),
                 AFTER,
             ],
             "responses": {
@@ -374,6 +376,11 @@ PATHS: dict[str, Any] = {
                     "limit",
                     {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                     "Page size.",
+                ),
+                query_param(
+                    "order",
+                    ORDER_SCHEMA,
+                    f"{ORDER_TEXT} An extension: OpenAI's batches list has no `order`.",
                 ),
                 AFTER,
             ],

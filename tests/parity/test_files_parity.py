@@ -130,16 +130,24 @@ async def test_list_files_pagination_and_response_format(inproc_app: Any) -> Non
     """Reference: "List files pagination and response format".
 
     Same behaviour: five files of one key, purposes batch/fine-tune
-    alternating; newest first by default (created_at, then id); purpose filter;
+    alternating; newest first by default (the reverse of upload order, files
+    uploaded in the same second included: SPEC section 8); purpose filter;
     pages of 2 with `after`; ascending order reverses the list. Difference:
     the files are uploaded and listed through the HTTP routes (the reference
     calls createFile/listFiles directly), so the twin also checks the list
     envelope's has_more/first_id/last_id."""
     async with asgi_client(inproc_app, new_key(inproc_app, "File List Test Key")) as client:
-        for i in range(5):
-            await upload(
-                client, f"file_{i}.jsonl", b"{}", purpose="batch" if i % 2 == 0 else "fine-tune"
-            )
+        uploaded = [
+            (
+                await upload(
+                    client,
+                    f"file_{i}.jsonl",
+                    b"{}",
+                    purpose="batch" if i % 2 == 0 else "fine-tune",
+                )
+            )["id"]
+            for i in range(5)
+        ]
 
         async def ids(**params: Any) -> tuple[list[str], dict[str, Any]]:
             body = (await client.get("/v1/files", params=params)).json()
@@ -148,8 +156,7 @@ async def test_list_files_pagination_and_response_format(inproc_app: Any) -> Non
 
         sorted_ids, everything = await ids(order="desc")
         assert len(sorted_ids) == 5 and everything["has_more"] is False
-        created = [(f["created_at"], f["id"]) for f in everything["data"]]
-        assert created == sorted(created, reverse=True)
+        assert sorted_ids == uploaded[::-1]
 
         batch = (await client.get("/v1/files", params={"purpose": "batch"})).json()["data"]
         assert len(batch) == 3 and all(f["purpose"] == "batch" for f in batch)
@@ -163,7 +170,7 @@ async def test_list_files_pagination_and_response_format(inproc_app: Any) -> Non
         assert page3 == sorted_ids[4:] and body3["has_more"] is False
 
         ascending, _ = await ids(order="asc")
-        assert len(ascending) == 5 and ascending[0] == sorted_ids[-1]
+        assert ascending == uploaded
 
 
 async def test_file_upload_with_expiration_and_spec_compliant_response(inproc_app: Any) -> None:

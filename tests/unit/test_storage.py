@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from storage import ids
+from storage import ids, metadata
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import FileRecord, ProviderRecord, file_object
+from tests.records import batch_record
 
 
 @pytest.fixture
@@ -91,27 +94,88 @@ def test_files_are_invisible_when_deleted_expired_or_foreign(store: MetadataStor
     assert [f.id for f in store.list_files("k1")[0]] == [live.id]
 
 
-def test_list_files_orders_by_time_then_id_and_pages_by_cursor(store: MetadataStore) -> None:
+def test_lists_follow_creation_order_within_a_second(store: MetadataStore) -> None:
+    """Files and batches made in the same second list in the order they were
+    made (ids sort the other way here), after the older seconds; `after`
+    goes on from its object in that order, even once that file is deleted."""
     t = now()
-    records = [
+    older = store.insert_file(file_record("k", created_at=t - 1, file_id="file-00"))
+    files = [older] + [
         store.insert_file(
             file_record(
                 "k",
-                created_at=t - i // 2,
+                created_at=t,
                 purpose="batch" if i % 2 else "user_data",
-                file_id=f"file-{i:02d}",
+                file_id=f"file-{9 - i:02d}",
             )
         )
         for i in range(7)
     ]
-    newest_first = [r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)]
+    made = [f.id for f in files]
+    assert [f.id for f in store.list_files("k", order="asc")[0]] == made
+    assert [f.id for f in store.list_files("k")[0]] == made[::-1]
     page, more = store.list_files("k", limit=3)
-    assert [r.id for r in page] == newest_first[:3] and more
-    page2, more2 = store.list_files("k", limit=3, after=page[-1])
-    assert [r.id for r in page2] == newest_first[3:6] and more2
-    asc, more_asc = store.list_files("k", order="asc")
-    assert [r.id for r in asc] == newest_first[::-1] and not more_asc
-    assert {r.purpose for r in store.list_files("k", purpose="batch")[0]} == {"batch"}
+    assert [f.id for f in page] == made[::-1][:3] and more
+    store.mark_file_deleted(page[-1].id)
+    cursor = store.get_file(page[-1].id, "k", include_gone=True)
+    page2, more2 = store.list_files("k", limit=3, after=cursor)
+    assert [f.id for f in page2] == made[::-1][3:6] and more2
+    asc, _ = store.list_files("k", order="asc", limit=3, after=files[1])
+    assert [f.id for f in asc] == made[2:5]
+    assert {f.purpose for f in store.list_files("k", purpose="batch")[0]} == {"batch"}
+
+    batches = [
+        store.insert_batch(batch_record(f"batch_{9 - i}", api_key_id="k", created_at=t))
+        for i in range(5)
+    ]
+    made = [b.id for b in batches]
+    assert [b.id for b in store.list_batches("k", order="asc")[0]] == made
+    assert [b.id for b in store.list_batches("k", limit=2, after=batches[3])[0]] == made[2::-1][:2]
+    assert [b.id for b in store.live_batches()] == made
+
+
+def v1_database(path: Path, rows: list[tuple[str, int]]) -> None:
+    """A database as schema version 1 left it, with a file and a batch per
+    (id suffix, created_at) in `rows`, stored in that order."""
+    schema = resources.files("storage").joinpath("schema.sql").read_text()
+    first_block = schema.split("-- migration 2")[0]
+    with duckdb.connect(str(path)) as conn:
+        conn.execute(first_block)
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+        for suffix, created_at in rows:
+            conn.execute(
+                "INSERT INTO files (id, api_key_id, filename, purpose, bytes, created_at, "
+                "blob_name) VALUES (?, 'k', 'a.txt', 'user_data', 1, ?, ?)",
+                [f"file-{suffix}", created_at, f"file-{suffix}"],
+            )
+            conn.execute(
+                "INSERT INTO batches (id, api_key_id, endpoint, input_file_id, "
+                "completion_window, status, created_at) "
+                "VALUES (?, 'k', '/v1/embeddings', 'file-x', '24h', 'completed', ?)",
+                [f"batch_{suffix}", created_at],
+            )
+
+
+def test_an_old_database_keeps_its_list_order_and_new_objects_come_after(tmp_path: Path) -> None:
+    """Rows from before creation order was stored keep the order lists showed
+    them in (created_at, then id); objects made after the upgrade, even in
+    the same second, come after every one of them."""
+    path = tmp_path / "old.duckdb"
+    v1_database(path, [("b", 100), ("a", 100), ("c", 99)])
+    store = MetadataStore(path)
+    try:
+        version = store.query("SELECT max(version) FROM schema_version")[0][0]
+        assert version == metadata.SCHEMA_VERSION
+        store.insert_file(file_record("k", created_at=100, file_id="file-0"))
+        store.insert_batch(batch_record("batch_0", api_key_id="k", created_at=100))
+        listed = [f.id for f in store.list_files("k", order="asc")[0]]
+        assert listed == ["file-c", "file-a", "file-b", "file-0"]
+        listed = [b.id for b in store.list_batches("k", order="asc")[0]]
+        assert listed == ["batch_c", "batch_a", "batch_b", "batch_0"]
+        assert [b.id for b in store.terminal_batches()] == listed[:3]
+    finally:
+        store.close()
 
 
 def test_file_object_leaks_nothing_internal(store: MetadataStore) -> None:
