@@ -78,7 +78,8 @@ def write_upstream_faults(rows: list[dict[str, Any]]) -> None:
 
 
 def write_load(figures: dict[str, Any], budget_ms: float, doc: Path = DOC) -> None:
-    """The load test's table, between the load markers of the Load section."""
+    """The load test's table, between the load markers of the Load section,
+    and one row for this run on top of the runs table (the last ten kept)."""
     routes = figures["routes"]
     lines = [
         f"Last `make soak` load run: {_stamp()}, {figures['clients']} clients for "
@@ -96,5 +97,31 @@ def write_load(figures: dict[str, Any], budget_ms: float, doc: Path = DOC) -> No
             f"| {route} | {row['count']:,} | {row['p50_ms']:g} | {row['p95_ms']:g} | "
             f"{row['p99_ms']:g} | {row['max_ms']:g} |"
         )
-    start, end = "<!-- soak:load:start -->", "<!-- soak:load:end -->"
-    doc.write_text(replace_between(doc.read_text(), start, end, "\n".join(lines)))
+    text = replace_between(
+        doc.read_text(), "<!-- soak:load:start -->", "<!-- soak:load:end -->", "\n".join(lines)
+    )
+    doc.write_text(add_load_run(text, figures))
+
+
+LOAD_RUNS = "<!-- soak:load-runs:start -->", "<!-- soak:load-runs:end -->"
+LOAD_RUNS_HEADER = (
+    "| run | requests | batch in_progress after | lines/s without load | lines/s under load "
+    "| longest stall | metadata p99 ms |\n|---|---|---|---|---|---|---|"
+)
+
+
+def add_load_run(text: str, figures: dict[str, Any], keep: int = 10) -> str:
+    """`text` with this run's row first in the load-runs table."""
+    metadata = [row["p99_ms"] for route, row in figures["routes"].items() if route != "upload"]
+    started = figures["big_batch_in_progress_after_s"]
+    row = (
+        f"| {_stamp()} | {figures['requests']:,} | "
+        f"{'never' if started is None else f'{started:.1f} s'} | "
+        f"{figures['lines_per_s_without_load']:g} | {figures['lines_per_s_under_load']:g} | "
+        f"{figures['longest_stall_s']:g} s | {min(metadata):g}–{max(metadata):g} |"
+    )
+    start, end = LOAD_RUNS
+    old = text.partition(start)[2].partition(end)[0] if start in text else ""
+    rows = [line for line in old.splitlines() if line.startswith("| 20")]
+    body = "\n".join([LOAD_RUNS_HEADER, row, *rows[: keep - 1]])
+    return replace_between(text, start, end, body)
