@@ -13,13 +13,17 @@ It sets what every run inherits: uvloop as the event loop (the request
 loop of a chunk is the run's hot path: measured 2,331 -> 2,684-2,800
 requests/s in the overhead-bound benchmark), a SIGTERM that still stops a
 run under uvloop (`_termination_escapes_uvloop`), and the CPU niceness
-`flow_run_nice` (0 unless set: see docs/reliability.md for the trade-off).
+`flow_run_nice` (0 unless set: see docs/reliability.md for the trade-off),
+and the runner's `--log-level` for the `batchgate` loggers: Prefect's
+logging set-up leaves the root logger at WARNING in a run, which hid the
+per-request DEBUG lines of `batchgate.upstream` and batchgate's INFO lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 from typing import NoReturn
 
@@ -63,6 +67,7 @@ def _termination_escapes_uvloop() -> None:
 
 
 os.nice(load_settings().flow_run_nice)
+logging.getLogger("batchgate").setLevel(os.environ.get("BATCHGATE_LOG_LEVEL", "info").upper())
 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 _termination_escapes_uvloop()
 gc.collect()

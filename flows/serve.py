@@ -103,7 +103,7 @@ def prefork_flow_runs(preload: list[str]) -> None:
     )
 
 
-def serve_flows(settings: Settings | None = None) -> None:
+def serve_flows(settings: Settings | None = None, log_level: str = "info") -> None:
     """Register `process-batch/process-batch` and `retention/retention` and
     run their flow runs until SIGTERM or Ctrl-C.
 
@@ -123,6 +123,9 @@ def serve_flows(settings: Settings | None = None) -> None:
     # Flow runs are child processes of this one and read settings from the
     # environment, so put the resolved values there.
     os.environ.update(worker_environment(settings))
+    # Prefect configures logging in a flow run (root at WARNING): the
+    # forkserver sets the `batchgate` loggers to this level (flows/forkserver.py).
+    os.environ["BATCHGATE_LOG_LEVEL"] = log_level
     wait_for_prefect_api()
     # The forkserver (and so every run) starts with this environment.
     # Flow runs hand work to threads (asyncio.to_thread); glibc gives each

@@ -51,7 +51,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from flows.serve import serve_flows
 
-    serve_flows()
+    serve_flows(log_level=args.log_level)
     return 0
 
 

@@ -6,12 +6,13 @@ through without buffering.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from storage.ids import new_http_request_id
 
 CORS_PREFIXES = ("/v1/files", "/v1/batches")
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -32,7 +33,7 @@ class RequestIdMiddleware:
         request_id = (
             incoming
             if 0 < len(incoming) <= 128 and incoming.isprintable()
-            else f"req_{secrets.token_hex(12)}"
+            else new_http_request_id()
         )
         scope.setdefault("state", {})["request_id"] = request_id
 

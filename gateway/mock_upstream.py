@@ -12,10 +12,17 @@ headers on every answer), and an optional API key. Moderations flag any input
 containing "flag-me". A body with `"stream": true` is answered with
 server-sent events, so a test can prove the gateway never asks for them.
 
+Every answer of a model route carries an `x-request-id` (`req_mock…`), as
+OpenAI's do, except a `missing_request_id_rate` share of them, as from the
+many OpenAI-compatible servers that send none.
+
 Observability for tests: `GET /stats` counts requests per route, 429s and
 5xx sent, requests in flight (and the most ever), and requests per
 `X-Batchgate-Custom-Id` header - all attempts, and those answered 2xx - so a
-test can prove that no line was sent twice. `POST /stats/reset` clears them.
+test can prove that no line was sent twice. `GET /stats/client-request-ids`
+lists, per custom id, the `X-Client-Request-Id` of each attempt in arrival
+order (apart from `/stats`, which benchmarks poll often). `POST /stats/reset`
+clears them all.
 
 The hot path is kept cheap (orjson, no per-request logging, no access log):
 it is benchmarked at thousands of requests per second.
@@ -87,6 +94,7 @@ class MockConfig:
     hang_rate: float = 0.0  # no answer for `hang_seconds` (longer than the client's timeout)
     hang_seconds: float = 60.0
     non_json_rate: float = 0.0  # 200 with a text/plain body that is not JSON
+    missing_request_id_rate: float = 0.0  # answers sent without an x-request-id header
 
 
 _RUNTIME_FIELDS = frozenset(
@@ -170,6 +178,7 @@ class MockState:
         self.max_in_flight = 0
         self.custom_ids: Counter[str] = Counter()
         self.custom_ids_ok: Counter[str] = Counter()
+        self.client_request_ids: dict[str, list[str]] = {}
 
     def take_token(self) -> float | None:
         """None if the rate limit lets this request through, else seconds to wait."""
@@ -411,9 +420,12 @@ def _model_route(
         if state.in_flight > state.max_in_flight:
             state.max_in_flight = state.in_flight
         try:
-            return await _answer(state, builder, model_required, request)
+            response = await _answer(state, builder, model_required, request)
         finally:
             state.in_flight -= 1
+        if not _draw(state, state.config.missing_request_id_rate):
+            response.headers["x-request-id"] = f"req_mock{next(state.ids):010d}"
+        return response
 
     return endpoint
 
@@ -427,6 +439,9 @@ async def _answer(
     custom_id = headers.get("x-batchgate-custom-id")
     if custom_id is not None:
         state.custom_ids[custom_id] += 1
+    client_request_id = headers.get("x-client-request-id")
+    if client_request_id is not None:
+        state.client_request_ids.setdefault(custom_id or "", []).append(client_request_id)
 
     if config.api_key and headers.get("authorization") != f"Bearer {config.api_key}":
         return _error(401, "Incorrect API key provided.", "invalid_api_key")
@@ -484,13 +499,12 @@ async def _answer(
     payload = builder(state, body, model)
     if custom_id is not None:
         state.custom_ids_ok[custom_id] += 1
-    request_id = {"x-request-id": f"req_mock{next(state.ids):010d}", **budget}
     if body.get("stream") is True:
         state.streamed += 1
         return StreamingResponse(
-            _sse(payload, builder is _chat), headers=request_id, media_type="text/event-stream"
+            _sse(payload, builder is _chat), headers=budget, media_type="text/event-stream"
         )
-    return _json(payload, headers=request_id)
+    return _json(payload, headers=budget)
 
 
 class _ResetResponse(Response):
@@ -552,6 +566,9 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
     async def stats(request: Request) -> Response:
         return _json(state.stats())
 
+    async def client_request_ids(request: Request) -> Response:
+        return _json(state.client_request_ids)
+
     async def reset(request: Request) -> Response:
         state.reset()
         return _json(state.stats())
@@ -583,6 +600,7 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
         ),
         Route("/v1/models", models, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/stats/client-request-ids", client_request_ids, methods=["GET"]),
         Route("/stats/reset", reset, methods=["POST"]),
         Route("/config", configure, methods=["POST"]),
     ]
@@ -648,8 +666,16 @@ FLOAT_KNOBS = (
     ("--hang-rate", "share of requests left unanswered for --hang-seconds (0..1)"),
     ("--hang-seconds", "how long a hanging request stays unanswered"),
     ("--non-json-rate", "share of requests answered 200 with a non-JSON text body (0..1)"),
+    ("--missing-request-id-rate", "share of answers sent without an x-request-id header (0..1)"),
 )
-SHARES = ("failure_rate", "rate_429", "reset_rate", "hang_rate", "non_json_rate")
+SHARES = (
+    "failure_rate",
+    "rate_429",
+    "reset_rate",
+    "hang_rate",
+    "non_json_rate",
+    "missing_request_id_rate",
+)
 
 
 def _field(flag: str) -> str:

@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 
+from storage.ids import new_http_request_id
 from storage.jsonl import iter_chunk_lines
 from storage.records import ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.results import result_line
 from tasks.routing import UPSTREAM_PATHS, Route, RoutingError, prepare_body, resolve_route
-from tasks.upstream import UpstreamClient
+from tasks.upstream import UpstreamClient, log_failed_line
 from tasks.usage import add_usage, empty_usage, usage_of
 
 STOP_CODES = {
@@ -93,6 +94,16 @@ def route_lines(
     return routes
 
 
+def routing_error_line(custom_id: str, route: RoutingError) -> bytes:
+    """The error line of a line batchgate answers itself (no provider to send
+    it to). It carries batchgate's own `req_…` id, as a provider's answer
+    would carry the provider's (SPEC section 8), and that id is logged."""
+    request_id = new_http_request_id()
+    log_failed_line(None, custom_id, request_id, None, route.status, route.code, 0)
+    response = {"status_code": route.status, "request_id": request_id, "body": route.error_body()}
+    return result_line(custom_id, response)
+
+
 async def execute_lines(
     lines: Sequence[dict[str, Any]],
     endpoint: str,
@@ -114,8 +125,7 @@ async def execute_lines(
     queues: dict[str, tuple[ProviderRecord, list[tuple[int, Route]]]] = {}
     for index, route in enumerate(route_lines(lines, providers)):
         if isinstance(route, RoutingError):
-            response = {"status_code": route.status, "request_id": None, "body": route.error_body()}
-            results[index] = result_line(lines[index]["custom_id"], response)
+            results[index] = routing_error_line(lines[index]["custom_id"], route)
         else:
             queues.setdefault(route.provider.name, (route.provider, []))[1].append((index, route))
 

@@ -21,13 +21,25 @@ an AIMD window under the provider's `max_concurrency`, which shrinks on 429,
 `x-ratelimit-*` headers, so a rate-limited provider is paced instead of
 hammered. It is shared by all chunks of the batch this process runs.
 
-The hot path does no logging and no string formatting beyond the headers.
+Request ids (SPEC section 8): every attempt gets its own `req_…` id, sent
+as `X-Client-Request-Id` (OpenAI's header for a caller's id; it names one
+HTTP request, so a retry is a new request with a new id). The line keeps the
+id of the attempt whose response it keeps: the provider's `x-request-id`
+when it sends one, else that attempt's own id, so every line with a
+`response` has a string `request_id` that a provider's support can look up.
+
+Logging (logger `batchgate.upstream`): at DEBUG one line per attempt with
+the line's `custom_id`, both ids and the outcome; at WARNING one line per
+line that ends in the error file after its attempts. A successful line logs
+nothing above DEBUG, and the DEBUG check is made once per line, so the hot
+path formats nothing unless asked to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,6 +49,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from storage.ids import new_http_request_id
 from storage.records import ProviderRecord
 from tasks.deadlines import Deadlines
 from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
@@ -52,6 +65,8 @@ NON_JSON_BODY: dict[str, Any] = {
 # Longest single sleep while waiting, so `should_stop` is seen within a second.
 _STOP_POLL_SECONDS = 1.0
 
+log = logging.getLogger("batchgate.upstream")
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamResult:
@@ -61,6 +76,10 @@ class UpstreamResult:
     says why ("timeout", "connection_error", "stopped"). A response whose body
     is not a JSON object carries NON_JSON_BODY and error_code
     "invalid_upstream_response", so `ok` is False even for a 2xx.
+
+    `request_id` is the id of the last attempt: the provider's `x-request-id`
+    if it answered with one, else the `X-Client-Request-Id` batchgate sent.
+    None for "stopped", whose line is written without a response.
     """
 
     status_code: int | None
@@ -268,6 +287,7 @@ class UpstreamClient:
         if custom_id is not None:
             headers["X-Batchgate-Custom-Id"] = custom_id
         limiter = self.limiter(provider)
+        debug = log.isEnabledFor(logging.DEBUG)
 
         attempt = 0
         while True:
@@ -281,14 +301,32 @@ class UpstreamClient:
             attempt += 1
             if not isinstance(body, bytes):
                 body = body()
+            # aiohttp copies the headers into each request, so one dict serves all attempts.
+            client_request_id = headers["X-Client-Request-Id"] = new_http_request_id()
             try:
-                outcome = await self._attempt(client, deadlines, url, headers, body, attempt)
+                outcome = await self._attempt(
+                    client, deadlines, url, headers, body, attempt, client_request_id
+                )
             except BaseException:
                 limiter.release()
                 raise
             _settle(limiter, sent_at, outcome)
-            if not outcome.retryable or attempt >= self.max_attempts:
-                return outcome.result
+            result = outcome.result
+            final = not outcome.retryable or attempt >= self.max_attempts
+            if debug:
+                _log_attempt(provider.name, custom_id, client_request_id, result, final)
+            if final:
+                if not result.ok:
+                    log_failed_line(
+                        provider.name,
+                        custom_id,
+                        result.request_id,
+                        client_request_id,
+                        result.status_code,
+                        result.error_code,
+                        attempt,
+                    )
+                return result
             retry_after = outcome.retry_after
             if retry_after is not None:
                 retry_after = min(retry_after, self.retry_after_max)
@@ -304,7 +342,10 @@ class UpstreamClient:
         headers: dict[str, str],
         body: bytes,
         attempt: int,
+        client_request_id: str,
     ) -> _Attempt:
+        """One HTTP request. Its result's `request_id` is the provider's
+        `x-request-id`, else `client_request_id` (what this attempt sent)."""
         try:
             with deadlines.within(self.timeout):
                 async with client.post(url, data=body, headers=headers) as response:
@@ -312,7 +353,8 @@ class UpstreamClient:
         except (aiohttp.InvalidURL, ValueError) as exc:
             message = f"invalid provider URL {url!r}: {exc}"
             return _Attempt(
-                UpstreamResult(None, None, None, "connection_error", message, attempt), False
+                UpstreamResult(None, None, client_request_id, "connection_error", message, attempt),
+                False,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             code = _transport_error_code(exc)
@@ -323,7 +365,9 @@ class UpstreamClient:
             )
             signal = "throttle" if code == "timeout" else None
             return _Attempt(
-                UpstreamResult(None, None, None, code, message, attempt), True, signal=signal
+                UpstreamResult(None, None, client_request_id, code, message, attempt),
+                True,
+                signal=signal,
             )
 
         status = response.status
@@ -332,9 +376,8 @@ class UpstreamClient:
         if parsed is None:
             parsed = NON_JSON_BODY
             error_code = "invalid_upstream_response"
-        result = UpstreamResult(
-            status, parsed, response.headers.get("x-request-id"), error_code, None, attempt
-        )
+        request_id = response.headers.get("x-request-id") or client_request_id
+        result = UpstreamResult(status, parsed, request_id, error_code, None, attempt)
         if 200 <= status < 300:
             return _Attempt(result, False, None, "ok", *budgets_from_raw(response.raw_headers))
         if not is_retryable_status(status):
@@ -365,6 +408,53 @@ def _settle(limiter: AdaptiveLimiter, sent_at: float, outcome: _Attempt) -> None
         limiter.on_throttle(sent_at, outcome.retry_after)
     else:
         limiter.release()
+
+
+def _log_attempt(
+    provider: str,
+    custom_id: str | None,
+    client_request_id: str,
+    result: UpstreamResult,
+    final: bool,
+) -> None:
+    """DEBUG: one line per HTTP attempt, so an output line's `request_id`
+    (or the `X-Client-Request-Id` the provider saw) leads back to its line."""
+    log.debug(
+        "attempt %d provider=%s custom_id=%s client_request_id=%s request_id=%s "
+        "status=%s error=%s %s",
+        result.attempts,
+        provider,
+        custom_id,
+        client_request_id,
+        result.request_id,
+        result.status_code,
+        result.error_code,
+        "final" if final else "retrying",
+    )
+
+
+def log_failed_line(
+    provider: str | None,
+    custom_id: str | None,
+    request_id: str | None,
+    client_request_id: str | None,
+    status: int | None,
+    error: str | None,
+    attempts: int,
+) -> None:
+    """WARNING: a line that goes to the error file, with the ids to trace it.
+    Codes and ids only: a provider's error message may quote the request."""
+    log.warning(
+        "line failed provider=%s custom_id=%s request_id=%s client_request_id=%s "
+        "status=%s error=%s attempts=%d",
+        provider,
+        custom_id,
+        request_id,
+        client_request_id,
+        status,
+        error,
+        attempts,
+    )
 
 
 def _stopped(attempts: int) -> UpstreamResult:

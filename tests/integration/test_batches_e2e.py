@@ -218,6 +218,35 @@ def test_rate_limits_and_5xx_are_retried(
     assert stats["duplicates_ok"] == []
 
 
+def test_request_ids_when_the_provider_sends_none(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """SPEC section 8: with no `x-request-id` from the provider, every line with a
+    response carries batchgate's own `req_…` id: the `X-Client-Request-Id` of
+    the attempt it kept (retried lines included), and a failed line's id is in
+    the runner's log next to its custom_id."""
+    stack.mock_config(missing_request_id_rate=1.0, rate_429=0.2, retry_after=0)
+    try:
+        lines = [chat_line(i) for i in range(200)] + [chat_line(999, model="nosuch/m")]
+        batch = run_batch(client, upload(client, tmp_path, lines))
+        sent = httpx.get(f"{stack.mock_url}/stats/client-request-ids").json()
+    finally:
+        stack.mock_config(missing_request_id_rate=0, rate_429=0)
+    assert batch.status == "completed"
+    out, (err,) = lines_of(client, batch.output_file_id), lines_of(client, batch.error_file_id)
+    assert len(out) == 200
+    ids = [x["response"]["request_id"] for x in out]
+    assert all(isinstance(i, str) and i.startswith("req_") for i in ids)
+    assert ids == [sent[x["custom_id"]][-1] for x in out]
+    assert any(len(sent[x["custom_id"]]) > 1 for x in out)  # some were retried after a 429
+    assert err["custom_id"] == "req-999" and err["response"]["status_code"] == 404
+    own = err["response"]["request_id"]
+    assert isinstance(own, str) and own.startswith("req_")
+    assert stack.runner is not None
+    logged = [x for x in stack.runner.log_path.read_text().splitlines() if own in x]
+    assert len(logged) == 1 and "WARNING" in logged[0] and "custom_id=req-999" in logged[0]
+
+
 def test_cancel_mid_run_keeps_partial_results(
     stack: Stack, client: openai.OpenAI, tmp_path: Path
 ) -> None:

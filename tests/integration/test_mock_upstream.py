@@ -41,6 +41,7 @@ def http(base_url: str) -> Iterator[httpx.Client]:
                 "rate_429": 0,
                 "rps_limit": None,
                 "api_key": None,
+                "missing_request_id_rate": 0,
             },
         )
 
@@ -162,6 +163,27 @@ def test_counts_requests_per_custom_id(http: httpx.Client) -> None:
     assert counts["custom_ids"] == {"a": 2, "b": 1}
     assert counts["duplicates_ok"] == ["a"]
     assert http.post("/stats/reset").json()["total"] == 0
+
+
+def test_request_ids_sent_on_every_answer_unless_left_out(http: httpx.Client) -> None:
+    """Like OpenAI, an `x-request-id` on errors too; like many compatible servers,
+    none at all when asked. The caller's `X-Client-Request-Id` is recorded."""
+    body = {"model": "m", "messages": []}
+    assert http.post("/v1/chat/completions", json={"messages": []}).headers["x-request-id"]
+    http.post("/config", json={"missing_request_id_rate": 1.0})
+    sent = [
+        http.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={"X-Batchgate-Custom-Id": "a", "X-Client-Request-Id": client_id},
+        )
+        for client_id in ("req_1", "req_2")
+    ]
+    assert [r.status_code for r in sent] == [200, 200]
+    assert all("x-request-id" not in r.headers for r in sent)
+    assert http.get("/stats/client-request-ids").json() == {"a": ["req_1", "req_2"]}
+    http.post("/stats/reset")
+    assert http.get("/stats/client-request-ids").json() == {}
 
 
 def _free_port() -> int:

@@ -10,11 +10,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import orjson
+import pytest
 
+from gateway.mock_upstream import MockConfig, serve_mock_in_thread
 from storage.records import ProviderRecord
 from tasks.execute import execute_lines
-from tasks.upstream import UpstreamResult
+from tasks.upstream import UpstreamClient, UpstreamResult
 
 CHAT = "/v1/chat/completions"
 DELAY = {"slow": 0.05, "fast": 0.0}
@@ -76,3 +79,62 @@ async def test_each_provider_gets_its_own_workers_and_results_keep_input_order()
     (error,) = [orjson.loads(x) for x in result.errors.splitlines()]
     assert error["custom_id"] == "nowhere" and error["response"]["status_code"] == 404
     assert (result.completed, result.failed) == (40, 1)
+
+
+def mock_provider(base_url: str) -> ProviderRecord:
+    return ProviderRecord(name="mock", base_url=base_url, api_key="sk-test", max_concurrency=8)
+
+
+def client_request_ids(base_url: str) -> dict[str, list[str]]:
+    return httpx.get(base_url.removesuffix("/v1") + "/stats/client-request-ids").json()
+
+
+async def test_every_answered_line_has_a_string_request_id() -> None:
+    """SPEC section 8: the provider's `x-request-id`, else batchgate's own, which
+    is what the provider received as `X-Client-Request-Id`; a line batchgate
+    answers itself (unknown provider prefix) carries batchgate's own id."""
+    lines = [line(f"c{i}", "mock/gpt-4o-mini") for i in range(30)]
+    lines.append(line("nowhere", "nobody/m"))
+    with serve_mock_in_thread(MockConfig(missing_request_id_rate=0.5, seed=3)) as url:
+        async with UpstreamClient(max_attempts=1) as upstream:
+            result = await execute_lines(lines, CHAT, [mock_provider(url)], upstream, lambda: None)
+        sent = client_request_ids(url)
+
+    out = [orjson.loads(x) for x in result.output.splitlines()]
+    assert len(out) == 30
+    ids = {x["custom_id"]: x["response"]["request_id"] for x in out}
+    theirs = {c for c, rid in ids.items() if rid.startswith("req_mock")}
+    ours = set(ids) - theirs
+    assert theirs and ours  # the seeded mock left out the header on some answers only
+    assert all(ids[c] == sent[c][0] and ids[c].startswith("req_") for c in ours)
+    assert all(ids[c] != sent[c][0] for c in theirs)
+    (error,) = [orjson.loads(x) for x in result.errors.splitlines()]
+    assert error["custom_id"] == "nowhere" and error["response"]["status_code"] == 404
+    assert isinstance(error["response"]["request_id"], str)
+    assert error["response"]["request_id"].startswith("req_")
+    assert "nowhere" not in sent
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "expired"])
+async def test_lines_never_sent_keep_a_null_response(reason: str) -> None:
+    with serve_mock_in_thread(MockConfig()) as url:
+        async with UpstreamClient() as upstream:
+            result = await execute_lines(
+                [line("c0", "mock/m")], CHAT, [mock_provider(url)], upstream, lambda: reason
+            )
+        assert client_request_ids(url) == {}
+    (error,) = [orjson.loads(x) for x in result.errors.splitlines()]
+    assert error["response"] is None and error["error"]["code"] == f"batch_{reason}"
+
+
+async def test_a_request_that_never_got_an_answer_keeps_a_null_response() -> None:
+    """A timeout reached the provider but got no HTTP answer: no response, so no
+    request_id (SPEC section 4's `"response": null` + error shape)."""
+    with serve_mock_in_thread(MockConfig(latency_ms=1000)) as url:
+        async with UpstreamClient(max_attempts=1, timeout=0.2) as upstream:
+            result = await execute_lines(
+                [line("c0", "mock/m")], CHAT, [mock_provider(url)], upstream, lambda: None
+            )
+    (error,) = [orjson.loads(x) for x in result.errors.splitlines()]
+    assert error["response"] is None
+    assert error["error"]["code"] == "timeout" and "timed out" in error["error"]["message"]

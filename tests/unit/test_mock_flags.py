@@ -35,7 +35,10 @@ def test_host_port_key_and_seed() -> None:
     assert (config.host, config.port, config.api_key, config.seed) == ("0.0.0.0", 8123, "sk-x", 7)
 
 
-@pytest.mark.parametrize("flag", ["--failure-rate", "--rate-429", "--reset-rate", "--hang-rate"])
+@pytest.mark.parametrize(
+    "flag",
+    ["--failure-rate", "--rate-429", "--reset-rate", "--hang-rate", "--missing-request-id-rate"],
+)
 def test_a_share_above_one_is_refused(flag: str) -> None:
     with pytest.raises(SystemExit, match=f"{flag} must be between 0 and 1"):
         parse(flag, "1.5")

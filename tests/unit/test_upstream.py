@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,11 @@ def stats(base_url: str) -> dict[str, Any]:
     return httpx.get(base_url.removesuffix("/v1") + "/stats").json()
 
 
+def client_request_ids(base_url: str) -> dict[str, list[str]]:
+    """The `X-Client-Request-Id` of every attempt the mock received, per custom id."""
+    return httpx.get(base_url.removesuffix("/v1") + "/stats/client-request-ids").json()
+
+
 def provider(base_url: str, **fields: Any) -> ProviderRecord:
     return ProviderRecord(
         name=fields.pop("name", "mock"),
@@ -72,6 +78,70 @@ async def test_success_returns_parsed_body_and_request_id(mock: MockFactory) -> 
     assert result.body["usage"]["total_tokens"] > 0
     assert result.request_id and result.request_id.startswith("req_")
     assert stats(url)["custom_ids_ok"] == {"line-1": 1}
+
+
+async def test_provider_without_request_id_gets_ours_which_it_was_sent(
+    mock: MockFactory,
+) -> None:
+    """Many OpenAI-compatible servers send no `x-request-id`: the line then
+    keeps batchgate's own id, the one the provider saw as `X-Client-Request-Id`."""
+    url = mock(missing_request_id_rate=1.0)
+    async with client() as upstream:
+        result = await upstream.send(provider(url), "/chat/completions", CHAT, custom_id="line-1")
+    assert result.ok
+    assert isinstance(result.request_id, str) and result.request_id.startswith("req_")
+    assert len(result.request_id) == len("req_") + 24
+    assert client_request_ids(url) == {"line-1": [result.request_id]}
+
+
+async def test_provider_request_id_wins_over_ours(mock: MockFactory) -> None:
+    url = mock()
+    async with client() as upstream:
+        result = await upstream.send(provider(url), "/chat/completions", CHAT, custom_id="line-1")
+    (sent,) = client_request_ids(url)["line-1"]
+    assert result.request_id is not None and result.request_id.startswith("req_mock")
+    assert sent.startswith("req_") and sent != result.request_id
+
+
+async def test_each_attempt_has_its_own_id_and_the_line_keeps_the_last(
+    mock: MockFactory,
+) -> None:
+    """A retry is a new HTTP request, so a new `X-Client-Request-Id`; the line
+    keeps the id of the attempt whose answer it keeps, error answers too."""
+    url = mock(failure_rate=1.0, missing_request_id_rate=1.0)
+    async with client(max_attempts=3) as upstream:
+        result = await upstream.send(provider(url), "/chat/completions", CHAT, custom_id="line-1")
+    sent = client_request_ids(url)["line-1"]
+    assert result.status_code == 500 and result.attempts == 3
+    assert len(set(sent)) == 3
+    assert result.request_id == sent[-1]
+
+
+async def test_attempts_and_failed_lines_are_logged_with_their_ids(
+    mock: MockFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEBUG names every attempt's ids; WARNING names a line that failed, with
+    the id its error line carries; a line that succeeded logs nothing above DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="batchgate.upstream")
+    url = mock(failure_rate=1.0, missing_request_id_rate=1.0)
+    async with client(max_attempts=2) as upstream:
+        failed = await upstream.send(provider(url), "/chat/completions", CHAT, custom_id="bad")
+    sent = client_request_ids(url)["bad"]
+    attempts = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(attempts) == 2
+    assert all(
+        "custom_id=bad" in m and f"client_request_id={i}" in m
+        for m, i in zip(attempts, sent, strict=True)
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"request_id={failed.request_id} " in warning and "custom_id=bad" in warning
+    assert "status=500" in warning and "attempts=2" in warning
+
+    caplog.clear()
+    url = mock()
+    async with client() as upstream:
+        await upstream.send(provider(url), "/chat/completions", CHAT, custom_id="good")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
 
 
 async def test_random_429s_all_succeed_after_retries(mock: MockFactory) -> None:
