@@ -11,11 +11,12 @@ from storage import ids
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import FileRecord, ProviderRecord, file_object
+from storage.secrets import SecretKeys, new_key
 
 
 @pytest.fixture
 def store(tmp_path: Path):  # noqa: ANN201
-    s = MetadataStore(tmp_path / "meta.duckdb")
+    s = MetadataStore(tmp_path / "meta.duckdb", SecretKeys(new_key()))
     yield s
     s.close()
 
