@@ -130,6 +130,38 @@ def test_rotation_re_encrypts_under_a_new_key_file(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_rotation_cut_short_still_opens_and_finishes_when_run_again(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    keys, _ = load_or_create_keys(None, tmp_path)
+    store = MetadataStore(settings.db_path, keys)
+    add_provider(store)
+    # Killed after the transaction, before the rename: rows under the next key.
+    pending = Fernet.generate_key().decode()
+    (tmp_path / "secret_key.next").write_text(pending)
+    store.rotate_provider_keys(SecretKeys(pending))
+    store.close()
+
+    reopened = MetadataStore(settings.db_path, load_or_create_keys(None, tmp_path)[0])
+    assert reopened.get_provider("vault").api_key == CLEAR  # type: ignore[union-attr]
+    reopened.close()
+    rotate_secret_key(settings)
+    assert (tmp_path / KEY_FILE).read_text() == pending
+    assert not (tmp_path / "secret_key.next").exists()
+
+
+def test_the_gateway_refuses_to_start_with_a_malformed_secret_key(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve"],
+        cwd=ROOT,
+        env={**os.environ, "BATCHGATE_DATA_DIR": str(tmp_path), "BATCHGATE_SECRET_KEY": "hunter2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    assert "not a Fernet key" in result.stderr and "hunter2" not in result.stderr
+
+
 def test_rotation_with_the_key_in_the_environment_takes_the_new_one_from_it(
     tmp_path: Path,
 ) -> None:
