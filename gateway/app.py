@@ -19,6 +19,8 @@ from gateway.middleware import CorsMiddleware, RequestIdMiddleware
 from gateway.routes import admin, batches, files, health, internal, openapi
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
+from storage.private import make_private_dir, tighten_tree
+from storage.secrets import load_or_create_keys
 from tasks.ledger import BatchLedger
 from tasks.settings import Settings
 
@@ -41,9 +43,16 @@ class GatewayState:
 
 
 def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> GatewayState:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = MetadataStore(settings.db_path)
+    make_private_dir(settings.data_dir)
+    secret_keys, created = load_or_create_keys(settings.secret_key, settings.data_dir)
+    if created:
+        log.warning("generated the provider-key secret, stored in %s", secret_keys.source)
+    store = MetadataStore(settings.db_path, secret_keys)
     blobs = BlobStore(settings.blob_dir)
+    # An older install left 0755/0644 paths; DuckDB's file follows the umask.
+    tightened = tighten_tree(settings.data_dir)
+    if tightened:
+        log.info("made %d paths under %s owner-only", tightened, settings.data_dir)
     blobs.remove_debris()
     admin_key = settings.admin_key
     if not admin_key:

@@ -14,6 +14,7 @@ from pathlib import Path
 from starlette.requests import Request
 
 from gateway.errors import APIError
+from storage.private import make_private_dir, write_private_text
 from storage.records import ApiKeyRecord
 
 
@@ -60,10 +61,7 @@ def load_or_create_secret(path: Path) -> tuple[str, bool]:
     Returns (secret, created) so the caller can print a new one once."""
     if path.exists():
         return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     secret = f"bg-{secrets.token_urlsafe(32)}"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(secret)
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_private_text(path, secret)
     return secret, True

@@ -6,6 +6,10 @@ batchgate worker          serve the flows against a remote gateway
 batchgate mock-upstream   a fake OpenAI-compatible provider
 batchgate create-key      create an API key in the local data directory
 batchgate doctor          check metadata against blobs (gateway stopped)
+batchgate rotate-secret-key  re-encrypt provider keys under a new key (gateway stopped)
+
+Every command but mock-upstream runs with umask 077: what it and its children
+(DuckDB, the Prefect server, flow runs, logs) create is owner-only.
 """
 
 from __future__ import annotations
@@ -16,15 +20,22 @@ import os
 import sys
 from collections.abc import Sequence
 
+from storage.private import PRIVATE_UMASK
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from storage.secrets import SecretKeyError
     from tasks.settings import load_settings
 
     settings = load_settings()
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except SecretKeyError as exc:
+        print(f"batchgate serve: {exc}", file=sys.stderr)
+        return 2
     # A long keep-alive: clients (the openai SDK, workers) reuse connections,
     # and a server closing one just as a client reuses it drops that request.
     # httptools and uvloop, not h11 and asyncio's loop: the same requests take
@@ -104,6 +115,21 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_rotate_secret_key(args: argparse.Namespace) -> int:
+    """Exit 0 when rotated, 2 when nothing could be changed."""
+    from gateway.secret_rotation import RotationError, rotate_secret_key
+    from storage.secrets import SecretKeyError
+    from tasks.settings import load_settings
+
+    try:
+        rotation = rotate_secret_key(load_settings())
+    except (RotationError, SecretKeyError) as exc:
+        print(f"batchgate rotate-secret-key: {exc}", file=sys.stderr)
+        return 2
+    print(f"re-encrypted {rotation.re_encrypted} provider keys; {rotation.next_step}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchgate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,11 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor",
         help="check the DuckDB file against the blob directory (gateway must be stopped)",
     ).set_defaults(func=_cmd_doctor)
+    sub.add_parser(
+        "rotate-secret-key",
+        help="re-encrypt the stored provider keys under a new secret key (gateway must be "
+        "stopped; see docs/operations.md)",
+    ).set_defaults(func=_cmd_rotate_secret_key)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "mock-upstream":
+        # The data directory holds users' data and secrets: nothing this
+        # process or its children create there may be readable by others.
+        os.umask(PRIVATE_UMASK)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -2,7 +2,9 @@
 
 Writes go to a temporary file in the same directory and are renamed into
 place only when complete, so a crash never leaves a half file under a real
-name. Leftover `*.tmp` files are debris a restart may delete.
+name. Leftover `*.tmp` files are debris a restart may delete. Blobs hold
+users' prompts and results: the directory is 0700 and every blob 0600,
+whatever the process umask.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from storage.private import make_private_dir, open_private
+
 READ_BLOCK = 1 << 20
 
 
 class BlobStore:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = make_private_dir(Path(root))
 
     def path(self, name: str) -> Path:
         if "/" in name or name.startswith("."):
@@ -35,7 +38,7 @@ class BlobStore:
         """Open a blob for writing; it becomes visible only if the block succeeds."""
         final = self.path(name)
         tmp = self.root / f".{name}.{secrets.token_hex(4)}.tmp"
-        handle = open(tmp, "wb")  # noqa: SIM115 - closed in both branches below
+        handle = os.fdopen(open_private(tmp), "wb")
         try:
             yield handle
             handle.flush()

@@ -14,6 +14,7 @@ Nothing here reads file bytes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 import time
@@ -27,6 +28,8 @@ import duckdb
 import orjson
 
 from storage import ids
+from storage import secrets as provider_secrets
+from storage.private import FILE_MODE
 from storage.read_cache import ReadCache
 from storage.records import (
     LIVE_STATUSES,
@@ -114,25 +117,65 @@ def _after_clause(direction: str, after: FileRecord | BatchRecord | None) -> tup
     return f"({', '.join(_CREATION_ORDER)}) {op} (?, ?)", [after.created_at, after.seq]
 
 
+def rewrite_database(path: Path) -> None:
+    """Copy every table of the (closed) database at `path` into a fresh
+    owner-only file and rename it over `path`: only live rows are copied."""
+    fresh = path.with_name(f"{path.name}.rewrite")
+    fresh.unlink(missing_ok=True)
+    conn = duckdb.connect(str(path))
+    try:
+        row = conn.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        target = str(fresh).replace("'", "''")
+        conn.execute(f"ATTACH '{target}' AS rewritten")
+        conn.execute(f'COPY FROM DATABASE "{row[0]}" TO rewritten')
+        conn.execute("DETACH rewritten")
+    finally:
+        conn.close()
+    fresh.chmod(FILE_MODE)
+    os.replace(fresh, path)
+
+
 class MetadataStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self, path: Path | str, secret_keys: provider_secrets.SecretKeys | None = None
+    ) -> None:
+        """`secret_keys` encrypt provider keys at rest; a store opened without
+        them (a tool that touches no provider) cannot read or write providers."""
         self.path = str(path)
+        self._secret_keys = secret_keys
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._reader_lock = threading.Lock()
+        self._cache = ReadCache()
+        self._connect()
+        self._migrate()
+        if secret_keys is not None and self._seal_provider_keys():
+            self._compact()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _connect(self) -> None:
         # Every statement here is small: DuckDB's own worker threads only add
         # scheduling cost to them (measured: a third of a list query's time).
         self._conn = duckdb.connect(self.path, config={"threads": 1})
-        self._lock = threading.RLock()
         self._readers: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         self._all_readers: list[duckdb.DuckDBPyConnection] = []
         # New read cursors come from a connection of their own, so making one
         # never waits for the write lock.
         self._reader_source = self._conn.cursor()
-        self._reader_lock = threading.Lock()
-        self._cache = ReadCache()
-        self._migrate()
 
-    # -- plumbing ---------------------------------------------------------
+    def _compact(self) -> None:
+        """Rewrite the database file so replaced values are gone from it:
+        DuckDB frees the blocks of an updated row but does not clear them,
+        so an old clear or old-key value would stay readable in the file.
+        Only while nothing else uses the store (at open, in a rotation)."""
+        if self.path == ":memory:":
+            return
+        self.close()
+        rewrite_database(Path(self.path))
+        self._connect()
 
     def close(self) -> None:
         with self._lock, self._reader_lock:
@@ -525,8 +568,62 @@ class MetadataStore:
             return True
 
     # -- providers --------------------------------------------------------
+    # `providers.api_key` holds `fernet:<token>` (storage/secrets.py); the
+    # clear key exists only in memory, on its way to the provider.
+
+    def _keys(self) -> provider_secrets.SecretKeys:
+        if self._secret_keys is None:
+            raise RuntimeError("this metadata store was opened without the secret key")
+        return self._secret_keys
+
+    def _stored_provider_keys(self, conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+        return conn.execute("SELECT name, api_key FROM providers ORDER BY name").fetchall()
+
+    def _rewrite_provider_keys(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        names: list[str],
+        stored: list[str],
+    ) -> None:
+        for name, value in zip(names, stored, strict=True):
+            conn.execute("UPDATE providers SET api_key = ? WHERE name = ?", [value, name])
+
+    def _seal_provider_keys(self) -> bool:
+        """At open: encrypt the clear keys an older version stored, and fail
+        now, with a message, if a stored key does not open under our keys
+        (better than every upstream call failing with 401 later). True when
+        a clear key was replaced (the file then needs a rewrite)."""
+        keys = self._keys()
+        with self.transaction(writes=["providers"]) as conn:
+            rows = self._stored_provider_keys(conn)
+            for _, value in rows:
+                provider_secrets.decrypt(keys, value)
+            clear = [(n, v) for n, v in rows if not provider_secrets.is_encrypted(v)]
+            sealed = provider_secrets.reencrypt(keys, keys, [v for _, v in clear])
+            self._rewrite_provider_keys(conn, [n for n, _ in clear], sealed)
+        return bool(clear)
+
+    def rotate_provider_keys(self, new: provider_secrets.SecretKeys) -> int:
+        """Re-encrypt every stored provider key under `new`, all in one
+        transaction (a failure leaves every row under the old key), then
+        rewrite the file so no old-key value stays in its free blocks.
+        Returns how many keys were re-encrypted."""
+        old = self._keys()
+        with self.transaction(writes=["providers"]) as conn:
+            rows = self._stored_provider_keys(conn)
+            sealed = provider_secrets.reencrypt(old, new, [v for _, v in rows])
+            self._rewrite_provider_keys(conn, [n for n, _ in rows], sealed)
+        self._secret_keys = new
+        self._compact()
+        return len(rows)
+
+    def _opened(self, record: ProviderRecord) -> ProviderRecord:
+        return dataclasses.replace(
+            record, api_key=provider_secrets.decrypt(self._keys(), record.api_key)
+        )
 
     def upsert_provider(self, record: ProviderRecord) -> ProviderRecord:
+        sealed = provider_secrets.encrypt(self._keys(), record.api_key)
         with self.transaction(writes=["providers"]) as conn:
             if record.is_default:
                 conn.execute(
@@ -534,6 +631,7 @@ class MetadataStore:
                 )
             conn.execute("DELETE FROM providers WHERE name = ?", [record.name])
             values = _encode("providers", {c: getattr(record, c) for c in _columns(ProviderRecord)})
+            values["api_key"] = sealed
             conn.execute(
                 f"INSERT INTO providers ({', '.join(values)}) "
                 f"VALUES ({', '.join('?' for _ in values)})",
@@ -542,10 +640,12 @@ class MetadataStore:
         return record
 
     def list_providers(self) -> list[ProviderRecord]:
-        return self._fetch("providers", ProviderRecord, "TRUE", [], "ORDER BY name")
+        found = self._fetch("providers", ProviderRecord, "TRUE", [], "ORDER BY name")
+        return [self._opened(r) for r in found]
 
     def get_provider(self, name: str) -> ProviderRecord | None:
-        return self._first("providers", ProviderRecord, "name = ?", [name])
+        found = self._first("providers", ProviderRecord, "name = ?", [name])
+        return None if found is None else self._opened(found)
 
     def delete_provider(self, name: str) -> bool:
         return bool(

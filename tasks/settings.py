@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_file_bytes: int = 200_000_000
     admin_key: str | None = None
     internal_token: str | None = None
+    # Fernet key that encrypts provider keys at rest (storage/secrets.py); when
+    # unset, <data_dir>/secret_key, generated on first start. The new one is
+    # read by `batchgate rotate-secret-key` only, when the key comes from here.
+    secret_key: str | None = None
+    new_secret_key: str | None = None
     gateway_url: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
     providers: list[ProviderConfig] = Field(default_factory=list)

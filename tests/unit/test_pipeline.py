@@ -18,6 +18,7 @@ from gateway.mock_upstream import MockConfig, create_mock_app
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ProviderRecord
+from storage.secrets import SecretKeys, new_key
 from tasks.ledger import BatchLedger, LeaseLost
 from tasks.retention import sweep
 from tasks.settings import Settings
@@ -45,7 +46,7 @@ class Harness:
             backoff_max_seconds=0.05,
             **settings,
         )
-        self.store = MetadataStore(self.settings.db_path)
+        self.store = MetadataStore(self.settings.db_path, SecretKeys(new_key()))
         self.blobs = BlobStore(self.settings.blob_dir)
         self.ledger = BatchLedger(self.store, self.blobs, lease_seconds=30)
         self.api = LocalWorkerAPI(self.ledger, self.store)

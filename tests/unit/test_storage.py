@@ -13,12 +13,13 @@ from storage import ids, metadata
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import FileRecord, ProviderRecord, file_object
+from storage.secrets import SecretKeys, new_key
 from tests.records import batch_record
 
 
 @pytest.fixture
 def store(tmp_path: Path):  # noqa: ANN201
-    s = MetadataStore(tmp_path / "meta.duckdb")
+    s = MetadataStore(tmp_path / "meta.duckdb", SecretKeys(new_key()))
     yield s
     s.close()
 
