@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,6 +15,7 @@ from gateway.flow_runs import FlowRunStarter, PrefectFlowRuns
 from gateway.loops import reconciler
 from gateway.middleware import CorsMiddleware, RequestIdMiddleware
 from gateway.routes import admin, batches, files, health, internal, openapi
+from gateway.state import GatewayState
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.private import make_private_dir, tighten_tree
@@ -25,21 +24,6 @@ from tasks.ledger import BatchLedger
 from tasks.settings import Settings
 
 log = logging.getLogger("batchgate.gateway")
-
-
-@dataclass
-class GatewayState:
-    """Everything a request handler may need, built once per app."""
-
-    settings: Settings
-    store: MetadataStore
-    blobs: BlobStore
-    admin_key: str
-    internal_token: str
-    flow_runs: FlowRunStarter
-    ledger: BatchLedger
-    # Flow-run starts still in flight after their `batches.create` answered.
-    launches: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> GatewayState:

@@ -14,6 +14,7 @@ from pathlib import Path
 from starlette.requests import Request
 
 from gateway.errors import APIError
+from gateway.state import gateway_state
 from storage.private import make_private_dir, write_private_text
 from storage.records import ApiKeyRecord
 
@@ -36,7 +37,7 @@ def require_key(request: Request) -> ApiKeyRecord:
             "header as 'Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
-    record = request.app.state.gateway.store.find_api_key(token)
+    record = gateway_state(request).store.find_api_key(token)
     if record is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     return record
@@ -49,11 +50,11 @@ def _require_secret(request: Request, secret: str, what: str) -> None:
 
 
 def require_admin(request: Request) -> None:
-    _require_secret(request, request.app.state.gateway.admin_key, "admin key")
+    _require_secret(request, gateway_state(request).admin_key, "admin key")
 
 
 def require_internal(request: Request) -> None:
-    _require_secret(request, request.app.state.gateway.internal_token, "internal token")
+    _require_secret(request, gateway_state(request).internal_token, "internal token")
 
 
 def load_or_create_secret(path: Path) -> tuple[str, bool]:

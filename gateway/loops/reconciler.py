@@ -22,7 +22,7 @@ from storage.records import BatchRecord
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
-    from gateway.app import GatewayState
+    from gateway.state import GatewayState
 
 log = logging.getLogger("batchgate.gateway")
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_admin
 from gateway.errors import APIError, bad_request
+from gateway.state import GatewayState, gateway_state
 from storage.metadata import now
 from storage.records import ApiKeyRecord, ProviderRecord
 
@@ -144,7 +145,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def load_configured_providers(state: Any) -> None:
+def load_configured_providers(state: GatewayState) -> None:
     """Upsert the providers declared in settings (the config file) at start-up.
     The config file wins over a same-named connection made at run time."""
     for config in state.settings.providers:
@@ -168,7 +169,7 @@ def load_configured_providers(state: Any) -> None:
 
 async def keys_collection(request: Request) -> Response:
     require_admin(request)
-    store = request.app.state.gateway.store
+    store = gateway_state(request).store
     if request.method == "POST":
         name = _name(await json_body(request))
         record, clear = store.create_api_key(name)
@@ -180,14 +181,14 @@ async def keys_collection(request: Request) -> Response:
 async def key_item(request: Request) -> Response:
     require_admin(request)
     key_id = request.path_params["key_id"]
-    if not request.app.state.gateway.store.revoke_api_key(key_id):
+    if not gateway_state(request).store.revoke_api_key(key_id):
         raise APIError(404, f"No such API key: {key_id}")
     return JSONResponse({"id": key_id, "object": "api_key", "deleted": True})
 
 
 async def providers_collection(request: Request) -> Response:
     require_admin(request)
-    store = request.app.state.gateway.store
+    store = gateway_state(request).store
     if request.method == "POST":
         body = await json_body(request)
         record = parse_provider(body, now())
@@ -203,7 +204,7 @@ async def providers_collection(request: Request) -> Response:
 async def provider_item(request: Request) -> Response:
     require_admin(request)
     name = request.path_params["name"]
-    if not request.app.state.gateway.store.delete_provider(name):
+    if not gateway_state(request).store.delete_provider(name):
         raise APIError(404, f"No such provider: {name}")
     return JSONResponse({"name": name, "object": "provider", "deleted": True})
 

@@ -15,6 +15,7 @@ from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background, launch_reserved_until
 from gateway.pagination import parse_order
+from gateway.state import gateway_state
 from storage import ids
 from storage.metadata import now
 from storage.records import ApiKeyRecord, BatchRecord, batch_object
@@ -23,11 +24,7 @@ from tasks.batch_rules import BatchRequest, RuleViolation, parse_batch_request
 from tasks.crashpoints import crash_point
 
 if TYPE_CHECKING:
-    from gateway.app import GatewayState
-
-
-def _state(request: Request) -> GatewayState:
-    return request.app.state.gateway
+    from gateway.state import GatewayState
 
 
 def _first_model(state: GatewayState, blob_name: str) -> str | None:
@@ -78,7 +75,7 @@ def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) 
 
 async def create_batch(request: Request) -> Response:
     key = require_key(request)
-    state = _state(request)
+    state = gateway_state(request)
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -108,7 +105,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 def list_batches(request: Request) -> Response:
     key = require_key(request)
-    store = _state(request).store
+    store = gateway_state(request).store
     limit = _int_param(request, "limit", 20, 1, 100)
     # `order` is an extension here (OpenAI's batches list has none).
     order = parse_order(request.query_params)
@@ -134,7 +131,7 @@ def list_batches(request: Request) -> Response:
 def retrieve_batch(request: Request) -> Response:
     key = require_key(request)
     batch_id = request.path_params["batch_id"]
-    batch = _state(request).store.get_batch(batch_id, key.id)
+    batch = gateway_state(request).store.get_batch(batch_id, key.id)
     if batch is None:
         raise not_found("Batch", batch_id)
     return JSONResponse(batch_object(batch))
@@ -142,7 +139,7 @@ def retrieve_batch(request: Request) -> Response:
 
 def cancel_batch(request: Request) -> Response:
     key = require_key(request)
-    store = _state(request).store
+    store = gateway_state(request).store
     batch_id = request.path_params["batch_id"]
     batch = store.get_batch(batch_id, key.id)
     if batch is None:

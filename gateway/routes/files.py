@@ -21,6 +21,7 @@ from starlette.routing import Route
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.pagination import list_envelope, parse_choice, parse_int, parse_limit, parse_order
+from gateway.state import gateway_state
 from gateway.uploads import StreamingFormParser, UploadForm, UploadMalformed, UploadTooLarge
 from storage import ids
 from storage.metadata import now
@@ -144,7 +145,7 @@ async def _drain(stream: AsyncIterator[bytes]) -> None:
 async def _receive_into_blob(request: Request, blob_name: str, max_bytes: int) -> UploadForm:
     """Stream the multipart body; the file part lands in the blob `blob_name`.
     On any failure the partial blob is discarded."""
-    state = request.app.state.gateway
+    state = gateway_state(request)
     writer = state.blobs.writer(blob_name)
     sink = writer.__enter__()
     stream = request.stream()
@@ -176,7 +177,7 @@ async def _receive_into_blob(request: Request, blob_name: str, max_bytes: int) -
 
 async def create_file(request: Request) -> Response:
     key = require_key(request)
-    state = request.app.state.gateway
+    state = gateway_state(request)
     limit = state.settings.max_file_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
@@ -210,7 +211,7 @@ async def create_file(request: Request) -> Response:
 
 def _owned_file(request: Request, key: ApiKeyRecord) -> FileRecord:
     file_id = request.path_params["file_id"]
-    record = request.app.state.gateway.store.get_file(file_id, key.id)
+    record = gateway_state(request).store.get_file(file_id, key.id)
     if record is None:
         raise not_found("File", file_id)
     return record
@@ -218,7 +219,7 @@ def _owned_file(request: Request, key: ApiKeyRecord) -> FileRecord:
 
 def list_files(request: Request) -> Response:
     key = require_key(request)
-    store = request.app.state.gateway.store
+    store = gateway_state(request).store
     query = request.query_params
     purpose = parse_choice(query, "purpose", ALL_PURPOSES)
     limit = parse_limit(query, default=MAX_LIST_LIMIT, maximum=MAX_LIST_LIMIT)
@@ -246,7 +247,7 @@ def file_item(request: Request) -> Response:
     key = require_key(request)
     record = _owned_file(request, key)
     if request.method == "DELETE":
-        state = request.app.state.gateway
+        state = gateway_state(request)
         state.store.mark_file_deleted(record.id)
         state.blobs.delete(record.blob_name)
         return JSONResponse({"id": record.id, "object": "file", "deleted": True})
@@ -256,7 +257,7 @@ def file_item(request: Request) -> Response:
 def file_content(request: Request) -> Response:
     key = require_key(request)
     record = _owned_file(request, key)
-    blobs = request.app.state.gateway.blobs
+    blobs = gateway_state(request).blobs
     try:
         size = blobs.size(record.blob_name)
     except FileNotFoundError:

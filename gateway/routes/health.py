@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.state import gateway_state
+
 log = logging.getLogger("batchgate.gateway")
 
 # Prefect's client can hang on an unreachable server; health must not.
@@ -33,7 +35,7 @@ async def flow_runs_ready(flow_runs: object) -> bool:
 
 
 async def health(request: Request) -> Response:
-    ready = await flow_runs_ready(request.app.state.gateway.flow_runs)
+    ready = await flow_runs_ready(gateway_state(request).flow_runs)
     if ready:
         return JSONResponse({"status": "ok", "prefect": "ok"})
     return JSONResponse({"status": "starting", "prefect": "unavailable"}, status_code=503)

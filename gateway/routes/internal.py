@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_internal
 from gateway.errors import APIError
+from gateway.state import gateway_state
 from tasks.ledger import BatchLedger, LedgerError
 from tasks.retention import sweep
 
@@ -25,7 +26,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _ledger(request: Request) -> BatchLedger:
-    return request.app.state.gateway.ledger
+    return gateway_state(request).ledger
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -148,12 +149,12 @@ async def fail(request: Request) -> Response:
 
 
 async def providers(request: Request) -> Response:
-    found = request.app.state.gateway.store.list_providers()
+    found = gateway_state(request).store.list_providers()
     return JSONResponse([asdict(p) for p in found])
 
 
 async def retention(request: Request) -> Response:
-    state = request.app.state.gateway
+    state = gateway_state(request)
     return _json(await run_in_threadpool(sweep, state.store, state.blobs))
 
 
