@@ -253,19 +253,28 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def stop_child(child: Child, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM the child's process group, wait up to `timeout`, then SIGKILL
     the group and any descendant that left it."""
-    try:
-        descendants = psutil.Process(child.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
+    stop_children([child], timeout)
+
+
+def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop all `children` at once, within one `timeout` for all of them: one
+    after the other, a loaded machine took 28 s for three children."""
+    descendants: list[psutil.Process] = []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            descendants += psutil.Process(child.pid).children(recursive=True)
     deadline = time.monotonic() + timeout
-    _signal_group(child.pid, signal.SIGTERM)
-    try:
-        child.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(child.pid, signal.SIGKILL)
-        child.popen.wait()
+    for child in children:
+        _signal_group(child.pid, signal.SIGTERM)
+    for child in children:
+        try:
+            child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(child.pid, signal.SIGKILL)
+            child.popen.wait()
     _, alive = psutil.wait_procs(descendants, timeout=max(1.0, deadline - time.monotonic()))
-    _signal_group(child.pid, signal.SIGKILL)
+    for child in children:
+        _signal_group(child.pid, signal.SIGKILL)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
@@ -572,8 +581,7 @@ def up(args: argparse.Namespace) -> int:
             signal.signal(sig, _ignore)
         if children:
             print("stopping ...", flush=True)
-        for child in reversed(children):
-            stop_child(child)
+        stop_children(list(reversed(children)))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if children:
