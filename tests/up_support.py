@@ -22,6 +22,7 @@ import pytest
 
 from gateway.supervisor import Child, http_status, start_child, stop_child
 from tests.live import GatewayAdmin, free_port
+from tests.stack import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "admin-up-key"
@@ -155,21 +156,8 @@ class Up(GatewayAdmin):
             self.env,
             self.root / "logs",
         )
-        deadline = time.monotonic() + 30
-        while http_status(f"{self.mock_url}/stats") != 200:
-            assert time.monotonic() < deadline, "mock-upstream did not start"
-            time.sleep(0.2)
-        self.admin(
-            "POST",
-            "/admin/providers",
-            json={
-                "name": "openai",
-                "base_url": f"{self.mock_url}/v1",
-                "api_key": "sk-mock",
-                "default": True,
-                "max_concurrency": 64,
-            },
-        )
+        wait_for(lambda: http_status(f"{self.mock_url}/stats") == 200, "mock", 30, self.mock)
+        self.add_provider("openai", f"{self.mock_url}/v1", "sk-mock", 64, default=True)
 
     def upstream_requests(self) -> dict[str, int]:
         """How many requests the mock answered per custom_id."""
