@@ -270,6 +270,7 @@ def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
         try:
             child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(f"  {child.name} did not stop within {timeout:g} s; killing it", flush=True)
             _signal_group(child.pid, signal.SIGKILL)
             child.popen.wait()
     _, alive = psutil.wait_procs(descendants, timeout=max(1.0, deadline - time.monotonic()))
