@@ -43,6 +43,7 @@ POLL_INTERVAL = 0.25
 PROGRESS_EVERY = 10.0
 LOG_TAIL_LINES = 30
 DEPLOYMENTS = ("process-batch/process-batch", "retention/retention")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Shutdown(BaseException):
@@ -304,15 +305,22 @@ def _group_members(pgid: int) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
+def stop_deferred() -> Iterator[None]:
     """Hold Ctrl-C/SIGTERM until a started child is in the list `up` stops,
-    so a stop request in between cannot leave it running."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    so a stop request in between cannot leave it running. Deferred by a
+    handler, not blocked by the signal mask: a child inherits the mask, and
+    one started with SIGTERM blocked ignores its own stop and gets killed."""
+    asked: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: asked.append(signum)) for sig in STOP_SIGNALS
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if asked:
+            signal.raise_signal(asked[0])
 
 
 @dataclass
@@ -331,7 +339,7 @@ class Supervisor:
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         self._commands[name] = (list(argv), dict(env))
-        with stop_signals_held():
+        with stop_deferred():
             self.children.append(start_child(name, argv, env, self.log_dir))
 
     def tick(self) -> None:
@@ -368,7 +376,7 @@ class Supervisor:
     def _restart(self, index: int, child: Child) -> None:
         argv, env = self._commands[child.name]
         del self._due[child.name]
-        with stop_signals_held():
+        with stop_deferred():
             self.children[index] = start_child(child.name, argv, env, self.log_dir)
 
 
@@ -562,7 +570,7 @@ def up(args: argparse.Namespace) -> int:
     # Readiness polls would otherwise log one line each at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     children: list[Child] = []
-    previous = {sig: signal.signal(sig, _handle_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _handle_stop) for sig in STOP_SIGNALS}
     code = 1
     try:
         run(load_settings(), children, getattr(args, "log_level", "info"))

@@ -104,6 +104,7 @@ def test_up_restarts_a_killed_runner_and_its_batch_completes(tmp_path: Path) -> 
         code, seconds = up.interrupt()
         assert code == 0, up.text
         assert seconds < 15, up.text
+        assert "did not stop" not in up.text
 
 
 def test_up_refuses_a_taken_prefect_port(tmp_path: Path) -> None:
@@ -173,6 +174,18 @@ def test_a_dead_child_is_restarted_alone_after_its_leftovers_end(tmp_path: Path)
     finally:
         for child in children:
             stop_child(child)
+
+
+def test_children_of_the_supervisor_stop_on_sigterm(tmp_path: Path) -> None:
+    """A child started with SIGTERM blocked (an inherited signal mask) would
+    sit out the whole stop grace and be SIGKILLed: a gateway never closes
+    its database cleanly."""
+    children: list[Child] = []
+    Supervisor(children, tmp_path, FAST).start("sleeper", ["sleep", "600"], os.environ)
+    started = time.monotonic()
+    stop_child(children[0])
+    assert children[0].popen.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 5
 
 
 def test_a_crash_loop_gives_up_naming_the_child_and_its_exit_code(tmp_path: Path) -> None:

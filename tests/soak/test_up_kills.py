@@ -104,6 +104,7 @@ def test_up_recovers_from_a_sigkill_mid_batch(target: str, tmp_path: Path) -> No
         code, stop_seconds = up.interrupt()
         assert code == 0, up.text
         assert stop_seconds < STOP_BUDGET_SECONDS, up.text
+        assert "did not stop" not in up.text
         restarts = [line.strip() for line in up.text.splitlines() if "=== restarting" in line]
         ROWS.append(
             {
