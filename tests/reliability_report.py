@@ -61,22 +61,6 @@ def write_crash_matrix(rows: list[dict[str, Any]]) -> None:
     write_block("crash", "\n".join(lines))
 
 
-def write_upstream_faults(rows: list[dict[str, Any]]) -> None:
-    lines = [
-        f"Last `make soak` upstream-fault run: {_stamp()}.",
-        "",
-        "| mock faults | lines | status | completed | failed | error codes | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        codes = ", ".join(f"{k} {v}" for k, v in sorted(row["codes"].items())) or "-"
-        lines.append(
-            f"| {row['faults']} | {row['lines']} | {row['status']} | {row['completed']} | "
-            f"{row['failed']} | {codes} | {row['seconds']} |"
-        )
-    write_block("faults", "\n".join(lines))
-
-
 def write_up_kills(rows: list[dict[str, Any]], lines: int, latency_ms: int) -> None:
     """The `batchgate up` kill table (tests/soak/test_up_kills.py)."""
     table = [
@@ -96,6 +80,23 @@ def write_up_kills(rows: list[dict[str, Any]], lines: int, latency_ms: int) -> N
             f"{row['new_batch_s']} | {row['stop_s']} |"
         )
     write_block("up-kills", "\n".join(table))
+
+
+def write_upstream_faults(rows: list[dict[str, Any]]) -> None:
+    lines = [
+        f"Last `make soak` upstream-fault run: {_stamp()}.",
+        "",
+        "| mock faults | lines | status | completed | failed | error codes | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(row["codes"].items())) or "-"
+        lines.append(
+            f"| {row['faults']} | {row['lines']} | {row['status']} | {row['completed']} | "
+            f"{row['failed']} | {codes} | {row['seconds']} |"
+        )
+    write_block("faults", "\n".join(lines))
+
 
 def write_load(figures: dict[str, Any], budget_ms: float, doc: Path = DOC) -> None:
     """The load test's table, between the load markers of the Load section."""
@@ -118,4 +119,3 @@ def write_load(figures: dict[str, Any], budget_ms: float, doc: Path = DOC) -> No
         )
     start, end = "<!-- soak:load:start -->", "<!-- soak:load:end -->"
     doc.write_text(replace_between(doc.read_text(), start, end, "\n".join(lines)))
-
