@@ -4,8 +4,10 @@ Each piece runs as a child process in its own process group and logs to
 `<data_dir>/logs/<name>.log`. The supervisor only starts them in order, waits
 for each to answer, prints where things are, and stops all of them - with
 their own children (uvicorn workers, flow-run processes) - on Ctrl-C or
-SIGTERM. If one child dies, the others are stopped too: a half-running
-system is worse than a stopped one.
+SIGTERM. If one child dies, it is started again after a backoff while the
+others keep running (`restart_step` holds the policy); a child that keeps
+dying gives up the whole system with a message naming it, since a crash loop
+needs a person.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -37,10 +39,12 @@ PREFECT_START_TIMEOUT = 90.0
 GATEWAY_START_TIMEOUT = 60.0
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
+LEFTOVER_TIMEOUT = 3.0
 POLL_INTERVAL = 0.25
 PROGRESS_EVERY = 10.0
 LOG_TAIL_LINES = 30
 DEPLOYMENTS = ("process-batch/process-batch", "retention/retention")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Shutdown(BaseException):
@@ -51,9 +55,14 @@ class StartupError(Exception):
     """Something outside our children keeps the system from starting."""
 
 
-class ChildDied(Exception):
-    def __init__(self, child: Child) -> None:
-        super().__init__(f"{child.name} exited unexpectedly (code {child.popen.returncode})")
+class CrashLoop(Exception):
+    """A child died more often than the restart policy allows."""
+
+    def __init__(self, child: Child, deaths: int, window: float) -> None:
+        super().__init__(
+            f"{child.name} keeps crashing: it exited {deaths} times within {window:.0f} s, "
+            f"last with exit code {child.popen.returncode}; giving up and stopping everything"
+        )
         self.child = child
 
 
@@ -62,10 +71,58 @@ class Child:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+
+# ---------------------------------------------------------------- restart policy
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a dead child is started again, and when `up` gives up on it.
+
+    The delay doubles with each restart of a streak so a child that cannot
+    start (a port held, a broken dependency) does not spin; a child that then
+    stays up `stable_after` seconds starts a new streak. More than
+    `max_restarts` within `window` seconds is a crash loop."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    max_restarts: int = 5
+    window: float = 300.0
+    stable_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """One child's restarts so far: times (monotonic) inside the window, the
+    current streak, and the total since `up` started (for the log marker)."""
+
+    times: tuple[float, ...] = ()
+    streak: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class RestartStep:
+    record: RestartRecord
+    delay: float | None  # None: crash loop, give up
+
+
+def restart_step(
+    policy: RestartPolicy, record: RestartRecord, started_at: float, died_at: float
+) -> RestartStep:
+    """What to do about a child that started at `started_at` and died at `died_at`."""
+    streak = 0 if died_at - started_at >= policy.stable_after else record.streak
+    times = tuple(t for t in record.times if died_at - t < policy.window) + (died_at,)
+    updated = RestartRecord(times=times, streak=streak + 1, total=record.total + 1)
+    if len(times) > policy.max_restarts:
+        return RestartStep(updated, None)
+    return RestartStep(updated, min(policy.max_delay, policy.first_delay * 2**streak))
 
 
 @dataclass
@@ -197,37 +254,140 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def stop_child(child: Child, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM the child's process group, wait up to `timeout`, then SIGKILL
     the group and any descendant that left it."""
-    try:
-        descendants = psutil.Process(child.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
+    stop_children([child], timeout)
+
+
+def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop all `children` at once, within one `timeout` for all of them: one
+    after the other, a loaded machine took 28 s for three children."""
+    descendants: list[psutil.Process] = []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            descendants += psutil.Process(child.pid).children(recursive=True)
     deadline = time.monotonic() + timeout
-    _signal_group(child.pid, signal.SIGTERM)
-    try:
-        child.popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(child.pid, signal.SIGKILL)
-        child.popen.wait()
+    for child in children:
+        _signal_group(child.pid, signal.SIGTERM)
+    for child in children:
+        try:
+            child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"  {child.name} did not stop within {timeout:g} s; killing it", flush=True)
+            _signal_group(child.pid, signal.SIGKILL)
+            child.popen.wait()
     _, alive = psutil.wait_procs(descendants, timeout=max(1.0, deadline - time.monotonic()))
-    _signal_group(child.pid, signal.SIGKILL)
+    for child in children:
+        _signal_group(child.pid, signal.SIGKILL)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
 
 
-def check_alive(children: list[Child]) -> None:
-    for child in children:
-        if child.popen.poll() is not None:
-            raise ChildDied(child)
+def end_group(pgid: int, timeout: float = LEFTOVER_TIMEOUT) -> None:
+    """End what is left of a dead child's process group (a Prefect server's
+    uvicorn holding the port, a runner's forkserver and flow runs), so the
+    restarted child starts alone, as a service manager would do it."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # psutil.wait_procs polls non-children only every ~1 s
+    _signal_group(pgid, signal.SIGKILL)
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float, children: list[Child]) -> None:
-    """Poll `check` until it is true, failing fast if a child dies meanwhile."""
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes of group `pgid` (zombies already ended their work)."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
+
+
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM until a started child is in the list `up` stops,
+    so a stop request in between cannot leave it running. Deferred by a
+    handler, not blocked by the signal mask: a child inherits the mask, and
+    one started with SIGTERM blocked ignores its own stop and gets killed."""
+    asked: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: asked.append(signum)) for sig in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if asked:
+            signal.raise_signal(asked[0])
+
+
+@dataclass
+class Supervisor:
+    """Starts the children and keeps them running: a dead child is started
+    again with the same command after the policy's delay, while the others
+    go on. `children` is the list `up` stops at the end; a restart replaces
+    the dead child in place, so the stop order stays the start order reversed."""
+
+    children: list[Child]
+    log_dir: Path
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    _records: dict[str, RestartRecord] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+        self._commands[name] = (list(argv), dict(env))
+        with stop_deferred():
+            self.children.append(start_child(name, argv, env, self.log_dir))
+
+    def tick(self) -> None:
+        """Notice dead children and restart those whose delay has passed."""
+        for index, child in enumerate(self.children):
+            if child.popen.poll() is None:
+                continue
+            due = self._due.get(child.name)
+            if due is None:
+                self._schedule(child)
+            elif time.monotonic() >= due:
+                self._restart(index, child)
+
+    def _schedule(self, child: Child) -> None:
+        step = restart_step(
+            self.policy,
+            self._records.get(child.name, RestartRecord()),
+            child.started_at,
+            time.monotonic(),
+        )
+        self._records[child.name] = step.record
+        if step.delay is None:
+            raise CrashLoop(child, len(step.record.times), self.policy.window)
+        note = (
+            f"=== restarting {child.name} (exit code {child.popen.returncode}, "
+            f"restart {step.record.total}) in {step.delay:g} s"
+        )
+        print(note, flush=True)
+        with child.log_path.open("a") as log:
+            log.write(f"\n{note}\n")
+        end_group(child.pid)
+        self._due[child.name] = time.monotonic() + step.delay
+
+    def _restart(self, index: int, child: Child) -> None:
+        argv, env = self._commands[child.name]
+        del self._due[child.name]
+        with stop_deferred():
+            self.children[index] = start_child(child.name, argv, env, self.log_dir)
+
+
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float, supervisor: Supervisor
+) -> None:
+    """Poll `check` until it is true, restarting children that die meanwhile."""
     start = time.monotonic()
     next_note = start + PROGRESS_EVERY
     while True:
-        check_alive(children)
+        supervisor.tick()
         if check():
             return
         now = time.monotonic()
@@ -315,8 +475,8 @@ def print_banner(
 
 
 def run(settings: Settings, children: list[Child], log_level: str = "info") -> NoReturn:
-    """Start everything, then watch the children until one dies. Never returns:
-    it ends by an exception (Shutdown, StartupError, ChildDied), and the caller
+    """Start everything, then keep the children running. Never returns: it
+    ends by an exception (Shutdown, StartupError, CrashLoop), and the caller
     stops whatever `children` holds by then."""
     token = (
         settings.internal_token or load_or_create_secret(settings.data_dir / "internal_token")[0]
@@ -345,6 +505,7 @@ def run(settings: Settings, children: list[Child], log_level: str = "info") -> N
 
     started = time.monotonic()
     python = sys.executable
+    supervisor = Supervisor(children, plan.log_dir)
     print(f"data directory: {plan.data_dir}", flush=True)
     if plan.local_prefect_port is not None:
         print(
@@ -352,50 +513,39 @@ def run(settings: Settings, children: list[Child], log_level: str = "info") -> N
             "(SQLite under the data directory; first start takes ~20 s)",
             flush=True,
         )
-        children.append(
-            start_child(
-                "prefect-server",
-                prefect_server_command(plan.local_prefect_port),
-                # The server has no use for the internal token.
-                {k: v for k, v in plan.base_env.items() if k != "BATCHGATE_INTERNAL_TOKEN"},
-                plan.log_dir,
-            )
+        supervisor.start(
+            "prefect-server",
+            prefect_server_command(plan.local_prefect_port),
+            # The server has no use for the internal token.
+            {k: v for k, v in plan.base_env.items() if k != "BATCHGATE_INTERNAL_TOKEN"},
         )
     else:
         print(f"using the Prefect server at {plan.prefect_api_url}", flush=True)
     # The gateway does not need Prefect to start, so both come up together.
     print(f"starting gateway on {settings.host}:{settings.port}", flush=True)
-    children.append(
-        start_child(
-            "gateway",
-            [python, "-m", "gateway.cli", "--log-level", log_level, "serve"],
-            plan.base_env,
-            plan.log_dir,
-        )
+    supervisor.start(
+        "gateway", [python, "-m", "gateway.cli", "--log-level", log_level, "serve"], plan.base_env
     )
 
     # The runner waits for the Prefect API itself; starting it now overlaps
     # its imports with the server's start-up.
-    children.append(
-        start_child(
-            "runner",
-            [python, "-m", "gateway.cli", "--log-level", log_level, "worker"],
-            runner_env(plan, settings),
-            plan.log_dir,
-        )
+    supervisor.start(
+        "runner",
+        [python, "-m", "gateway.cli", "--log-level", log_level, "worker"],
+        runner_env(plan, settings),
     )
     wait_until(
         lambda: http_status(f"{plan.prefect_api_url}/health") == 200,
         "the Prefect server",
         PREFECT_START_TIMEOUT,
-        children,
+        supervisor,
     )
     print("Prefect server is up", flush=True)
     wait_until(
         lambda: http_status(f"{plan.gateway_base}/health") is not None,
         "the gateway",
         GATEWAY_START_TIMEOUT,
-        children,
+        supervisor,
     )
 
     api_key = create_first_key(plan, admin_key)
@@ -407,20 +557,20 @@ def run(settings: Settings, children: list[Child], log_level: str = "info") -> N
         ),
         "the runner to register the flows",
         READY_TIMEOUT,
-        children,
+        supervisor,
     )
     print(f"ready after {time.monotonic() - started:.0f} s - press Ctrl-C to stop", flush=True)
     while True:
-        check_alive(children)
+        supervisor.tick()
         time.sleep(POLL_INTERVAL)
 
 
 def up(args: argparse.Namespace) -> int:
-    """Run until Ctrl-C/SIGTERM (exit 0) or until a child dies (exit 1)."""
+    """Run until Ctrl-C/SIGTERM (exit 0) or until a child keeps dying (exit 1)."""
     # Readiness polls would otherwise log one line each at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     children: list[Child] = []
-    previous = {sig: signal.signal(sig, _handle_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _handle_stop) for sig in STOP_SIGNALS}
     code = 1
     try:
         run(load_settings(), children, getattr(args, "log_level", "info"))
@@ -428,7 +578,7 @@ def up(args: argparse.Namespace) -> int:
         code = 0
     except (StartupError, ValidationError) as exc:
         print(f"batchgate up: {exc}", file=sys.stderr, flush=True)
-    except ChildDied as exc:
+    except CrashLoop as exc:
         print(
             f"batchgate up: {exc}; last lines of {exc.child.log_path}:\n"
             f"{log_tail(exc.child.log_path)}",
@@ -440,8 +590,7 @@ def up(args: argparse.Namespace) -> int:
             signal.signal(sig, _ignore)
         if children:
             print("stopping ...", flush=True)
-        for child in reversed(children):
-            stop_child(child)
+        stop_children(list(reversed(children)))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if children:

@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     max_batch_lines: int = 50_000
     completion_window_seconds: int = 24 * 3600
     batch_file_ttl_seconds: int = 30 * 24 * 3600
-    lease_seconds: int = 60
-    reconcile_interval_seconds: float = 10.0
+    # A dead run's batch waits for its lease to lapse and the next reconciler
+    # pass: 30 + 5 s keeps a SIGKILLed runner's batch under a minute
+    # (docs/reliability.md, `batchgate up` kills; 60 + 10 s took 81-87 s).
+    lease_seconds: int = 30
+    reconcile_interval_seconds: float = 5.0
     retention_interval_seconds: int = 3600
     runner_limit: int = 8  # flow runs one `batchgate up` runner executes at once
     # CPU niceness of flow runs: raise it on a small shared machine to let the API

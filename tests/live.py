@@ -53,6 +53,22 @@ class GatewayAdmin:
         response.raise_for_status()
         return response
 
+    def add_provider(
+        self, name: str, base_url: str, api_key: str, max_concurrency: int, default: bool = False
+    ) -> None:
+        """A provider connection through `POST /admin/providers`."""
+        self.admin(
+            "POST",
+            "/admin/providers",
+            json={
+                "name": name,
+                "base_url": base_url,
+                "api_key": api_key,
+                "default": default,
+                "max_concurrency": max_concurrency,
+            },
+        )
+
     def create_key(self, name: str) -> str:
         """A new API key through `POST /admin/keys`; returns the clear key."""
         return str(self.admin("POST", "/admin/keys", json={"name": name}).json()["key"])

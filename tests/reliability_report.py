@@ -61,6 +61,27 @@ def write_crash_matrix(rows: list[dict[str, Any]]) -> None:
     write_block("crash", "\n".join(lines))
 
 
+def write_up_kills(rows: list[dict[str, Any]], lines: int, latency_ms: int) -> None:
+    """The `batchgate up` kill table (tests/soak/test_up_kills.py)."""
+    table = [
+        f"Last `make soak` `batchgate up` kill run: {_stamp()}, default settings, one batch "
+        f"of {lines:,} lines (mock latency {latency_ms} ms), SIGKILL after ~600 upstream "
+        "requests.",
+        "",
+        "| killed | lines done at the kill | s to first line recorded after | "
+        "s to batch completed | repeated requests | `up` said | new batch s | Ctrl-C s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        said = "; ".join(f"`{line}`" for line in row["restarts"]) or "-"
+        table.append(
+            f"| {row['target']} ({row['killed']} process) | {row['done_at_kill']:,} | "
+            f"{row['first_progress_s']} | {row['terminal_s']} | {row['repeated']} | {said} | "
+            f"{row['new_batch_s']} | {row['stop_s']} |"
+        )
+    write_block("up-kills", "\n".join(table))
+
+
 def write_upstream_faults(rows: list[dict[str, Any]]) -> None:
     lines = [
         f"Last `make soak` upstream-fault run: {_stamp()}.",

@@ -155,27 +155,8 @@ class Stack(GatewayAdmin):
         wait_for(
             lambda: http_status(f"{self.url}/health") == 200, "gateway health", 90, self.runner
         )
-        self.admin(
-            "POST",
-            "/admin/providers",
-            json={
-                "name": "openai",
-                "base_url": f"{self.mock_url}/v1",
-                "api_key": "sk-mock-openai",
-                "default": True,
-                "max_concurrency": 64,
-            },
-        )
-        self.admin(
-            "POST",
-            "/admin/providers",
-            json={
-                "name": "mistral",
-                "base_url": f"{self.mock_url}/v1",
-                "api_key": "sk-mock-mistral",
-                "max_concurrency": 16,
-            },
-        )
+        self.add_provider("openai", f"{self.mock_url}/v1", "sk-mock-openai", 64, default=True)
+        self.add_provider("mistral", f"{self.mock_url}/v1", "sk-mock-mistral", 16)
         return self
 
     def __exit__(self, *exc: object) -> None:

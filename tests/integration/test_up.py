@@ -1,6 +1,7 @@
 """`batchgate up` as a user runs it: one real start (Prefect server, runner,
-gateway), then SIGTERM; plus the fast checks around it (port clash, process
-cleanup, prefect.yaml)."""
+gateway), then SIGTERM; a runner SIGKILLed mid-batch, restarted while the
+rest keeps serving; plus the fast checks around it (port clash, process
+cleanup, restarts of a dying child, prefect.yaml)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,120 +20,91 @@ import psutil
 import pytest
 import yaml
 
-from gateway.supervisor import make_plan, start_child, stop_child, ui_url_for
+from gateway.supervisor import (
+    Child,
+    CrashLoop,
+    RestartPolicy,
+    Supervisor,
+    make_plan,
+    start_child,
+    stop_child,
+    ui_url_for,
+)
 from tasks.settings import load_settings
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(data_dir: Path, port: int, prefect_port: int) -> dict[str, str]:
-    """The outer environment minus anything that would point the child at
-    another Prefect server or another batchgate configuration."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHGATE_"))}
-    env.update(
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        BATCHGATE_DATA_DIR=str(data_dir),
-        BATCHGATE_PORT=str(port),
-        BATCHGATE_PREFECT_PORT=str(prefect_port),
-    )
-    return env
+from tests.crash_support import (
+    chat_lines,
+    check_batch,
+    create_batch,
+    upload,
+    wait_all_terminal,
+)
+from tests.live import free_port
+from tests.up_support import ROOT, Up, clean_env, live
 
 
-class Output:
-    """Collects a child's stdout+stderr lines in a thread so the pipe never fills."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-
-@pytest.fixture
-def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, int, int]]:
-    port, prefect_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "up"],
-        cwd=ROOT,
-        env=clean_env(tmp_path / "data", port, prefect_port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(proc)
-    try:
-        yield proc, output, port, prefect_port
-    finally:
-        if proc.poll() is None:  # the test failed before stopping it
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-
-
-def wait_healthy(proc: subprocess.Popen[str], output: Output, port: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"batchgate up exited early:\n{output.text}"
-        try:
-            healthy = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
-            if healthy and "ready after" in output.text:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f'not ready (/health 200 and "ready" printed) within 120 s:\n{output.text}')
-
-
-def live(procs: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-def test_up_serves_prints_a_working_key_and_stops_every_child(up_process) -> None:
-    proc, output, port, prefect_port = up_process
-    wait_healthy(proc, output, port)
-
-    text = output.text
-    assert f"http://127.0.0.1:{port}/v1" in text
-    assert f"http://127.0.0.1:{prefect_port}" in text
-    match = re.search(r"API key:\s+(\S+)", text)
-    assert match, text
-    files = httpx.get(
-        f"http://127.0.0.1:{port}/v1/files",
-        headers={"Authorization": f"Bearer {match.group(1)}"},
-        timeout=10,
-    )
-    assert files.status_code == 200, files.text
-    for name in ("process-batch/process-batch", "retention/retention"):
-        response = httpx.get(
-            f"http://127.0.0.1:{prefect_port}/api/deployments/name/{name}", timeout=10
+def test_up_serves_prints_a_working_key_and_stops_every_child(tmp_path: Path) -> None:
+    with Up(tmp_path) as up:
+        up.wait_ready()
+        assert f"http://127.0.0.1:{up.port}/v1" in up.text
+        assert f"http://127.0.0.1:{up.prefect_port}" in up.text
+        files = httpx.get(
+            f"{up.url}/v1/files",
+            headers={"Authorization": f"Bearer {up.api_key()}"},
+            timeout=10,
         )
-        assert response.status_code == 200, (name, response.text)
+        assert files.status_code == 200, files.text
+        for name in ("process-batch/process-batch", "retention/retention"):
+            response = httpx.get(
+                f"http://127.0.0.1:{up.prefect_port}/api/deployments/name/{name}", timeout=10
+            )
+            assert response.status_code == 200, (name, response.text)
 
-    children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) >= 3  # prefect server, gateway, runner
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, output.text
-    assert live(children) == []
+        assert up.proc is not None
+        children = psutil.Process(up.proc.pid).children(recursive=True)
+        assert len(children) >= 3  # prefect server, gateway, runner
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=30) == 0, up.text
+        assert live(children) == []
+
+
+def test_up_restarts_a_killed_runner_and_its_batch_completes(tmp_path: Path) -> None:
+    """`kill -9` of the runner mid-batch: `up` says so, starts it again, the
+    gateway keeps answering, the batch completes with every line once, a new
+    batch completes too, and Ctrl-C still stops everything."""
+    lines = 400
+    with Up(tmp_path, lease_seconds=5, reconcile_interval_seconds=1, chunk_size=50) as up:
+        up.wait_ready()
+        # Slow answers while the batch runs, so the kill lands mid-batch.
+        up.add_mock_provider("--latency-ms", "1000")
+        client = up.client()
+        batch_id = create_batch(client, upload(client, tmp_path, chat_lines("req", lines)))
+        deadline = time.monotonic() + 60
+        while client.batches.retrieve(batch_id).request_counts.completed == 0:
+            assert time.monotonic() < deadline, "no chunk done within 60 s"
+            time.sleep(0.2)
+
+        runner = up.child("runner")
+        runner.kill()
+        httpx.post(f"{up.mock_url}/config", json={"latency_ms": 0}).raise_for_status()
+        up.wait_restarted("runner", runner.pid)
+        assert client.batches.retrieve(batch_id).status != "completed"
+
+        [batch] = wait_all_terminal(client, [batch_id], timeout=120)
+        assert batch.status == "completed"
+        check = check_batch(client, batch, "req", lines, up.upstream_requests())
+        assert check.problems == []
+        marker = "=== restarting runner (exit code -9, restart 1)"
+        assert marker in up.text
+        assert marker in (tmp_path / "data" / "logs" / "runner.log").read_text()
+
+        [again] = wait_all_terminal(
+            client, [create_batch(client, upload(client, tmp_path, chat_lines("new", 20)))], 120
+        )
+        assert again.status == "completed"
+        code, seconds = up.interrupt()
+        assert code == 0, up.text
+        assert seconds < 15, up.text
+        assert "did not stop" not in up.text
 
 
 def test_up_refuses_a_taken_prefect_port(tmp_path: Path) -> None:
@@ -169,6 +140,69 @@ def test_stop_child_also_ends_grandchildren(tmp_path: Path) -> None:
     assert child.popen.returncode is not None
     assert live(grandchildren) == []
     assert "starting sleeper" in (tmp_path / "sleeper.log").read_text()
+
+
+FAST = RestartPolicy(first_delay=0.05, max_delay=0.2, max_restarts=3, window=60)
+
+
+def supervise_until(supervisor: Supervisor, done: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "supervisor did not get there in time"
+        supervisor.tick()
+        time.sleep(0.02)
+
+
+def test_a_dead_child_is_restarted_alone_after_its_leftovers_end(tmp_path: Path) -> None:
+    children: list[Child] = []
+    supervisor = Supervisor(children, tmp_path, FAST)
+    supervisor.start("steady", ["sleep", "600"], os.environ)
+    # Dies after a second, leaving a grandchild in its process group.
+    supervisor.start("flaky", ["sh", "-c", "sleep 600 & sleep 1; exit 3"], os.environ)
+    steady, flaky = children
+    deadline = time.monotonic() + 10
+    while not (grandchildren := psutil.Process(flaky.pid).children()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    supervise_until(supervisor, lambda: children[1] is not flaky)
+    try:
+        assert children[0] is steady and steady.popen.poll() is None
+        assert live(grandchildren) == []
+        log = (tmp_path / "flaky.log").read_text()
+        assert "=== restarting flaky (exit code 3, restart 1)" in log
+        assert len(re.findall(r"\d starting flaky", log)) == 2
+    finally:
+        for child in children:
+            stop_child(child)
+
+
+def test_children_of_the_supervisor_stop_on_sigterm(tmp_path: Path) -> None:
+    """A child started with SIGTERM blocked (an inherited signal mask) would
+    sit out the whole stop grace and be SIGKILLed: a gateway never closes
+    its database cleanly."""
+    children: list[Child] = []
+    Supervisor(children, tmp_path, FAST).start("sleeper", ["sleep", "600"], os.environ)
+    started = time.monotonic()
+    stop_child(children[0])
+    assert children[0].popen.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 5
+
+
+def test_a_crash_loop_gives_up_naming_the_child_and_its_exit_code(tmp_path: Path) -> None:
+    children: list[Child] = []
+    supervisor = Supervisor(children, tmp_path, FAST)
+    supervisor.start("doomed", ["sh", "-c", "echo cannot start; exit 7"], os.environ)
+    try:
+        with pytest.raises(CrashLoop) as info:
+            supervise_until(supervisor, lambda: False)
+    finally:
+        for child in children:
+            stop_child(child)
+    assert "doomed keeps crashing" in str(info.value)
+    assert "exit code 7" in str(info.value)
+    log = (tmp_path / "doomed.log").read_text()
+    assert log.count("cannot start") == FAST.max_restarts + 1
+    assert "restart 3)" in log
 
 
 def test_plan_uses_an_external_prefect_server_when_told(tmp_path: Path) -> None:
