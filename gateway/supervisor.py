@@ -189,8 +189,22 @@ def make_plan(settings: Settings, env: Mapping[str, str], internal_token: str) -
     )
 
 
+# Only the gateway opens the database: the provider-key secret and the admin
+# key go to it alone, not to the runner (and its flow runs) or Prefect.
+GATEWAY_SECRETS = ("BATCHGATE_SECRET_KEY", "BATCHGATE_NEW_SECRET_KEY", "BATCHGATE_ADMIN_KEY")
+
+
+def without(env: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in names}
+
+
+def prefect_server_env(plan: Plan) -> dict[str, str]:
+    """The Prefect server has no use for batchgate's secrets."""
+    return without(plan.base_env, (*GATEWAY_SECRETS, "BATCHGATE_INTERNAL_TOKEN"))
+
+
 def runner_env(plan: Plan, settings: Settings) -> dict[str, str]:
-    env = dict(plan.base_env)
+    env = without(plan.base_env, GATEWAY_SECRETS)
     env["PREFECT_RUNNER_PROCESS_LIMIT"] = str(settings.runner_limit)
     env["BATCHGATE_RUNNER_LIMIT"] = str(settings.runner_limit)
     env["BATCHGATE_GATEWAY_URL"] = settings.gateway_url or plan.gateway_base
@@ -516,8 +530,7 @@ def run(settings: Settings, children: list[Child], log_level: str = "info") -> N
         supervisor.start(
             "prefect-server",
             prefect_server_command(plan.local_prefect_port),
-            # The server has no use for the internal token.
-            {k: v for k, v in plan.base_env.items() if k != "BATCHGATE_INTERNAL_TOKEN"},
+            prefect_server_env(plan),
         )
     else:
         print(f"using the Prefect server at {plan.prefect_api_url}", flush=True)

@@ -26,6 +26,8 @@ from gateway.supervisor import (
     RestartPolicy,
     Supervisor,
     make_plan,
+    prefect_server_env,
+    runner_env,
     start_child,
     stop_child,
     ui_url_for,
@@ -219,6 +221,25 @@ def test_plan_uses_an_external_prefect_server_when_told(tmp_path: Path) -> None:
     assert "PREFECT_HOME" not in remote.base_env
     assert remote.prefect_ui_url == "http://prefect.internal:4200"
     assert ui_url_for("http://x/api", {"PREFECT_UI_URL": "http://ui"}) == "http://ui"
+
+
+def test_only_the_gateway_gets_batchgates_secrets(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    outer = {
+        "BATCHGATE_SECRET_KEY": "provider-key-secret",
+        "BATCHGATE_ADMIN_KEY": "admin",
+        "PATH": "/usr/bin",
+    }
+    plan = make_plan(settings, outer, "internal")
+    assert plan.base_env["BATCHGATE_SECRET_KEY"] == "provider-key-secret"  # the gateway's env
+    runner = runner_env(plan, settings)
+    assert "BATCHGATE_SECRET_KEY" not in runner and "BATCHGATE_ADMIN_KEY" not in runner
+    assert runner["BATCHGATE_INTERNAL_TOKEN"] == "internal"  # runs call the internal API
+    server = prefect_server_env(plan)
+    assert not {"BATCHGATE_SECRET_KEY", "BATCHGATE_ADMIN_KEY", "BATCHGATE_INTERNAL_TOKEN"} & set(
+        server
+    )
+    assert server["PATH"] == "/usr/bin"
 
 
 def test_prefect_yaml_points_at_the_served_flows() -> None:
