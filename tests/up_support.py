@@ -29,7 +29,7 @@ ADMIN_KEY = "admin-up-key"
 READY_TIMEOUT = 120.0
 # What each child of `up` runs, to find it among the `up` process's children.
 CHILD_COMMANDS = {
-    "prefect-server": ("prefect", "server", "start"),
+    "prefect-server": ("gateway.prefect_server", "server", "start"),
     "gateway": ("gateway.cli", "serve"),
     "runner": ("gateway.cli", "worker"),
 }
@@ -64,6 +64,19 @@ class Output:
     @property
     def text(self) -> str:
         return "".join(self.lines)
+
+
+def wait_ready(
+    proc: subprocess.Popen[str], output: Output, url: str, timeout: float = READY_TIMEOUT
+) -> None:
+    """Until the `up` at `url` answers `/health` 200 and printed `ready`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"batchgate up exited early:\n{output.text}"
+        if "ready after" in output.text and http_status(f"{url}/health") == 200:
+            return
+        time.sleep(0.5)
+    pytest.fail(f'not ready (/health 200, "ready" printed) in {timeout:.0f} s:\n{output.text}')
 
 
 def live(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -128,14 +141,8 @@ class Up(GatewayAdmin):
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Until `/health` answers 200 and `up` printed `ready`."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"batchgate up exited early:\n{self.text}"
-            if "ready after" in self.text and http_status(f"{self.url}/health") == 200:
-                return
-            time.sleep(0.5)
-        pytest.fail(f'not ready (/health 200, "ready" printed) in {timeout:.0f} s:\n{self.text}')
+        assert self.proc is not None and self.output is not None
+        wait_ready(self.proc, self.output, self.url, timeout)
 
     def api_key(self) -> str:
         match = re.search(r"API key:\s+(\S+)", self.text)

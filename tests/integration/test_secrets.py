@@ -34,9 +34,9 @@ from cryptography.fernet import Fernet, InvalidToken
 from gateway.supervisor import start_child, stop_child
 from storage.ids import hash_key
 from storage.metadata import MetadataStore
-from tests.integration.test_up import Output, clean_env, wait_healthy
 from tests.live import free_port
 from tests.stack import ADMIN_KEY, INTERNAL_TOKEN, PrefectServer, Stack
+from tests.up_support import Output, clean_env, wait_ready
 
 pytestmark = pytest.mark.timeout(600)
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
@@ -402,7 +402,7 @@ def test_up_over_an_older_install_leaves_nothing_open_or_in_clear(tmp_path: Path
         )
     output = Output(up)
     try:
-        wait_healthy(up, output, port)
+        wait_ready(up, output, f"http://127.0.0.1:{port}")
         match = re.search(r"API key:\s+(\S+)", output.text)
         assert match, output.text
         api_key = match.group(1)
