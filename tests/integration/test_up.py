@@ -44,8 +44,14 @@ from tests.live import free_port
 from tests.up_support import ROOT, Up, clean_env, live
 
 
-def test_up_serves_prints_a_working_key_and_stops_every_child(tmp_path: Path) -> None:
-    with Up(tmp_path) as up:
+def test_up_serves_restarts_a_killed_runner_and_stops_every_child(tmp_path: Path) -> None:
+    """`up` prints where things are and a working key, and registers both
+    deployments. Then `kill -9` of the runner mid-batch: `up` says so, starts
+    it again, the gateway keeps answering, the batch completes with every
+    line once, a new batch completes too, and Ctrl-C still stops every
+    child. (One `up` for both: each start costs ~25 s of the suite.)"""
+    lines = 400
+    with Up(tmp_path, lease_seconds=5, reconcile_interval_seconds=1, chunk_size=50) as up:
         up.wait_ready()
         assert f"http://127.0.0.1:{up.port}/v1" in up.text
         assert f"http://127.0.0.1:{up.prefect_port}" in up.text
@@ -61,21 +67,6 @@ def test_up_serves_prints_a_working_key_and_stops_every_child(tmp_path: Path) ->
             )
             assert response.status_code == 200, (name, response.text)
 
-        assert up.proc is not None
-        children = psutil.Process(up.proc.pid).children(recursive=True)
-        assert len(children) >= 3  # prefect server, gateway, runner
-        up.proc.send_signal(signal.SIGTERM)
-        assert up.proc.wait(timeout=30) == 0, up.text
-        assert live(children) == []
-
-
-def test_up_restarts_a_killed_runner_and_its_batch_completes(tmp_path: Path) -> None:
-    """`kill -9` of the runner mid-batch: `up` says so, starts it again, the
-    gateway keeps answering, the batch completes with every line once, a new
-    batch completes too, and Ctrl-C still stops everything."""
-    lines = 400
-    with Up(tmp_path, lease_seconds=5, reconcile_interval_seconds=1, chunk_size=50) as up:
-        up.wait_ready()
         # Slow answers while the batch runs, so the kill lands mid-batch.
         up.add_mock_provider("--latency-ms", "1000")
         client = up.client()
@@ -103,10 +94,14 @@ def test_up_restarts_a_killed_runner_and_its_batch_completes(tmp_path: Path) -> 
             client, [create_batch(client, upload(client, tmp_path, chat_lines("new", 20)))], 120
         )
         assert again.status == "completed"
+        assert up.proc is not None
+        children = psutil.Process(up.proc.pid).children(recursive=True)
+        assert len(children) >= 3  # prefect server, gateway, runner
         code, seconds = up.interrupt()
         assert code == 0, up.text
         assert seconds < 15, up.text
         assert "did not stop" not in up.text
+        assert live(children) == []
 
 
 def test_up_refuses_a_taken_prefect_port(tmp_path: Path) -> None:
