@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -117,6 +118,17 @@ def _after_clause(direction: str, after: FileRecord | BatchRecord | None) -> tup
     return f"({', '.join(_CREATION_ORDER)}) {op} (?, ?)", [after.created_at, after.seq]
 
 
+_MIGRATION_HEADER = re.compile(r"^-- migration (\d+)[ \t]*$", re.MULTILINE)
+
+
+def migrations(schema: str) -> list[tuple[int, str]]:
+    """The numbered blocks of schema.sql, in file order. Only a line that is
+    exactly `-- migration N` starts a block, so a comment that mentions one
+    inside a block stays part of it."""
+    parts = _MIGRATION_HEADER.split(schema)[1:]
+    return [(int(number), body) for number, body in zip(parts[::2], parts[1::2], strict=True)]
+
+
 def rewrite_database(path: Path) -> None:
     """Copy every table of the (closed) database at `path` into a fresh
     owner-only file and rename it over `path`: only live rows are copied."""
@@ -186,7 +198,6 @@ class MetadataStore:
 
     def _migrate(self) -> None:
         schema = resources.files("storage").joinpath("schema.sql").read_text()
-        blocks = schema.split("-- migration ")[1:]
         with self._lock:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
@@ -194,9 +205,7 @@ class MetadataStore:
             )
             row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
             current = (row[0] if row else None) or 0
-            for block in blocks:
-                number_text, _, body = block.partition("\n")
-                number = int(number_text.strip())
+            for number, body in migrations(schema):
                 if number <= current:
                     continue
                 with self.transaction(writes=[]):

@@ -11,7 +11,7 @@ import pytest
 
 from storage import ids, metadata
 from storage.blobs import BlobStore
-from storage.metadata import MetadataStore, now
+from storage.metadata import SCHEMA_VERSION, MetadataStore, migrations, now
 from storage.records import FileRecord, ProviderRecord, file_object
 from storage.secrets import SecretKeys, new_key
 from tests.records import batch_record
@@ -217,3 +217,17 @@ def test_reads_run_beside_a_write_and_see_only_committed_rows(store: MetadataSto
         assert store.get_file(pending.id) is None
     assert [f.id for f in store.list_files(key.id)[0]] == [pending.id, before.id]
     assert store.get_file(pending.id) is not None
+
+
+def test_only_a_whole_header_line_starts_a_migration() -> None:
+    schema = (
+        "-- preamble: append a block headed `-- migration N`\n"
+        "-- migration 1\nCREATE TABLE a (x INT);\n-- see -- migration 7 in the docs\n"
+        "-- migration 2\nALTER TABLE a ADD COLUMN y INT;\n"
+    )
+    assert [(n, body.strip()) for n, body in migrations(schema)] == [
+        (1, "CREATE TABLE a (x INT);\n-- see -- migration 7 in the docs"),
+        (2, "ALTER TABLE a ADD COLUMN y INT;"),
+    ]
+    shipped = migrations(resources.files("storage").joinpath("schema.sql").read_text())
+    assert [n for n, _ in shipped] == list(range(1, SCHEMA_VERSION + 1))
