@@ -83,8 +83,14 @@ async def run_chunk(
     index = chunk["chunk_index"]
     data = await asyncio.to_thread(api.chunk_input, control.batch_id, index)
     result = await execute_lines(
-        parse_chunk(data), control.endpoint, providers, client, lambda: control.reason
+        parse_chunk(data),
+        control.endpoint,
+        providers,
+        client,
+        lambda: control.reason,
+        gate=control.gate,
     )
+    control.stopped_lines += result.stopped
     crash_point("execute:before_post")
     return await asyncio.to_thread(
         api.record_chunk, control.batch_id, control.token, index, **result.as_post()
@@ -103,6 +109,10 @@ async def _no_summary(batch: dict[str, Any]) -> None:
     return None
 
 
+async def _no_note(text: str, paused: bool) -> None:
+    return None
+
+
 @dataclass
 class Steps:
     validate: Callable[..., dict[str, Any]] = validate_input
@@ -110,9 +120,16 @@ class Steps:
     finalize: Callable[..., dict[str, Any]] = finalize_batch
     progress: Callable[[int, int], Awaitable[None]] = _no_progress
     summary: Callable[[dict[str, Any]], Awaitable[None]] = _no_summary
+    # A pause or resume, for the flow run's log and its progress artifact.
+    control_note: Callable[[str, bool], Awaitable[None]] = _no_note
 
 
-OUTCOME_OF_REASON = {None: "completed", "cancelled": "cancelled", "expired": "expired"}
+OUTCOME_OF_REASON = {
+    None: "completed",
+    "cancelled": "cancelled",
+    "expired": "expired",
+    "budget_exceeded": "budget_exceeded",
+}
 
 
 async def drive_batch(
@@ -138,7 +155,28 @@ async def drive_batch(
     if token is None:
         return claim["status"]
     crash_point("run:after_claim")
-    control = RunControl(api, batch_id, token, claim)
+    notes: set[asyncio.Task[None]] = set()
+
+    def on_pause(paused: bool) -> None:
+        text = (
+            f"batch {batch_id} paused: no new upstream requests until it is resumed"
+            if paused
+            else f"batch {batch_id} resumed"
+        )
+        log.info(text)
+        task = asyncio.get_running_loop().create_task(steps.control_note(text, paused))
+        notes.add(task)
+        task.add_done_callback(notes.discard)
+
+    control = RunControl(
+        api,
+        batch_id,
+        token,
+        claim,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        on_ceilings=client.set_ceilings,
+        on_pause=on_pause,
+    )
     async with control.heartbeat():
         try:
             return await _drive(api, client, control, settings, steps)
@@ -171,6 +209,11 @@ async def _drive(
     if control.reason in {"lease_lost", "ended_elsewhere"}:
         return control.status
     outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
+    if outcome == "budget_exceeded" and not control.stopped_lines:
+        # The last chunks' spend reached the budget, but nothing was left
+        # unsent: the batch is complete, not stopped.
+        pending = [c for c in await asyncio.to_thread(api.chunks, batch_id) if not c["done"]]
+        outcome = "budget_exceeded" if pending else "completed"
     crash_point("finalize:before")
     batch = steps.finalize(api, batch_id, token, outcome)
     crash_point("finalize:after")
@@ -196,6 +239,7 @@ async def _execute_all(
     async def one(chunk: dict[str, Any]) -> None:
         nonlocal done
         async with window:
+            await control.gate()  # a paused batch starts no chunk
             if control.should_stop():
                 return
             control.update(await steps.execute(api, client, control, providers, chunk))
@@ -267,19 +311,34 @@ def artifact_key(batch_id: str, kind: str) -> str:
 
 def prefect_steps(batch_id: str) -> Steps:
     progress_id: list[Any] = []
+    running = f"Chunks finished for {batch_id}"
+    shown = {"value": 0.0, "description": running}
 
-    async def progress(done: int, total: int) -> None:
-        value = 100.0 * done / total if total else 100.0
+    async def show() -> None:
+        value, description = shown["value"], str(shown["description"])
         if not progress_id:
             progress_id.append(
                 await acreate_progress_artifact(
-                    progress=value,
-                    key=artifact_key(batch_id, "progress"),
-                    description=f"Chunks finished for {batch_id}",
+                    progress=value, key=artifact_key(batch_id, "progress"), description=description
                 )
             )
         else:
-            await aupdate_progress_artifact(progress_id[0], progress=value)
+            await aupdate_progress_artifact(progress_id[0], progress=value, description=description)
+
+    async def progress(done: int, total: int) -> None:
+        shown["value"] = 100.0 * done / total if total else 100.0
+        await show()
+
+    async def control_note(text: str, paused: bool) -> None:
+        """A pause or resume: a line in the flow run's log, and the progress
+        artifact's description says "PAUSED" while it lasts."""
+        get_run_logger().info(text)
+        shown["description"] = (
+            f"PAUSED - {running} (resume: POST /admin/batches/{batch_id}/resume)"
+            if paused
+            else running
+        )
+        await show()
 
     async def summary(batch: dict[str, Any]) -> None:
         usage = batch.get("usage") or {}
@@ -309,6 +368,7 @@ def prefect_steps(batch_id: str) -> Steps:
         finalize=finalize_task,
         progress=progress,
         summary=summary,
+        control_note=control_note,
     )
 
 

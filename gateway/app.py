@@ -53,7 +53,9 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
         admin_key=admin_key,
         internal_token=internal_token,
         flow_runs=flow_runs or PrefectFlowRuns(settings),
-        ledger=BatchLedger(store, blobs, lease_seconds=settings.lease_seconds),
+        ledger=BatchLedger(
+            store, blobs, lease_seconds=settings.lease_seconds, prices=settings.prices
+        ),
     )
 
 

@@ -43,7 +43,7 @@ from storage.records import (
     file_is_live,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 R = TypeVar("R")
 
 # Columns stored as JSON text, per table.

@@ -104,3 +104,37 @@ UPDATE batches SET seq = numbered.n
 FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM batches) AS numbered
 WHERE batches.id = numbered.id;
 SELECT setval('batches_seq', seq) FROM batches WHERE seq = (SELECT max(seq) FROM batches);
+
+-- migration 5
+-- Control (issue 13): budgets per API key, the spend counted against them per
+-- period, what finished chunks taught about characters per token per model
+-- (for estimates), and the pause switch of a batch. Tables of their own, so
+-- the records of keys and batches stay as they were.
+CREATE TABLE IF NOT EXISTS key_budgets (
+    api_key_id     VARCHAR PRIMARY KEY,
+    max_tokens     BIGINT,
+    max_cost_usd   DOUBLE,
+    budget_period  VARCHAR
+);
+
+-- key_spend: one row per key and UTC day; a month or lifetime budget sums them.
+CREATE TABLE IF NOT EXISTS key_spend (
+    api_key_id    VARCHAR NOT NULL,
+    period_start  BIGINT  NOT NULL,
+    tokens        BIGINT  NOT NULL DEFAULT 0,
+    cost_usd      DOUBLE  NOT NULL DEFAULT 0,
+    PRIMARY KEY (api_key_id, period_start)
+);
+
+CREATE TABLE IF NOT EXISTS model_text_stats (
+    model         VARCHAR PRIMARY KEY,
+    input_chars   BIGINT NOT NULL DEFAULT 0,
+    input_tokens  BIGINT NOT NULL DEFAULT 0,
+    lines         BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS batch_controls (
+    batch_id    VARCHAR PRIMARY KEY,
+    paused      BOOLEAN NOT NULL DEFAULT FALSE,
+    updated_at  BIGINT  NOT NULL
+);

@@ -9,7 +9,7 @@ posted once to the gateway, which writes it and marks the chunk done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from storage.ids import new_http_request_id
 from storage.jsonl import iter_chunk_lines
 from storage.records import ProviderRecord
 from tasks.crashpoints import crash_point
+from tasks.estimate import input_chars
 from tasks.results import result_line
 from tasks.routing import UPSTREAM_PATHS, Route, RoutingError, prepare_body, resolve_route
 from tasks.upstream import UpstreamClient, log_failed_line
@@ -27,6 +28,10 @@ from tasks.usage import add_usage, empty_usage, usage_of
 STOP_CODES = {
     "cancelled": ("batch_cancelled", "The batch was cancelled before this request was sent."),
     "expired": ("batch_expired", "The batch expired before this request was sent."),
+    "budget_exceeded": (
+        "budget_exceeded",
+        "The API key's budget was reached before this request was sent.",
+    ),
 }
 DEFAULT_STOP = ("batch_cancelled", "The batch was stopped before this request was sent.")
 
@@ -39,13 +44,40 @@ class ChunkResult:
     failed: int = 0
     usage: dict[str, Any] = field(default_factory=empty_usage)
     model: str | None = None
+    # Per requested model: lines, input characters and tokens (budgets, estimates).
+    model_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    stopped: int = 0  # lines not sent because the batch was told to stop
 
-    def succeed(self, line: bytes, body: dict[str, Any]) -> None:
+    def succeed(
+        self, line: bytes, body: dict[str, Any], request: dict[str, Any] | None = None
+    ) -> None:
         self.output += line
         self.completed += 1
-        self.usage = add_usage(self.usage, usage_of(body))
+        used = usage_of(body)
+        self.usage = add_usage(self.usage, used)
         if self.model is None and isinstance(body.get("model"), str):
             self.model = body["model"]
+        if request is not None:
+            self._count(request, used)
+
+    def _count(self, request: dict[str, Any], used: dict[str, Any]) -> None:
+        model = request.get("model")
+        stats = self.model_stats.get(model if isinstance(model, str) else "")
+        if stats is None:
+            stats = self.model_stats[model if isinstance(model, str) else ""] = {
+                "lines": 0,
+                "input_chars": 0,
+                "input_tokens": 0,
+                "cached_tokens": 0,
+                "output_tokens": 0,
+                "total_tokens": 0,
+            }
+        stats["lines"] += 1
+        stats["input_chars"] += input_chars(request)
+        stats["input_tokens"] += used["input_tokens"]
+        stats["cached_tokens"] += used["input_tokens_details"]["cached_tokens"]
+        stats["output_tokens"] += used["output_tokens"]
+        stats["total_tokens"] += used["total_tokens"]
 
     def fail(self, line: bytes) -> None:
         self.errors += line
@@ -60,6 +92,7 @@ class ChunkResult:
             "failed": self.failed,
             "usage": self.usage if self.completed else None,
             "model": self.model,
+            "model_stats": self.model_stats or None,
         }
 
 
@@ -110,6 +143,7 @@ async def execute_lines(
     providers: Sequence[ProviderRecord],
     client: UpstreamClient,
     stop_reason: Callable[[], str | None],
+    gate: Callable[[], Awaitable[None]] | None = None,
 ) -> ChunkResult:
     """Run every line; each ends as exactly one output or error line, in input order.
 
@@ -118,7 +152,10 @@ async def execute_lines(
     thousand-line chunk made a thousand tasks, most of them parked in the
     limiter, and that bookkeeping was about a third of a run's own CPU per
     line at 0 ms provider latency. A queue per provider keeps a slow
-    provider's lines from holding up another's."""
+    provider's lines from holding up another's.
+
+    `gate` is awaited before every attempt: it holds a paused batch's
+    requests until it is resumed (or told to stop)."""
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
     bodies: list[dict[str, Any] | None] = [None] * len(lines)
@@ -129,7 +166,11 @@ async def execute_lines(
         else:
             queues.setdefault(route.provider.name, (route.provider, []))[1].append((index, route))
 
+    stopped = 0
+
     def stopped_line(custom_id: str) -> bytes:
+        nonlocal stopped
+        stopped += 1
         code, message = STOP_CODES.get(stop_reason() or "", DEFAULT_STOP)
         return result_line(custom_id, None, code=code, message=message)
 
@@ -149,6 +190,7 @@ async def execute_lines(
             lambda: encode_body(prepare_body(body, upstream_model)),
             custom_id=custom_id,
             should_stop=should_stop,
+            **({"gate": gate} if gate is not None else {}),
         )
         crash_point("execute:after_response")
         if result.status_code is None:
@@ -181,10 +223,10 @@ async def execute_lines(
             for _ in range(min(len(queue), max(1, provider.max_concurrency)))
         )
     )
-    outcome = ChunkResult()
-    for line, body in zip(results, bodies, strict=True):
+    outcome = ChunkResult(stopped=stopped)
+    for index, (line, body) in enumerate(zip(results, bodies, strict=True)):
         if body is not None:
-            outcome.succeed(line, body)
+            outcome.succeed(line, body, lines[index]["body"])
         else:
             outcome.fail(line)
     return outcome

@@ -25,6 +25,7 @@ from storage.blobs import BlobStore
 from storage.jsonl import iter_chunk_lines
 from storage.records import BatchRecord, ChunkRecord, FileRecord
 from tasks import status as st
+from tasks.control import control_state, record_spend
 from tasks.crashpoints import crash_point
 from tasks.results import result_line
 from tasks.usage import sum_usage
@@ -41,6 +42,7 @@ def now() -> int:
     return int(time.time())
 
 
+BUDGET_MESSAGE = "The API key's budget was reached before this request was sent."
 INTERRUPTED_FINALIZE = "Batch was interrupted during finalization and could not be finalized again"
 
 
@@ -69,6 +71,8 @@ class Outcome:
     target: str
     unrun_code: str | None
     unrun_message: str | None
+    # An entry for the batch's `errors`, for outcomes that fail the batch.
+    error: dict[str, Any] | None = None
 
 
 OUTCOMES = {
@@ -78,6 +82,12 @@ OUTCOMES = {
     ),
     "expired": Outcome(
         "expired", "batch_expired", "The batch expired before this request was sent."
+    ),
+    "budget_exceeded": Outcome(
+        "failed",
+        "budget_exceeded",
+        BUDGET_MESSAGE,
+        {"code": "budget_exceeded", "message": BUDGET_MESSAGE, "param": None, "line": None},
     ),
 }
 
@@ -93,10 +103,18 @@ def part_name(batch_id: str, index: int, kind: str) -> str:
 
 
 class BatchLedger:
-    def __init__(self, store: MetadataStore, blobs: BlobStore, *, lease_seconds: int) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        blobs: BlobStore,
+        *,
+        lease_seconds: int,
+        prices: Sequence[Any] = (),
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.lease_seconds = lease_seconds
+        self.prices = list(prices)  # `[[prices]]` of the config: spend in dollars
 
     # -- reading ----------------------------------------------------------
 
@@ -113,14 +131,19 @@ class BatchLedger:
         return batch
 
     def control(self, batch: BatchRecord) -> dict[str, Any]:
-        """What a run needs to know between requests: status and deadline."""
-        return {
+        """What a run needs to know between requests: status and deadline,
+        and for a live batch its control state (`tasks/control.py`): paused,
+        a stop reason (budget), each provider's concurrency ceiling."""
+        answer = {
             "status": batch.status,
             "expires_at": batch.expires_at,
             "endpoint": batch.endpoint,
             "total": batch.total,
             "lease_seconds": self.lease_seconds,
         }
+        if not batch.is_terminal:
+            answer.update(control_state(self.store, batch.id, batch.api_key_id))
+        return answer
 
     # -- leases -------------------------------------------------------------
 
@@ -258,11 +281,14 @@ class BatchLedger:
         failed: int,
         usage: dict[str, Any] | None,
         model: str | None,
+        model_stats: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
         Both parts are always written (maybe empty) so a retried chunk replaces
-        every trace of an earlier attempt."""
+        every trace of an earlier attempt. A chunk newly done adds its
+        per-model usage (`model_stats`) to its key's spend and to what
+        estimates learn; the answer then says whether the budget stops it."""
         batch = self._leased(batch_id, token)
         if batch.is_terminal:
             return self.control(batch)
@@ -270,9 +296,11 @@ class BatchLedger:
         self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
         self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
         crash_point("ledger:chunk_after_parts")
-        self.store.complete_chunk(
+        newly_done = self.store.complete_chunk(
             batch_id, index, completed=completed, failed=failed, usage=usage, model=model
         )
+        if newly_done and model_stats:
+            record_spend(self.store, batch.api_key_id, model_stats, self.prices)
         crash_point("ledger:chunk_after_commit")
         self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))
@@ -385,6 +413,7 @@ class BatchLedger:
             model=model,
             lease_token=None,
             lease_expires_at=None,
+            **({"errors": [outcome.error]} if outcome.error else {}),
             **st.stamp(outcome.target, at),
         )
         if not moved:  # ended by someone else meanwhile: leave it exactly as set

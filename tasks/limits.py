@@ -247,6 +247,13 @@ class AdaptiveLimiter:
             raise
         return self._clock()
 
+    def set_ceiling(self, ceiling: int) -> None:
+        """A new `max_concurrency` while requests run: lowering it grants
+        nothing until in-flight requests fall under it; raising it lets the
+        window grow again from where it is."""
+        self.window.set_ceiling(ceiling)
+        self._grant()
+
     def on_success(
         self, sent_at: float, requests: Budget | None = None, tokens: Budget | None = None
     ) -> None:

@@ -34,6 +34,17 @@ class ProviderConfig(BaseModel):
     default: bool = False
 
 
+class PriceConfig(BaseModel):
+    """A `[[prices]]` entry of the config file: US dollars per million tokens
+    of one model (budgets and estimates, `tasks/budgets.py`). Cached input
+    costs the input price when `cached_input_per_million` is not given."""
+
+    model: str
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+    cached_input_per_million: float | None = Field(default=None, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BATCHGATE_", extra="ignore")
 
@@ -52,6 +63,7 @@ class Settings(BaseSettings):
     gateway_url: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
     providers: list[ProviderConfig] = Field(default_factory=list)
+    prices: list[PriceConfig] = Field(default_factory=list)
 
     # Batches
     chunk_size: int = 1000
@@ -64,6 +76,11 @@ class Settings(BaseSettings):
     # (docs/reliability.md, `batchgate up` kills; 60 + 10 s took 81-87 s).
     lease_seconds: int = 30
     reconcile_interval_seconds: float = 5.0
+    # How often a run renews its lease and reads its batch's control state
+    # (cancel, pause, budget stop, concurrency ceilings): those take effect
+    # within one heartbeat. None: a quarter of the lease, 0.5 to 5 s (5 s at
+    # the default lease of 30 s).
+    heartbeat_seconds: float | None = Field(default=None, gt=0)
     retention_interval_seconds: int = 3600
     runner_limit: int = 8  # flow runs one `batchgate up` runner executes at once
     # CPU niceness of flow runs: raise it on a small shared machine to let the API

@@ -204,6 +204,9 @@ class UpstreamClient:
         self._sleep = sleep
         self._max_connections = max_connections
         self._limiters: dict[str, AdaptiveLimiter] = {}
+        # Ceilings the gateway announced while the run goes on (admin PATCH);
+        # they win over the `max_concurrency` of the records a run started with.
+        self._ceilings: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiohttp.ClientSession | None = None
         self._deadlines: Deadlines | None = None
@@ -255,12 +258,26 @@ class UpstreamClient:
 
     def limiter(self, provider: ProviderRecord) -> AdaptiveLimiter:
         """The provider's limiter; an admin change of `max_concurrency` moves its ceiling."""
+        ceiling = self._ceilings.get(provider.name, provider.max_concurrency)
         limiter = self._limiters.get(provider.name)
         if limiter is None:
-            limiter = self._limiters[provider.name] = AdaptiveLimiter(provider.max_concurrency)
-        elif limiter.window.ceiling != max(1, provider.max_concurrency):
-            limiter.window.set_ceiling(provider.max_concurrency)
+            limiter = self._limiters[provider.name] = AdaptiveLimiter(ceiling)
+        elif limiter.window.ceiling != max(1, ceiling):
+            limiter.set_ceiling(ceiling)
         return limiter
+
+    def set_ceilings(self, ceilings: Mapping[str, int]) -> None:
+        """Providers' current `max_concurrency`, as the gateway's control state
+        says it: every limiter of this run takes it at once (call it in the
+        run's event loop), so in-flight requests stay under it across all
+        chunks as soon as those above it finish."""
+        for name, ceiling in ceilings.items():
+            if not isinstance(ceiling, int) or ceiling < 1:
+                continue
+            self._ceilings[name] = ceiling
+            limiter = self._limiters.get(name)
+            if limiter is not None and limiter.window.ceiling != ceiling:
+                limiter.set_ceiling(ceiling)
 
     async def send(
         self,
@@ -270,12 +287,14 @@ class UpstreamClient:
         *,
         custom_id: str | None = None,
         should_stop: Callable[[], bool] | None = None,
+        gate: Callable[[], Awaitable[Any]] | None = None,
     ) -> UpstreamResult:
         """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says.
 
         `body` may be a function that makes the bytes: it is called once the
         first slot is granted, so the many lines of a chunk that queue behind
-        a full window hold no encoded body meanwhile."""
+        a full window hold no encoded body meanwhile. `gate` is awaited
+        before each attempt (a paused batch waits there, holding no slot)."""
         loop = asyncio.get_running_loop()
         client, deadlines = (self._client, self._deadlines) if loop is self._loop else (None, None)
         if client is None or deadlines is None:
@@ -293,6 +312,10 @@ class UpstreamClient:
         while True:
             if should_stop is not None and should_stop():
                 return _stopped(attempt)
+            if gate is not None:
+                await gate()
+                if should_stop is not None and should_stop():
+                    return _stopped(attempt)
             queued_at = time.monotonic()
             sent_at = await limiter.acquire()
             if sent_at - queued_at >= _STOP_POLL_SECONDS and should_stop and should_stop():

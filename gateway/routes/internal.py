@@ -122,6 +122,9 @@ async def record_chunk(request: Request) -> Response:
             failed=int(body["failed"]),
             usage=body.get("usage"),
             model=body.get("model"),
+            model_stats=body.get("model_stats")
+            if isinstance(body.get("model_stats"), dict)
+            else None,
         )
     )
 
