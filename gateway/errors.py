@@ -39,6 +39,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        type_: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -46,6 +47,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.type_ = type_  # the envelope's `type` when not the status's usual one
 
 
 def not_found(kind: str, object_id: str, param: str | None = None) -> APIError:
@@ -58,14 +60,17 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def envelope(
-    status: int, message: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    type_: str | None = None,
 ) -> dict[str, Any]:
     return {
         "error": {
             "message": message,
-            "type": _TYPES.get(
-                status, "server_error" if status >= 500 else "invalid_request_error"
-            ),
+            "type": type_
+            or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
             "param": param,
             "code": code,
         }
@@ -78,13 +83,16 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    type_: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(envelope(status, message, param, code), status_code=status, headers=headers)
+    return JSONResponse(
+        envelope(status, message, param, code, type_), status_code=status, headers=headers
+    )
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers, exc.type_)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

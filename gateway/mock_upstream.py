@@ -22,7 +22,8 @@ Observability for tests: `GET /stats` counts requests per route, 429s and
 test can prove that no line was sent twice. `GET /stats/client-request-ids`
 lists, per custom id, the `X-Client-Request-Id` of each attempt in arrival
 order (apart from `/stats`, which benchmarks poll often). `POST /stats/reset`
-clears them all.
+clears them all; `POST /stats/reset-max-in-flight` starts the in-flight
+maximum over from the requests in flight now.
 
 The hot path is kept cheap (orjson, no per-request logging, no access log):
 it is benchmarked at thousands of requests per second.
@@ -573,6 +574,12 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
         state.reset()
         return _json(state.stats())
 
+    async def reset_max_in_flight(request: Request) -> Response:
+        """Start the in-flight maximum over from the requests in flight now,
+        so a test can watch a concurrency change take effect."""
+        state.max_in_flight = state.in_flight
+        return _json({"in_flight": state.in_flight, "max_in_flight": state.max_in_flight})
+
     async def configure(request: Request) -> Response:
         try:
             changes = orjson.loads(await request.body())
@@ -602,6 +609,7 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
         Route("/stats", stats, methods=["GET"]),
         Route("/stats/client-request-ids", client_request_ids, methods=["GET"]),
         Route("/stats/reset", reset, methods=["POST"]),
+        Route("/stats/reset-max-in-flight", reset_max_in_flight, methods=["POST"]),
         Route("/config", configure, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]

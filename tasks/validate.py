@@ -34,8 +34,9 @@ and the duplicate check keeps custom_ids longer than 64 characters as a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -142,11 +143,13 @@ def validate_jsonl(
     max_lines: int = 50_000,
     max_errors: int = 100,
     max_line_bytes: int = MAX_LINE_BYTES,
+    observe: Callable[[dict[str, Any]], None] | None = None,
 ) -> ValidationResult:
     """Check every line of the stream `blocks` against SPEC section 4.
 
     `chunks` cut the request lines into spans of `chunk_size` lines; they are
-    only meaningful when the result is `ok`.
+    only meaningful when the result is `ok`. `observe` is called with each
+    valid line, parsed (the dry-run estimate counts tokens from it).
     """
     if chunk_size < 1 or max_errors < 1:
         raise ValueError("chunk_size and max_errors must be at least 1")
@@ -189,7 +192,7 @@ def validate_jsonl(
                 n,
             )
         else:
-            error = _check_line(n, data, endpoint, first_seen, models, seen_models)
+            error = _check_line(n, data, endpoint, first_seen, models, seen_models, observe)
         if error is not None:
             errors.append(error)
             if len(errors) >= max_errors:
@@ -209,6 +212,7 @@ def _check_line(
     first_seen: dict[str | bytes, int],
     models: list[str],
     seen_models: set[str],
+    observe: Callable[[dict[str, Any]], None] | None = None,
 ) -> LineError | None:
     """Check one request line; remember its custom_id and model as a side effect."""
     try:
@@ -237,4 +241,6 @@ def _check_line(
         if isinstance(model, str) and model not in seen_models and len(models) < MAX_MODELS:
             seen_models.add(model)
             models.append(model)
+        if observe is not None:
+            observe(obj)
     return error

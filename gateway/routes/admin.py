@@ -1,4 +1,6 @@
-"""Admin routes (SPEC section 1): API keys and provider connections.
+"""Admin routes (SPEC section 1): API keys and provider connections, and
+batch control (issue 13): key budgets, a provider's live concurrency
+ceiling, pausing and resuming a batch.
 
 All take the admin key. A key's clear text leaves the gateway exactly once,
 in the answer to its creation; a provider's upstream key is never shown
@@ -18,8 +20,11 @@ from starlette.routing import Route
 from gateway.auth import require_admin
 from gateway.errors import APIError, bad_request
 from gateway.state import GatewayState, gateway_state
-from storage.metadata import now
+from storage import control as control_store
+from storage.metadata import MetadataStore, now
 from storage.records import ApiKeyRecord, ProviderRecord
+from tasks.budgets import PERIODS
+from tasks.control import budget_state
 
 MAX_NAME_CHARS = 200
 MAX_BODY_BYTES = 1 << 20
@@ -34,13 +39,55 @@ def mask_secret(secret: str) -> str:
     return f"{secret[:3]}...{secret[-4:]}"
 
 
-def key_object(record: ApiKeyRecord) -> dict[str, Any]:
-    return {
+def key_object(record: ApiKeyRecord, store: MetadataStore | None = None) -> dict[str, Any]:
+    """The key as the admin API shows it; with the store, its budget and
+    the spend of the current period too (null without a budget)."""
+    found = {
         "id": record.id,
         "object": "api_key",
         "name": record.name,
         "created_at": record.created_at,
     }
+    if store is not None:
+        found["budget"] = budget_state(store, record.id)
+    return found
+
+
+MAX_TOKENS_LIMIT = 10**15
+MAX_COST_LIMIT = 1e9
+
+
+def parse_budget(body: dict[str, Any], api_key_id: str) -> control_store.KeyBudget:
+    """`max_tokens`, `max_cost_usd` and `budget_period` of an admin request."""
+    max_tokens = _typed(body, "max_tokens", int, None)
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise bad_request(
+            f"Invalid 'max_tokens': expected an integer from 1 to {MAX_TOKENS_LIMIT}, or null.",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    max_cost = body.get("max_cost_usd")
+    if max_cost is not None and (
+        isinstance(max_cost, bool)
+        or not isinstance(max_cost, int | float)
+        or not 0 < max_cost <= MAX_COST_LIMIT
+    ):
+        raise bad_request(
+            "Invalid 'max_cost_usd': expected a number above 0 and at most "
+            f"{MAX_COST_LIMIT:g}, or null.",
+            param="max_cost_usd",
+            code="invalid_value",
+        )
+    period = body.get("budget_period")
+    if period is not None and period not in PERIODS:
+        raise bad_request(
+            "Invalid 'budget_period': expected 'day', 'month' or null.",
+            param="budget_period",
+            code="invalid_value",
+        )
+    return control_store.KeyBudget(
+        api_key_id, max_tokens, None if max_cost is None else float(max_cost), period
+    )
 
 
 def provider_object(record: ProviderRecord) -> dict[str, Any]:
@@ -77,6 +124,9 @@ def _name(body: dict[str, Any], param: str = "name") -> str:
 
 def _typed(body: dict[str, Any], param: str, kind: type, default: Any) -> Any:
     value = body.get(param, default)
+    # JSON has one number type: 8.0 is the integer 8 (as JSON Schema says).
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
     # bool is an int in Python; an integer field must not take true/false.
     if value is not None and (
         not isinstance(value, kind) or (kind is int and isinstance(value, bool))
@@ -171,10 +221,13 @@ async def keys_collection(request: Request) -> Response:
     require_admin(request)
     store = gateway_state(request).store
     if request.method == "POST":
-        name = _name(await json_body(request))
+        body = await json_body(request)
+        name = _name(body)
+        parse_budget(body, "")  # refuse a bad budget before the key exists
         record, clear = store.create_api_key(name)
-        return JSONResponse({**key_object(record), "key": clear}, status_code=201)
-    data = [key_object(r) for r in store.list_api_keys()]
+        control_store.set_budget(store, parse_budget(body, record.id))
+        return JSONResponse({**key_object(record, store), "key": clear}, status_code=201)
+    data = [key_object(r, store) for r in store.list_api_keys()]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -184,6 +237,20 @@ async def key_item(request: Request) -> Response:
     if not gateway_state(request).store.revoke_api_key(key_id):
         raise APIError(404, f"No such API key: {key_id}")
     return JSONResponse({"id": key_id, "object": "api_key", "deleted": True})
+
+
+async def key_budget(request: Request) -> Response:
+    """PATCH /admin/keys/{key_id}: replace the key's budget (all three fields;
+    none of them, or nulls, removes it). Spend already counted stays."""
+    require_admin(request)
+    store = gateway_state(request).store
+    key_id = request.path_params["key_id"]
+    body = await json_body(request)
+    record = next((k for k in store.list_api_keys() if k.id == key_id), None)
+    if record is None:
+        raise APIError(404, f"No such API key: {key_id}")
+    control_store.set_budget(store, parse_budget(body, key_id))
+    return JSONResponse(key_object(record, store))
 
 
 async def providers_collection(request: Request) -> Response:
@@ -201,6 +268,64 @@ async def providers_collection(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+async def provider_concurrency(request: Request) -> Response:
+    """PATCH /admin/providers/{name} {max_concurrency}: the new ceiling holds
+    for new runs at once and for running batches within one heartbeat."""
+    require_admin(request)
+    store = gateway_state(request).store
+    name = request.path_params["name"]
+    body = await json_body(request)
+    if "max_concurrency" not in body:
+        raise bad_request(
+            "Missing required parameter: 'max_concurrency'.",
+            param="max_concurrency",
+            code="missing_required_parameter",
+        )
+    max_concurrency = _typed(body, "max_concurrency", int, None)
+    if max_concurrency is None or not 1 <= max_concurrency <= 10000:
+        raise bad_request(
+            "Invalid 'max_concurrency': expected an integer from 1 to 10000.",
+            param="max_concurrency",
+            code="invalid_value",
+        )
+    if not control_store.set_provider_ceiling(store, name, max_concurrency):
+        raise APIError(404, f"No such provider: {name}")
+    record = store.get_provider(name)
+    if record is None:
+        raise APIError(404, f"No such provider: {name}")
+    return JSONResponse(provider_object(record))
+
+
+def _set_paused(request: Request, paused: bool) -> Response:
+    """Pause or resume a live batch: the run obeys within one heartbeat and
+    keeps its lease meanwhile; the batch stays `in_progress`."""
+    require_admin(request)
+    store = gateway_state(request).store
+    batch_id = request.path_params["batch_id"]
+    batch = store.get_batch(batch_id)
+    if batch is None:
+        raise APIError(404, f"No such Batch object: {batch_id}")
+    if batch.is_terminal or batch.status == "cancelling":
+        raise APIError(
+            409,
+            f"Cannot {'pause' if paused else 'resume'} a batch with status '{batch.status}'.",
+            code="batch_not_live",
+            headers={"x-should-retry": "false"},
+        )
+    control_store.set_paused(store, batch_id, paused)
+    return JSONResponse(
+        {"id": batch_id, "object": "batch.control", "status": batch.status, "paused": paused}
+    )
+
+
+async def pause_batch(request: Request) -> Response:
+    return _set_paused(request, True)
+
+
+async def resume_batch(request: Request) -> Response:
+    return _set_paused(request, False)
+
+
 async def provider_item(request: Request) -> Response:
     require_admin(request)
     name = request.path_params["name"]
@@ -212,6 +337,10 @@ async def provider_item(request: Request) -> Response:
 routes: list[Route] = [
     Route("/admin/keys", keys_collection, methods=["GET", "POST"]),
     Route("/admin/keys/{key_id}", key_item, methods=["DELETE"]),
+    Route("/admin/keys/{key_id}", key_budget, methods=["PATCH"]),
     Route("/admin/providers", providers_collection, methods=["GET", "POST"]),
     Route("/admin/providers/{name}", provider_item, methods=["DELETE"]),
+    Route("/admin/providers/{name}", provider_concurrency, methods=["PATCH"]),
+    Route("/admin/batches/{batch_id}/pause", pause_batch, methods=["POST"]),
+    Route("/admin/batches/{batch_id}/resume", resume_batch, methods=["POST"]),
 ]

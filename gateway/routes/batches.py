@@ -1,5 +1,6 @@
-"""/v1/batches: create, list, retrieve, cancel (SPEC section 3). The flow
-run a new batch needs is started by `gateway/loops/reconciler.py`."""
+"""/v1/batches: create, list, retrieve, cancel (SPEC section 3), and the
+dry-run estimate (issue 13). The flow run a new batch needs is started by
+`gateway/loops/reconciler.py`."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ from gateway.loops.reconciler import launch_in_background, launch_reserved_until
 from gateway.pagination import parse_order
 from gateway.state import gateway_state
 from storage import ids
+from storage.control import text_stats
 from storage.metadata import now
-from storage.records import ApiKeyRecord, BatchRecord, batch_object
+from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object
 from tasks import status as st
 from tasks.batch_rules import BatchRequest, RuleViolation, parse_batch_request
+from tasks.control import budget_state
 from tasks.crashpoints import crash_point
+from tasks.estimate import EstimateTally
+from tasks.validate import validate_jsonl
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -39,17 +44,39 @@ def _first_model(state: GatewayState, blob_name: str) -> str | None:
         return None
 
 
-def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
-    """Check the input file and store the new batch (blocking: runs in a thread)."""
-    input_file = state.store.get_file(parsed.input_file_id, key.id)
+def _batch_input(state: GatewayState, key: ApiKeyRecord, file_id: str) -> FileRecord:
+    """The caller's `batch` file named by `input_file_id`, or the 404/400."""
+    input_file = state.store.get_file(file_id, key.id)
     if input_file is None:
-        raise not_found("File", parsed.input_file_id, param="input_file_id")
+        raise not_found("File", file_id, param="input_file_id")
     if input_file.purpose != "batch":
         raise bad_request(
             f"File {input_file.id} has purpose '{input_file.purpose}'; a batch "
             "needs a file uploaded with purpose 'batch'.",
             param="input_file_id",
         )
+    return input_file
+
+
+def refuse_over_budget(state: GatewayState, key: ApiKeyRecord) -> None:
+    """429 `insufficient_quota` (OpenAI's code and type) once the key has
+    spent its budget for the period; `x-should-retry: false` because the
+    SDK's automatic retries cannot help before the period ends."""
+    budget = budget_state(state.store, key.id)
+    if budget is not None and budget["exceeded"]:
+        raise APIError(
+            429,
+            "You exceeded your current quota: this API key has reached its budget for the period.",
+            code="insufficient_quota",
+            type_="insufficient_quota",
+            headers={"x-should-retry": "false"},
+        )
+
+
+def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
+    """Check the input file and store the new batch (blocking: runs in a thread)."""
+    input_file = _batch_input(state, key, parsed.input_file_id)
+    refuse_over_budget(state, key)
     created = now()
     batch = BatchRecord(
         id=ids.new_batch_id(),
@@ -88,6 +115,48 @@ async def create_batch(request: Request) -> Response:
     launch_in_background(state, batch)
     stored = await run_in_threadpool(state.store.get_batch, batch.id)
     return JSONResponse(batch_object(stored))
+
+
+def _estimate(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> dict:
+    """Validate the file exactly as a batch's run does and count what it
+    would send (blocking: runs in a thread). No provider is called."""
+    input_file = _batch_input(state, key, parsed.input_file_id)
+    tally = EstimateTally(state.store.list_providers())
+    settings = state.settings
+    result = validate_jsonl(
+        state.blobs.iter_bytes(input_file.blob_name),
+        parsed.endpoint,
+        chunk_size=settings.chunk_size,
+        max_lines=settings.max_batch_lines,
+        observe=tally.observe,
+    )
+    errors = [e.as_dict() for e in result.errors]
+    return {
+        "object": "batch.estimate",
+        "input_file_id": input_file.id,
+        "endpoint": parsed.endpoint,
+        "valid": not errors,
+        # exactly the `errors` the batch would end `failed` with
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "total_lines": result.total,
+        **tally.result(text_stats(state.store), settings.prices),
+    }
+
+
+async def estimate_batch(request: Request) -> Response:
+    """POST /v1/batches/estimate {input_file_id, endpoint}: a dry run."""
+    key = require_key(request)
+    state = gateway_state(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("The request body is not valid JSON.") from exc
+    if isinstance(body, dict):
+        body = {"completion_window": "24h", **body}
+    parsed = parse_batch_request(body)
+    if isinstance(parsed, RuleViolation):
+        raise bad_request(parsed.message, param=parsed.param)
+    return JSONResponse(await run_in_threadpool(_estimate, state, key, parsed))
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -162,6 +231,7 @@ def cancel_batch(request: Request) -> Response:
 
 routes = [
     Route("/v1/batches", create_batch, methods=["POST"]),
+    Route("/v1/batches/estimate", estimate_batch, methods=["POST"]),
     Route("/v1/batches", list_batches, methods=["GET"]),
     Route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"]),
     Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),

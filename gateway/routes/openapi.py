@@ -249,6 +249,118 @@ SCHEMAS: dict[str, Schema] = {
         },
         required=["input_file_id", "endpoint", "completion_window"],
     ),
+    "BatchEstimateRequest": obj(
+        {
+            "input_file_id": {"type": "string", "minLength": 1},
+            "endpoint": {"type": "string", "enum": BATCH_ENDPOINTS},
+        },
+        additionalProperties=False,
+    ),
+    "BatchEstimateModel": obj(
+        {
+            "model": nullable("string"),
+            "provider": nullable("string"),
+            "routing_error": nullable("string"),
+            "lines": {"type": "integer"},
+            "input_characters": {"type": "integer"},
+            "estimated_input_tokens": {"type": "integer"},
+            "token_source": {"type": "string", "enum": ["learned", "tiktoken", "default"]},
+            "max_output_tokens": nullable("integer"),
+            "lines_without_max_output_tokens": {"type": "integer"},
+            "estimated_input_cost_usd": nullable("number"),
+            "max_output_cost_usd": nullable("number"),
+            "priced": {"type": "boolean"},
+        }
+    ),
+    "BatchEstimate": obj(
+        {
+            "object": {"type": "string", "const": "batch.estimate"},
+            "input_file_id": {"type": "string"},
+            "endpoint": {"type": "string"},
+            "valid": {"type": "boolean"},
+            "errors": {
+                "anyOf": [
+                    {"type": "null"},
+                    obj(
+                        {
+                            "object": {"type": "string", "const": "list"},
+                            "data": {"type": "array", "items": ref("BatchError")},
+                        }
+                    ),
+                ]
+            },
+            "total_lines": {"type": "integer"},
+            "lines": {"type": "integer"},
+            "estimated_input_tokens": {"type": "integer"},
+            "max_output_tokens": nullable("integer"),
+            "estimated_cost_usd": {"type": "number"},
+            "unpriced_models": {"type": "array", "items": {"type": "string"}},
+            "models": {"type": "array", "items": ref("BatchEstimateModel")},
+        }
+    ),
+    "KeyBudgetFields": obj(
+        {
+            "max_tokens": nullable("integer", minimum=1, maximum=10**15),
+            "max_cost_usd": nullable("number", exclusiveMinimum=0, maximum=1e9),
+            "budget_period": {"enum": ["day", "month", None]},
+        },
+        required=[],
+    ),
+    "KeyCreate": {
+        "allOf": [
+            ref("KeyBudgetFields"),
+            obj(
+                {"name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}},
+                required=["name"],
+            ),
+        ]
+    },
+    "KeyBudget": obj(
+        {
+            "max_tokens": nullable("integer"),
+            "max_cost_usd": nullable("number"),
+            "budget_period": nullable("string"),
+            "period_start": {"type": "integer", "description": "Unix seconds; 0: no period."},
+            "spent_tokens": {"type": "integer"},
+            "spent_cost_usd": {"type": "number"},
+            "exceeded": {"type": "boolean"},
+        }
+    ),
+    "ApiKey": obj(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "api_key"},
+            "name": {"type": "string"},
+            "created_at": UNIX_TIME,
+            "budget": {"anyOf": [{"type": "null"}, ref("KeyBudget")]},
+            "key": {"type": "string", "description": "The clear key: in the create answer only."},
+        },
+        required=["id", "object", "name", "created_at", "budget"],
+    ),
+    "ProviderConcurrency": obj(
+        {"max_concurrency": {"type": "integer", "minimum": 1, "maximum": 10000}}
+    ),
+    "Provider": obj(
+        {
+            "name": {"type": "string"},
+            "object": {"type": "string", "const": "provider"},
+            "base_url": {"type": "string"},
+            "api_key": {"type": "string", "description": "Masked."},
+            "is_active": {"type": "boolean"},
+            "max_concurrency": {"type": "integer"},
+            "models": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"type": "string"}}]},
+            "default": {"type": "boolean"},
+            "created_at": UNIX_TIME,
+        }
+    ),
+    "BatchControl": obj(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "const": "batch.control"},
+            "status": {"type": "string", "enum": BATCH_STATUSES},
+            "paused": {"type": "boolean"},
+        }
+    ),
     "Health": obj(
         {
             "status": {"type": "string", "enum": ["ok", "starting"]},
@@ -271,6 +383,15 @@ ORDER_TEXT = (
     "`asc`: creation order; `desc`: exactly its reverse, objects created in the same "
     "second included."
 )
+
+# Admin routes take the admin key (BATCHGATE_ADMIN_KEY), not an API key.
+ADMIN_SECURITY = [{"adminAuth": []}]
+ADMIN_UNAUTHORIZED = error_response("Missing or wrong admin key.")
+NOT_LIVE = {
+    "description": "The batch has ended (or is being cancelled).",
+    "headers": {"x-should-retry": {"schema": {"type": "string", "const": "false"}}},
+    **json_content(ref("Error")),
+}
 
 PATHS: dict[str, Any] = {
     "/v1/files": {
@@ -366,6 +487,12 @@ PATHS: dict[str, Any] = {
                 "400": BAD_REQUEST,
                 "401": UNAUTHORIZED,
                 "404": NOT_FOUND,
+                "429": {
+                    "description": "`insufficient_quota`: the key has spent its budget "
+                    "for the period.",
+                    "headers": {"x-should-retry": {"schema": {"type": "string", "const": "false"}}},
+                    **json_content(ref("Error")),
+                },
             },
         },
         "get": {
@@ -386,6 +513,21 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": ok(ref("BatchList")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
+        },
+    },
+    "/v1/batches/estimate": {
+        "post": {
+            "operationId": "estimateBatch",
+            "summary": "Dry run: validate a batch file as a batch would and estimate its "
+            "tokens and cost, calling no provider. Line errors come back in `errors`, "
+            "exactly as the batch would end `failed` with them.",
+            "requestBody": {"required": True, **json_content(ref("BatchEstimateRequest"))},
+            "responses": {
+                "200": ok(ref("BatchEstimate")),
                 "400": BAD_REQUEST,
                 "401": UNAUTHORIZED,
                 "404": NOT_FOUND,
@@ -417,6 +559,85 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    "/admin/keys": {
+        "post": {
+            "operationId": "adminCreateKey",
+            "summary": "Create an API key, optionally with a token and/or cost budget per "
+            "period (`day`, `month`, null: the key's lifetime). The clear key is in this "
+            "answer only.",
+            "security": ADMIN_SECURITY,
+            "requestBody": {"required": True, **json_content(ref("KeyCreate"))},
+            "responses": {
+                "201": ok(ref("ApiKey"), "Created."),
+                "400": BAD_REQUEST,
+                "401": ADMIN_UNAUTHORIZED,
+                "413": error_response("The request body is too large."),
+            },
+        },
+    },
+    "/admin/keys/{key_id}": {
+        "parameters": [path_param("key_id", "An API key id.")],
+        "patch": {
+            "operationId": "adminSetKeyBudget",
+            "summary": "Replace a key's budget (no fields or nulls remove it); spend "
+            "already counted stays.",
+            "security": ADMIN_SECURITY,
+            "requestBody": {"required": True, **json_content(ref("KeyBudgetFields"))},
+            "responses": {
+                "200": ok(ref("ApiKey")),
+                "400": BAD_REQUEST,
+                "401": ADMIN_UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "413": error_response("The request body is too large."),
+            },
+        },
+    },
+    "/admin/providers/{name}": {
+        "parameters": [path_param("name", "A provider connection's name.")],
+        "patch": {
+            "operationId": "adminSetProviderConcurrency",
+            "summary": "Change a provider's `max_concurrency`; running batches take the "
+            "new ceiling within one heartbeat.",
+            "security": ADMIN_SECURITY,
+            "requestBody": {"required": True, **json_content(ref("ProviderConcurrency"))},
+            "responses": {
+                "200": ok(ref("Provider")),
+                "400": BAD_REQUEST,
+                "401": ADMIN_UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "413": error_response("The request body is too large."),
+            },
+        },
+    },
+    "/admin/batches/{batch_id}/pause": {
+        "parameters": [BATCH_ID],
+        "post": {
+            "operationId": "adminPauseBatch",
+            "summary": "Pause a live batch: no new upstream requests within one heartbeat; "
+            "it keeps its lease and status.",
+            "security": ADMIN_SECURITY,
+            "responses": {
+                "200": ok(ref("BatchControl")),
+                "401": ADMIN_UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "409": NOT_LIVE,
+            },
+        },
+    },
+    "/admin/batches/{batch_id}/resume": {
+        "parameters": [BATCH_ID],
+        "post": {
+            "operationId": "adminResumeBatch",
+            "summary": "Resume a paused batch where it stopped.",
+            "security": ADMIN_SECURITY,
+            "responses": {
+                "200": ok(ref("BatchControl")),
+                "401": ADMIN_UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "409": NOT_LIVE,
+            },
+        },
+    },
     "/health": {
         "get": {
             "operationId": "health",
@@ -444,7 +665,14 @@ def build_document() -> dict[str, Any]:
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "adminAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin key.",
+                },
+            },
         },
     }
 

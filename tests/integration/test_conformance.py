@@ -33,7 +33,7 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi import checks as oas
 
 from tests.objects import Objects, make_objects
-from tests.parity.test_batches_parity import Env
+from tests.parity.test_batches_parity import ADMIN, Env
 
 QUICK_EXAMPLES = 8  # per operation and mode: ~140 cases, a few seconds
 SOAK_EXAMPLES = 60  # ~1,080 cases
@@ -109,14 +109,17 @@ def _aim(target: Target, case: Any, pick: int | None) -> None:
         kind = "after_file" if op.path == "/v1/files" else "after_batch"
         ids = _real_ids(target, kind)
         case.query["after"] = ids[pick % len(ids)]
-    if op.path == "/v1/batches" and isinstance(case.body, dict) and "input_file_id" in case.body:
+    batch_paths = ("/v1/batches", "/v1/batches/estimate")
+    if op.path in batch_paths and isinstance(case.body, dict) and "input_file_id" in case.body:
         case.body["input_file_id"] = target.objects.input_file_id
 
 
 def run_operation(
     target: Target, operation: Any, mode: GenerationMode, examples: int, report: Report
 ) -> None:
-    headers = {"Authorization": f"Bearer {target.objects.key}"}
+    # Admin operations (security `adminAuth`) are fuzzed with the admin key.
+    admin = operation.definition.raw.get("security") == [{"adminAuth": []}]
+    headers = {"Authorization": f"Bearer {ADMIN if admin else target.objects.key}"}
 
     @settings(
         max_examples=examples,
