@@ -17,6 +17,14 @@ import orjson
 import psutil
 import pytest
 
+from tests.integration.control_cases import (  # batch control (issue 13), on this Stack
+    CONTROL_SETTINGS,
+    control_finished,  # noqa: F401 (fixture)
+    test_a_budget_lets_half_a_batch_through_then_stops_it_and_refuses_more,  # noqa: F401
+    test_pause_resume_and_a_lowered_ceiling_act_on_a_running_batch,  # noqa: F401
+    test_the_estimate_is_within_ten_percent_once_a_batch_has_finished,  # noqa: F401
+    test_the_estimate_reports_the_line_errors_a_batch_fails_with,  # noqa: F401
+)
 from tests.stack import PrefectServer, Stack
 
 pytestmark = pytest.mark.timeout(900)
@@ -39,6 +47,7 @@ def stack(
         backoff_max_seconds=1,
         retention_interval_seconds=3600,
         flow_run_nice=7,
+        **CONTROL_SETTINGS,
     ) as running:
         yield running
 

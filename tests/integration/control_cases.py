@@ -1,13 +1,17 @@
 """Batch control end to end (issue 13): dry-run estimates, key budgets,
 pause / resume and live concurrency, through the official `openai` SDK and
-the admin API, on one Stack (real Prefect server, gateway, runner and
-`batchgate mock-upstream`). The heartbeat is 0.5 s here, so "within one
-heartbeat" is half a second."""
+the admin API (real Prefect server, gateway, runner and
+`batchgate mock-upstream`).
+
+Collected in tests/integration/test_batches_e2e.py, which imports these
+tests so they run on its Stack (a Stack of their own would cost ~25 s of
+start-up): that Stack runs with CONTROL_SETTINGS, a 0.5 s heartbeat, so
+"within one heartbeat" is half a second here, and a 6 s lease, so a pause
+longer than the lease proves the heartbeat keeps the lease."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +20,20 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.test_batches_e2e import _artifacts, lines_of, upload, wait_terminal
-from tests.stack import PrefectServer, Stack
+from gateway.mock_upstream import _reply as mock_reply
+from gateway.mock_upstream import count_tokens
+from tests.stack import Stack
 
-pytestmark = pytest.mark.timeout(600)
 CHUNK = 100
+ESTIMATED = 500  # lines of the batch the estimate learns from
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
 LINES = 2000
+# The estimate tests use a model no other test sends, so nothing was learned
+# about it before their batch.
+ESTIMATE_MODEL = "gpt-4.1-nano"
 PRICES = [
     {
-        "model": "gpt-4o-mini",
+        "model": ESTIMATE_MODEL,
         "input_per_million": 0.15,
         "output_per_million": 0.60,
         "cached_input_per_million": 0.075,
@@ -32,28 +41,50 @@ PRICES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def stack(
-    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    root = Path(tmp_path_factory.mktemp("control"))
-    with Stack(
-        root,
-        prefect_server,
-        chunk_size=CHUNK,
-        heartbeat_seconds=0.5,
-        reconcile_interval_seconds=1,
-        backoff_base_seconds=0.05,
-        backoff_max_seconds=1,
-        prices=orjson.dumps(PRICES).decode(),
-        flow_run_nice=7,
-    ) as running:
-        yield running
+# What the Stack these tests run on needs besides its chunk size of CHUNK.
+CONTROL_SETTINGS = {"heartbeat_seconds": 0.5, "prices": orjson.dumps(PRICES).decode()}
 
 
-@pytest.fixture(autouse=True)
-def fresh_mock(stack: Stack) -> None:
-    stack.reset_mock()
+def upload(client: openai.OpenAI, tmp_path: Path, lines: list[Any]) -> str:
+    path = tmp_path / f"control-{time.monotonic_ns()}.jsonl"
+    path.write_bytes(
+        b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
+    )
+    with path.open("rb") as handle:
+        return client.files.create(file=handle, purpose="batch").id
+
+
+def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while (batch := client.batches.retrieve(batch_id)).status not in TERMINAL:
+        assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
+        time.sleep(0.25)
+    return batch
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [orjson.loads(x) for x in client.files.content(file_id).content.splitlines()]
+
+
+def _progress_artifacts(stack: Stack, batch_id: str) -> list[dict[str, Any]]:
+    key = batch_id.replace("_", "-").lower() + "-progress"
+    response = httpx.post(
+        f"{stack.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 5},
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def mock_total_tokens(lines: list[dict[str, Any]]) -> int:
+    """What the mock provider will count for these chat lines, by its own rules."""
+    total = 0
+    for request in lines:
+        prompt = count_tokens(request["body"]["messages"][0]["content"])
+        total += prompt + count_tokens(mock_reply(request["body"]["model"], prompt))
+    return total
 
 
 def line(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
@@ -86,10 +117,12 @@ def create(client: openai.OpenAI, file_id: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def finished(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One whole batch of LINES lines, with the estimate made before it ran."""
+def control_finished(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One whole batch of ESTIMATED lines, with the estimate made before it ran."""
     client = stack.client(stack.create_key("control-full"))
-    file_id = upload(client, tmp_path_factory.mktemp("full"), [line(i) for i in range(LINES)])
+    file_id = upload(
+        client, tmp_path_factory.mktemp("full"), [line(i, ESTIMATE_MODEL) for i in range(ESTIMATED)]
+    )
     before = estimate(client, file_id)
     batch = wait_terminal(client, create(client, file_id).id)
     assert batch.status == "completed", batch
@@ -97,31 +130,31 @@ def finished(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 def test_the_estimate_is_within_ten_percent_once_a_batch_has_finished(
-    finished: dict[str, Any], stack: Stack
+    control_finished: dict[str, Any], stack: Stack
 ) -> None:
-    before, batch = finished["before"], finished["batch"]
+    before, batch = control_finished["before"], control_finished["batch"]
     assert before["valid"] and before["errors"] is None
-    assert before["lines"] == before["total_lines"] == LINES
+    assert before["lines"] == before["total_lines"] == ESTIMATED
     (row,) = before["models"]
-    assert (row["model"], row["provider"], row["lines"]) == ("gpt-4o-mini", "openai", LINES)
+    assert (row["model"], row["provider"], row["lines"]) == (ESTIMATE_MODEL, "openai", ESTIMATED)
     assert row["token_source"] == "default"
-    assert before["max_output_tokens"] == 16 * LINES
+    assert before["max_output_tokens"] == 16 * ESTIMATED
     assert before["estimated_cost_usd"] > 0
 
     sent = stack.mock_stats()["total"]
-    after = estimate(finished["client"], finished["file_id"])
+    after = estimate(control_finished["client"], control_finished["file_id"])
     assert stack.mock_stats()["total"] == sent  # the estimate called no provider
     real = batch.usage.input_tokens
     assert after["models"][0]["token_source"] == "learned"
     assert abs(after["estimated_input_tokens"] - real) <= 0.10 * real, (after, real)
-    expected_cost = (after["estimated_input_tokens"] * 0.15 + 16 * LINES * 0.60) / 1e6
+    expected_cost = (after["estimated_input_tokens"] * 0.15 + 16 * ESTIMATED * 0.60) / 1e6
     assert after["estimated_cost_usd"] == pytest.approx(expected_cost, rel=1e-3)
 
 
 def test_the_estimate_reports_the_line_errors_a_batch_fails_with(
-    finished: dict[str, Any], tmp_path: Path
+    control_finished: dict[str, Any], tmp_path: Path
 ) -> None:
-    client = finished["client"]
+    client = control_finished["client"]
     bad = [line(0), b"{not json", line(0), {**line(3), "url": "/v1/embeddings"}]
     file_id = upload(client, tmp_path, bad)
     found = estimate(client, file_id)
@@ -139,9 +172,9 @@ def test_the_estimate_reports_the_line_errors_a_batch_fails_with(
 
 
 def test_a_budget_lets_half_a_batch_through_then_stops_it_and_refuses_more(
-    finished: dict[str, Any], stack: Stack
+    stack: Stack,
 ) -> None:
-    full = finished["batch"].usage.total_tokens
+    full = mock_total_tokens([line(i) for i in range(LINES)])
     budget = full // 2
     created = stack.admin(
         "POST",
@@ -200,58 +233,45 @@ def _wait(check: Any, what: str, timeout: float = 60) -> Any:
     return found
 
 
-def test_a_paused_batch_sends_nothing_keeps_going_after_resume_with_every_line_once(
+def test_pause_resume_and_a_lowered_ceiling_act_on_a_running_batch(
     stack: Stack, tmp_path: Path
 ) -> None:
-    client = stack.client(stack.create_key("pause"))
+    """One batch: paused, it sends nothing for 5 s (longer than its 6 s
+    lease minus a heartbeat: the heartbeat keeps the lease) and stays
+    in_progress; resumed, it goes on; its provider's ceiling lowered from 64
+    to 4, the mock's in-flight maximum is at most 4 within 2 s. It ends
+    completed with every line sent exactly once."""
+    client = stack.client(stack.create_key("control"))
     count = 600
-    stack.mock_config(latency_ms=100)  # mistral: 16 at a time, ~160 requests/s
-    file_id = upload(client, tmp_path, [line(i, "mistral/small") for i in range(count)])
-    batch_id = create(client, file_id).id
-    _wait(lambda: stack.mock_stats()["total"] >= 50, "the batch to start")
-    answer = stack.admin("POST", f"/admin/batches/{batch_id}/pause").json()
-    assert answer == {
-        "id": batch_id,
-        "object": "batch.control",
-        "status": "in_progress",
-        "paused": True,
-    }
-    time.sleep(0.5 + 0.5)  # one heartbeat, then the requests in flight finish
-    sent = stack.mock_stats()["total"]
-    time.sleep(5)
-    assert stack.mock_stats()["total"] == sent, "a paused batch sent requests"
-    assert sent < count
-    assert client.batches.retrieve(batch_id).status == "in_progress"
-    key = batch_id.replace("_", "-").lower()
-    progress = _wait(lambda: _artifacts(stack, f"{key}-progress"), "the progress artifact")
-    assert progress[0]["description"].startswith("PAUSED")
-
-    stack.admin("POST", f"/admin/batches/{batch_id}/resume")
-    batch = wait_terminal(client, batch_id)
-    assert batch.status == "completed"
-    assert batch.request_counts.completed == count
-    stats = stack.mock_stats()
-    assert len(stats["custom_ids_ok"]) == count
-    assert set(stats["custom_ids_ok"].values()) == {1}
-    logs = _wait(
-        lambda: [m for m in _flow_run_logs(stack, batch_id) if "paused" in m or "resumed" in m],
-        "the pause in the flow run's log",
-    )
-    assert any("paused" in m for m in logs)
-    with pytest.raises(httpx.HTTPStatusError) as ended:
-        stack.admin("POST", f"/admin/batches/{batch_id}/pause")
-    assert ended.value.response.status_code == 409
-
-
-def test_lowering_a_providers_concurrency_holds_running_batches_to_it(
-    stack: Stack, tmp_path: Path
-) -> None:
-    client = stack.client(stack.create_key("ceiling"))
-    stack.mock_config(latency_ms=200)
-    file_id = upload(client, tmp_path, [line(i) for i in range(1500)])
+    stack.mock_config(latency_ms=200)  # openai: up to 64 at a time
+    file_id = upload(client, tmp_path, [line(i) for i in range(count)])
     batch_id = create(client, file_id).id
     try:
-        _wait(lambda: stack.mock_stats()["max_in_flight"] > 16, "the batch to run wide")
+        _wait(lambda: stack.mock_stats()["total"] >= 50, "the batch to start")
+        answer = stack.admin("POST", f"/admin/batches/{batch_id}/pause").json()
+        assert answer == {
+            "id": batch_id,
+            "object": "batch.control",
+            "status": "in_progress",
+            "paused": True,
+        }
+        time.sleep(0.5 + 0.5)  # one heartbeat, then the requests in flight finish
+        sent = stack.mock_stats()["total"]
+        time.sleep(5)
+        assert stack.mock_stats()["total"] == sent, "a paused batch sent requests"
+        assert sent < count
+        assert client.batches.retrieve(batch_id).status == "in_progress"
+        progress = _wait(
+            lambda: [
+                a for a in _progress_artifacts(stack, batch_id) if "PAUSED" in a["description"]
+            ],
+            "the progress artifact to say PAUSED",
+        )
+        assert progress
+
+        stack.admin("POST", f"/admin/batches/{batch_id}/resume")
+        httpx.post(f"{stack.mock_url}/stats/reset-max-in-flight").raise_for_status()
+        _wait(lambda: stack.mock_stats()["max_in_flight"] > 16, "the resumed batch to run wide")
         changed = stack.admin("PATCH", "/admin/providers/openai", json={"max_concurrency": 4})
         assert changed.json()["max_concurrency"] == 4
         time.sleep(2)
@@ -260,9 +280,18 @@ def test_lowering_a_providers_concurrency_holds_running_batches_to_it(
         time.sleep(1.5)
         stats = stack.mock_stats()
         assert stats["max_in_flight"] <= 4, stats["max_in_flight"]
-        assert stats["total"] > sent  # still running, just narrower
+        assert sent < stats["total"] < count  # still running, just narrower
     finally:
         stack.admin("PATCH", "/admin/providers/openai", json={"max_concurrency": 64})
     batch = wait_terminal(client, batch_id)
-    assert batch.status == "completed" and batch.request_counts.completed == 1500
-    assert set(stack.mock_stats()["custom_ids_ok"].values()) == {1}
+    assert batch.status == "completed" and batch.request_counts.completed == count
+    stats = stack.mock_stats()
+    assert len(stats["custom_ids"]) == count and set(stats["custom_ids"].values()) == {1}
+    logs = _wait(
+        lambda: [m for m in _flow_run_logs(stack, batch_id) if "paused" in m or "resumed" in m],
+        "the pause in the flow run's log",
+    )
+    assert any("paused" in m for m in logs) and any("resumed" in m for m in logs)
+    with pytest.raises(httpx.HTTPStatusError) as ended:
+        stack.admin("POST", f"/admin/batches/{batch_id}/pause")
+    assert ended.value.response.status_code == 409
