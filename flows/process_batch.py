@@ -10,6 +10,7 @@ same coroutine with plain steps against the in-process worker API.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -82,6 +83,13 @@ async def run_chunk(
     """Execute one chunk and post its checkpoint; returns the batch's control."""
     index = chunk["chunk_index"]
     data = await asyncio.to_thread(api.chunk_input, control.batch_id, index)
+    # Workers per provider follow the ceiling as it is now (an admin may have raised it).
+    providers = [
+        dataclasses.replace(p, max_concurrency=control.ceilings[p.name])
+        if control.ceilings.get(p.name, p.max_concurrency) != p.max_concurrency
+        else p
+        for p in providers
+    ]
     result = await execute_lines(
         parse_chunk(data),
         control.endpoint,

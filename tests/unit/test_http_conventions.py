@@ -176,6 +176,12 @@ def test_openapi_document_is_well_formed() -> None:
         "/v1/batches": {"get", "post"},
         "/v1/batches/{batch_id}": {"get"},
         "/v1/batches/{batch_id}/cancel": {"post"},
+        "/v1/batches/estimate": {"post"},
+        "/admin/keys": {"post"},
+        "/admin/keys/{key_id}": {"patch"},
+        "/admin/providers/{name}": {"patch"},
+        "/admin/batches/{batch_id}/pause": {"post"},
+        "/admin/batches/{batch_id}/resume": {"post"},
         "/health": {"get"},
     }
     paths = DOCUMENT["paths"]
@@ -185,6 +191,9 @@ def test_openapi_document_is_well_formed() -> None:
             if method == "parameters":
                 continue
             if path.startswith("/v1/"):
+                assert "401" in op["responses"], (path, method)
+            elif path.startswith("/admin/"):  # the admin key, never an API key
+                assert op["security"] == [{"adminAuth": []}], (path, method)
                 assert "401" in op["responses"], (path, method)
             else:
                 assert op["security"] == []
