@@ -171,7 +171,6 @@ async def drive_batch(
             if paused
             else f"batch {batch_id} resumed"
         )
-        log.info(text)
         task = asyncio.get_running_loop().create_task(steps.control_note(text, paused))
         notes.add(task)
         task.add_done_callback(notes.discard)
@@ -321,8 +320,13 @@ def prefect_steps(batch_id: str) -> Steps:
     progress_id: list[Any] = []
     running = f"Chunks finished for {batch_id}"
     shown = {"value": 0.0, "description": running}
+    showing = asyncio.Lock()  # progress and a pause note: one artifact, made once
 
     async def show() -> None:
+        async with showing:
+            await _show()
+
+    async def _show() -> None:
         value, description = shown["value"], str(shown["description"])
         if not progress_id:
             progress_id.append(
