@@ -17,7 +17,7 @@ import pytest
 from storage import control as control_store
 from storage.metadata import MetadataStore
 from tasks.budgets import budget_reached, cost_of, period_end, period_start, price_for, spend_of
-from tasks.control import control_state, record_spend
+from tasks.control import budget_state, control_state, record_spend
 from tasks.estimate import (
     DEFAULT_CHARS_PER_TOKEN,
     EstimateTally,
@@ -27,6 +27,7 @@ from tasks.estimate import (
 from tasks.limits import AdaptiveLimiter
 from tasks.run_control import RunControl
 from tasks.settings import PriceConfig
+from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import CHAT, Harness, chat, mock  # noqa: F401 (fixture)
@@ -237,3 +238,29 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
     assert {e["error"]["code"] for e in errors} == {"budget_exceeded"}
     assert len(errors) == batch.failed
     assert not h.stats()["duplicates_ok"]
+
+
+def test_a_cost_budget_counts_dollars_from_the_price_table(h: Harness) -> None:
+    control_store.set_budget(
+        h.store, control_store.KeyBudget(h.key.id, max_cost_usd=1.0, budget_period="month")
+    )
+    chunk = {"plain": {"input_tokens": 600_000, "output_tokens": 100_000, "lines": 3}}
+    record_spend(h.store, h.key.id, chunk, PRICES)
+    state = budget_state(h.store, h.key.id)
+    assert state is not None
+    assert state["spent_cost_usd"] == pytest.approx(0.8) and not state["exceeded"]
+    record_spend(h.store, h.key.id, chunk, PRICES)
+    state = budget_state(h.store, h.key.id)
+    assert state is not None and state["exceeded"] and state["spent_tokens"] == 1_400_000
+
+
+def test_the_client_takes_announced_ceilings_for_limiters_old_and_new() -> None:
+    from storage.records import ProviderRecord
+
+    client = UpstreamClient()
+    old = ProviderRecord(name="a", base_url="http://a", api_key="", max_concurrency=64)
+    assert client.limiter(old).window.ceiling == 64
+    client.set_ceilings({"a": 4, "b": 2})
+    assert client.limiter(old).window.ceiling == 4  # a record from before keeps it at 4
+    fresh = ProviderRecord(name="b", base_url="http://b", api_key="", max_concurrency=64)
+    assert client.limiter(fresh).window.ceiling == 2
