@@ -146,9 +146,9 @@ def _results(path: Path | str | None, ok: bool) -> pl.LazyFrame:
         pl.coalesce(first_choice.struct.field("finish_reason"), body.struct.field("status")).alias(
             "finish_reason"
         ),
-        pl.coalesce(
-            usage.struct.field("input_tokens"), usage.struct.field("prompt_tokens")
-        ).alias("input_tokens"),
+        pl.coalesce(usage.struct.field("input_tokens"), usage.struct.field("prompt_tokens")).alias(
+            "input_tokens"
+        ),
         pl.coalesce(
             usage.struct.field("output_tokens"), usage.struct.field("completion_tokens")
         ).alias("output_tokens"),
@@ -295,6 +295,7 @@ def summarize(table: pl.DataFrame) -> dict[str, Any]:
         (~pl.col("ok")).sum().alias("failed"),
         *(pl.col(t).fill_null(0).sum().alias(t) for t in _TOKENS),
         (pl.col("attempts").fill_null(1) - 1).clip(lower_bound=0).sum().alias("retries"),
+        (pl.col("attempts").fill_null(0) > 0).sum().alias("ran"),
     ).to_dicts()[0]
     return {
         **{k: int(v or 0) for k, v in totals.items()},

@@ -122,6 +122,8 @@ async def record_chunk(request: Request) -> Response:
             failed=int(body["failed"]),
             usage=body.get("usage"),
             model=body.get("model"),
+            meta=body.get("meta"),
+            usage_rows=body.get("usage_rows"),
         )
     )
 
