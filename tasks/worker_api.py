@@ -67,6 +67,7 @@ class WorkerAPI(Protocol):
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]: ...
     def providers(self) -> list[ProviderRecord]: ...
     def retention(self) -> dict[str, Any]: ...
+    def results_summary(self, batch_id: str) -> dict[str, Any] | None: ...
 
 
 class LocalWorkerAPI:
@@ -114,6 +115,10 @@ class LocalWorkerAPI:
         from tasks.retention import sweep
 
         return sweep(self.store, self.ledger.blobs)
+
+    def results_summary(self, batch_id: str) -> dict[str, Any] | None:
+        """In-process runs (unit tests) publish no analytics."""
+        return None
 
 
 _ERRORS: dict[int, type[LedgerError]] = {404: BatchNotFound, 409: LeaseLost, 410: InputUnavailable}
@@ -223,3 +228,8 @@ class HttpWorkerAPI:
 
     def retention(self) -> dict[str, Any]:
         return self._json("POST", "/retention")
+
+    def results_summary(self, batch_id: str) -> dict[str, Any] | None:
+        """The ended batch's summary; the gateway builds the results table
+        and summary on this first request (issue 12)."""
+        return self._json("GET", f"/batches/{batch_id}/summary")

@@ -333,6 +333,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+TIME_PARAM = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": 100_000_000_000},
+        {"type": "string", "format": "date"},
+    ]
+}
 FILE_ID = path_param("file_id", "A file id (`file-…`).")
 BATCH_ID = path_param("batch_id", "A batch id (`batch_…`).")
 AFTER = query_param(
@@ -564,7 +570,7 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 query_param(
                     "codes",
-                    {"type": "string"},
+                    {"type": "string", "maxLength": 2000},
                     "Only lines with one of these comma-separated error codes or HTTP "
                     "statuses, e.g. `429,500,batch_expired`.",
                 )
@@ -590,15 +596,15 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 query_param(
                     "group_by",
-                    {"type": "string", "pattern": "^((key|model|provider|day|batch),?)*$"},
-                    "Comma-separated: any of key, model, provider, day (UTC), batch; each once.",
+                    {
+                        "type": "string",
+                        "pattern": "^((key|model|provider|day|batch)"
+                        "(,(key|model|provider|day|batch))*)?$",
+                    },
+                    "Comma-separated: any of key, model, provider, day (UTC), batch.",
                 ),
-                query_param(
-                    "since", {"type": "string"}, "Epoch seconds or ISO 8601 date (inclusive)."
-                ),
-                query_param(
-                    "until", {"type": "string"}, "Epoch seconds or ISO 8601 date (exclusive)."
-                ),
+                query_param("since", TIME_PARAM, "Epoch seconds or ISO 8601 date (inclusive)."),
+                query_param("until", TIME_PARAM, "Epoch seconds or ISO 8601 date (exclusive)."),
             ],
             "responses": {
                 "200": ok(ref("UsageReport")),

@@ -207,9 +207,8 @@ async def usage(request: Request) -> Response:
     """Line counts and token totals from the batches' recorded per-model usage."""
     require_admin(request)
     raw = request.query_params.get("group_by") or ""
-    group_by = [g.strip() for g in raw.split(",") if g.strip()]
-    bad = [g for g in group_by if g not in USAGE_GROUPS]
-    if bad or len(set(group_by)) != len(group_by):
+    group_by = list(dict.fromkeys(g.strip() for g in raw.split(",") if g.strip()))
+    if any(g not in USAGE_GROUPS for g in group_by):
         raise bad_request(
             f"Invalid 'group_by': expected a comma-separated subset of {', '.join(USAGE_GROUPS)}.",
             param="group_by",
