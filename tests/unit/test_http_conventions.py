@@ -176,6 +176,10 @@ def test_openapi_document_is_well_formed() -> None:
         "/v1/batches": {"get", "post"},
         "/v1/batches/{batch_id}": {"get"},
         "/v1/batches/{batch_id}/cancel": {"post"},
+        "/v1/batches/{batch_id}/results": {"get"},
+        "/v1/batches/{batch_id}/summary": {"get"},
+        "/v1/batches/{batch_id}/retry": {"post"},
+        "/admin/usage": {"get"},
         "/health": {"get"},
     }
     paths = DOCUMENT["paths"]
@@ -186,6 +190,9 @@ def test_openapi_document_is_well_formed() -> None:
                 continue
             if path.startswith("/v1/"):
                 assert "401" in op["responses"], (path, method)
+            elif path.startswith("/admin/"):
+                assert "401" in op["responses"], (path, method)
+                assert op["security"] == [{"adminAuth": []}]
             else:
                 assert op["security"] == []
 
