@@ -166,9 +166,13 @@ def test_results_table_reads_in_polars_pyarrow_and_duckdb(
 
     arrow = pq.read_table(path)
     assert arrow.num_rows == 5000 and arrow.column_names == list(TABLE_SCHEMA)
-    counted = duckdb.sql(
-        f"SELECT count(*) FILTER (WHERE ok), sum(output_tokens) FROM read_parquet('{path}')"
-    ).fetchone()
+    counted = (
+        duckdb.connect()
+        .execute(
+            f"SELECT count(*) FILTER (WHERE ok), sum(output_tokens) FROM read_parquet('{path}')"
+        )
+        .fetchone()
+    )
     assert counted == (4900, ok["output_tokens"].sum())
 
     csv = httpx.get(url, params={"format": "csv"}, headers=auth, timeout=60)
