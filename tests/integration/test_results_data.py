@@ -260,9 +260,19 @@ def test_admin_usage_by_key_and_model(stack: Stack, tmp_path: Path) -> None:
         ("usage-a", "mistral/mistral-small", 4),
         ("usage-b", "gpt-4o", 3),
     ]
-    for name, model, count in batches:
+    started = []
+    for name, model, count in batches:  # all three at once, then wait for each
         sdk = stack.client(keys[name])
-        assert run_batch(sdk, upload(sdk, tmp_path, [chat_line(i, model) for i in range(count)]))
+        file_id = upload(sdk, tmp_path, [chat_line(i, model) for i in range(count)])
+        batch = sdk.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        started.append((sdk, batch.id))
+    deadline = time.monotonic() + 180
+    for sdk, batch_id in started:
+        while sdk.batches.retrieve(batch_id).status != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
     ids = {k["name"]: k["id"] for k in stack.admin("GET", "/admin/keys").json()["data"]}
     report = stack.admin("GET", "/admin/usage?group_by=key,model,day").json()
     rows = {

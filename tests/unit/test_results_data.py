@@ -19,6 +19,7 @@ from tasks import live_results
 from tasks.ledger import derived_blob_name, derived_file_id
 from tasks.results_report import LineProgress, summary_markdown, summary_rows
 from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
+from tasks.retention import delete_file, sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
 from tasks.upstream import UpstreamClient
 from tests.servers import ThreadedServer
@@ -193,3 +194,16 @@ def test_progress_line() -> None:
     assert progress.describe(now=10.0) == "100 / 1000 lines"
     progress.done = 500
     assert progress.describe(now=10.0) == "500 / 1000 lines, 40.0 requests/s, ETA 12 s"
+
+
+def test_retention_drops_derived_results_with_the_result_files(harness: Harness) -> None:
+    h = harness
+    batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(3)])))
+    meta = derived_blob_name(batch.id, "meta")
+    h.blobs.write_bytes(derived_blob_name(batch.id, "parquet"), b"table")
+    sweep(h.store, h.blobs)
+    assert h.blobs.exists(meta)  # the output file is live: kept
+    delete_file(h.store, h.blobs, batch.output_file_id)
+    sweep(h.store, h.blobs)
+    assert not h.blobs.exists(meta)
+    assert not h.blobs.exists(derived_blob_name(batch.id, "parquet"))
