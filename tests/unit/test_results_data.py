@@ -207,3 +207,22 @@ def test_retention_drops_derived_results_with_the_result_files(harness: Harness)
     sweep(h.store, h.blobs)
     assert not h.blobs.exists(meta)
     assert not h.blobs.exists(derived_blob_name(batch.id, "parquet"))
+
+
+def test_table_reads_a_provider_value_of_another_type_as_null(tmp_path: Path) -> None:
+    """A base64 embedding where floats are expected fails the fast decode;
+    the file is read again and only that value is null."""
+
+    def line(custom_id: str, embedding: Any, tokens: int) -> dict[str, Any]:
+        body = {"data": [{"embedding": embedding}], "usage": {"prompt_tokens": tokens}}
+        return {"custom_id": custom_id, "response": {"status_code": 200, "body": body}}
+
+    lines = [line("a", [0.5], 2), line("b", "AAAA", 3)]
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    meta = tmp_path / "meta.jsonl"
+    meta.write_bytes(b'{"custom_id": "a"}\n{"custom_id": "b"}\n')
+    build_table(meta, out, None, tmp_path / "t.parquet")
+    table = pl.read_parquet(tmp_path / "t.parquet")
+    assert table["embedding"].to_list() == [[0.5], None]
+    assert table["input_tokens"].to_list() == [2, 3] and table["ok"].all()
