@@ -158,7 +158,10 @@ async def results_summary(request: Request) -> Response:
     batch = await _call(_ledger(request).batch, request.path_params["batch_id"])
     if not batch.is_terminal:
         raise APIError(409, f"{batch.id} has not ended.")
-    await ensure_built(state.blobs, batch)
+    try:
+        await ensure_built(state.blobs, batch)
+    except APIError as exc:  # a 5xx would have the run retry for minutes; the report is optional
+        raise APIError(409, exc.message, code=exc.code) from exc
     return _json(await run_in_threadpool(read_summary, state.blobs, batch))
 
 
