@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"({rows_read:,} rows each). Parquet {parquet_mb:.1f} MB (zstd), CSV "
                 f"{csv_mb:.1f} MB. Decoding the lines with `str.json_decode` and a fixed "
                 "schema took a sixth of the time `scan_ndjson` with the same schema took "
-                "(0.9 s against 5.4 s in one process on this machine).",
+                "(0.9 s against 5.4 s in one process on this machine). The gateway's own "
+                "memory with a client reading live results throughout a batch is in "
+                "'Big file' (`python -m bench`).",
                 END,
             ]
         )
