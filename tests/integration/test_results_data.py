@@ -20,8 +20,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from flows.process_batch import artifact_key
 from tasks.results_table import TABLE_SCHEMA
-from tests.integration.test_batches_e2e import chat_line, run_batch, upload
+from tests.integration.test_batches_e2e import _artifacts, chat_line, run_batch, upload
 from tests.stack import PrefectServer, Stack
 
 pytestmark = pytest.mark.timeout(600)
@@ -180,7 +181,9 @@ def test_results_table_reads_in_polars_pyarrow_and_duckdb(
     assert pl.read_csv(io.BytesIO(csv.content)).height == 5000
 
 
-def test_summary_per_model_and_provider(client: openai.OpenAI, live_read: dict[str, Any]) -> None:
+def test_summary_per_model_and_provider(
+    stack: Stack, client: openai.OpenAI, live_read: dict[str, Any]
+) -> None:
     early = live_read["early"]
     assert early.status_code == 409 and early.json()["error"]["code"] == "batch_not_finished"
     batch = live_read["batch"]
@@ -196,6 +199,17 @@ def test_summary_per_model_and_provider(client: openai.OpenAI, live_read: dict[s
     assert {p["provider"] for p in summary["by_provider"]} == {"openai", None}
     assert summary["errors"] == [{"code": "unknown_provider", "count": 100}]
     assert summary["requests_per_second"] > 0
+    # the same numbers on the flow run: a table and a markdown report
+    deadline = time.monotonic() + 60
+    while not (report := _artifacts(stack, artifact_key(batch.id, "report"))):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert "| unknown_provider | 100 |" in report[0]["data"]
+    table = _artifacts(stack, artifact_key(batch.id, "analytics"))[0]["data"]
+    rows = orjson.loads(table) if isinstance(table, str) else table
+    assert {"group": "model", "name": "gpt-4o-mini"}.items() <= next(
+        r for r in rows if r["name"] == "gpt-4o-mini"
+    ).items()
 
 
 def test_bad_requests_get_error_envelopes(
