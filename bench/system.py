@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 PROVIDER = "openai"
 
 
-def tree_memory(pid: int) -> int:
+def tree_memory(pid: int, children: bool = True) -> int:
     """Memory of a process and all its descendants, in bytes; 0 once gone.
+    `children=False`: the process's own RSS only.
 
     One process: its RSS. A tree (the runner, its forkserver and the flow runs
     forked from it): the sum of each process's PSS, because forked processes
@@ -35,7 +36,7 @@ def tree_memory(pid: int) -> int:
     per process."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *(root.children(recursive=True) if children else [])]
     except psutil.Error:
         return 0
     if len(procs) == 1:
@@ -52,8 +53,16 @@ def tree_memory(pid: int) -> int:
 class RssSampler:
     """Samples the RSS of named process trees in a thread; keeps the peak of each."""
 
-    def __init__(self, pids: Mapping[str, int], interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        pids: Mapping[str, int],
+        interval: float = 0.1,
+        alone: Collection[str] = ("gateway",),
+    ) -> None:
+        """`alone`: names sampled without their children: the gateway, whose
+        results-table builder is a child process with its own budget."""
         self.pids = dict(pids)
+        self.alone = set(alone)
         self.interval = interval
         self.peak: dict[str, int] = dict.fromkeys(self.pids, 0)
         self._stop = threading.Event()
@@ -62,7 +71,8 @@ class RssSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for name, pid in list(self.pids.items()):
-                self.peak[name] = max(self.peak.get(name, 0), tree_memory(pid))
+                memory = tree_memory(pid, children=name not in self.alone)
+                self.peak[name] = max(self.peak.get(name, 0), memory)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -149,6 +159,57 @@ class BenchSystem:
         if batch.status != "completed" or batch.request_counts.failed:
             raise RuntimeError(f"batch {batch.id} ended {batch.status}: {batch.request_counts}")
         return wall, batch
+
+    def run_batch_read_live(self, file_id: str, timeout: float = 900) -> tuple[float, Any, int]:
+        """`run_batch` with a client reading live results by cursor the whole
+        time (`GET /v1/batches/{id}/results`, streamed, every 0.5 s); also
+        returns how many lines it read."""
+        began = time.perf_counter()
+        batch_id = self.create(file_id)
+        read = [0]
+        stop = threading.Event()
+
+        def follow() -> None:
+            cursor = ""
+            auth = {"Authorization": f"Bearer {self.client.api_key}"}
+            with httpx.Client(base_url=f"{self.stack.url}/v1", headers=auth, timeout=300) as http:
+                while True:
+                    params = {"after": cursor} if cursor else {}
+                    url = f"/batches/{batch_id}/results"
+                    with http.stream("GET", url, params=params) as response:
+                        response.raise_for_status()
+                        for block in response.iter_bytes(1 << 20):
+                            read[0] += block.count(b"\n")
+                        cursor = response.headers["batchgate-next-cursor"]
+                        if response.headers["batchgate-results-complete"] == "true":
+                            return
+                    if stop.wait(0.5):
+                        return
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        try:
+            batch = self.wait(batch_id, timeout)
+        finally:
+            reader.join(timeout=120)
+            stop.set()
+        wall = time.perf_counter() - began
+        if batch.status != "completed" or batch.request_counts.failed:
+            raise RuntimeError(f"batch {batch.id} ended {batch.status}: {batch.request_counts}")
+        return wall, batch, read[0]
+
+    def download_table(self, batch_id: str) -> int:
+        """Stream the batch's results table (Parquet); returns its size in bytes."""
+        size = 0
+        auth = {"Authorization": f"Bearer {self.client.api_key}"}
+        url = f"{self.stack.url}/v1/batches/{batch_id}/results"
+        with httpx.stream(
+            "GET", url, params={"format": "parquet"}, headers=auth, timeout=300
+        ) as response:
+            response.raise_for_status()
+            for block in response.iter_bytes(1 << 20):
+                size += len(block)
+        return size
 
     def first_request_delay(self, file_id: str, timeout: float = 120) -> float:
         """Seconds from `batches.create` returning to the mock's first request."""

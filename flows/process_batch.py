@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import (
+    acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
     aupdate_progress_artifact,
@@ -29,6 +30,7 @@ from storage.records import ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.execute import execute_lines, parse_chunk
 from tasks.ledger import InputUnavailable, LeaseLost
+from tasks.results_report import LineProgress, summary_markdown, summary_rows
 from tasks.run_control import RunControl
 from tasks.settings import Settings, load_settings
 from tasks.upstream import UpstreamClient
@@ -130,6 +132,8 @@ class Steps:
     summary: Callable[[dict[str, Any]], Awaitable[None]] = _no_summary
     # A pause or resume, for the flow run's log and its progress artifact.
     control_note: Callable[[str, bool], Awaitable[None]] = _no_note
+    # Lines done of the batch, kept up to date for `progress` to describe.
+    lines: LineProgress | None = None
 
 
 OUTCOME_OF_REASON = {
@@ -240,6 +244,10 @@ async def _execute_all(
     pending = [c for c in chunks if not c["done"]]
     done = len(chunks) - len(pending)
     progress = ProgressReporter(steps.progress, len(chunks))
+    lines = steps.lines
+    if lines is not None:
+        lines.total = sum(c["line_count"] for c in chunks)
+        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
     progress.set(done)
     window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
 
@@ -252,6 +260,8 @@ async def _execute_all(
             control.update(await steps.execute(api, client, control, providers, chunk))
             crash_point("execute:after_post")
             done += 1
+            if lines is not None:
+                lines.done += chunk["line_count"]
             progress.set(done)
 
     try:
@@ -316,26 +326,32 @@ def artifact_key(batch_id: str, kind: str) -> str:
     return f"{batch_id.replace('_', '-').lower()}-{kind}"
 
 
-def prefect_steps(batch_id: str) -> Steps:
+def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
     progress_id: list[Any] = []
-    running = f"Chunks finished for {batch_id}"
-    shown = {"value": 0.0, "description": running}
+    lines = LineProgress()
+    shown: dict[str, Any] = {"value": 0.0, "paused": False}
     showing = asyncio.Lock()  # progress and a pause note: one artifact, made once
+
+    def description() -> str:
+        running = f"Chunks finished for {batch_id}: {lines.describe()}"
+        if shown["paused"]:
+            return f"PAUSED - {running} (resume: POST /admin/batches/{batch_id}/resume)"
+        return running
 
     async def show() -> None:
         async with showing:
             await _show()
 
     async def _show() -> None:
-        value, description = shown["value"], str(shown["description"])
+        value, text = shown["value"], description()
         if not progress_id:
             progress_id.append(
                 await acreate_progress_artifact(
-                    progress=value, key=artifact_key(batch_id, "progress"), description=description
+                    progress=value, key=artifact_key(batch_id, "progress"), description=text
                 )
             )
         else:
-            await aupdate_progress_artifact(progress_id[0], progress=value, description=description)
+            await aupdate_progress_artifact(progress_id[0], progress=value, description=text)
 
     async def progress(done: int, total: int) -> None:
         shown["value"] = 100.0 * done / total if total else 100.0
@@ -345,11 +361,7 @@ def prefect_steps(batch_id: str) -> Steps:
         """A pause or resume: a line in the flow run's log, and the progress
         artifact's description says "PAUSED" while it lasts."""
         get_run_logger().info(text)
-        shown["description"] = (
-            f"PAUSED - {running} (resume: POST /admin/batches/{batch_id}/resume)"
-            if paused
-            else running
-        )
+        shown["paused"] = paused
         await show()
 
     async def summary(batch: dict[str, Any]) -> None:
@@ -373,6 +385,30 @@ def prefect_steps(batch_id: str) -> Steps:
         await acreate_table_artifact(
             table=rows, key=artifact_key(batch_id, "summary"), description=f"Summary of {batch_id}"
         )
+        if api is not None:
+            await analytics()
+
+    async def analytics() -> None:
+        """The per-model and per-provider analytics (issue 12): asking for them
+        builds the results table and summary once, at finalize."""
+        assert api is not None
+        try:
+            found = await asyncio.to_thread(api.results_summary, batch_id)
+        except Exception as exc:  # analytics are a report: never fail a batch over them
+            log.warning("summary of %s unavailable: %s", batch_id, exc)
+            return
+        if not found:
+            return
+        await acreate_table_artifact(
+            table=summary_rows(found) or [{"group": "-", "name": "no lines"}],
+            key=artifact_key(batch_id, "analytics"),
+            description=f"Per model and per provider: {batch_id}",
+        )
+        await acreate_markdown_artifact(
+            markdown=summary_markdown(found),
+            key=artifact_key(batch_id, "report"),
+            description=f"Report of {batch_id}",
+        )
 
     return Steps(
         validate=validate_task,
@@ -381,6 +417,7 @@ def prefect_steps(batch_id: str) -> Steps:
         progress=progress,
         summary=summary,
         control_note=control_note,
+        lines=lines,
     )
 
 
@@ -395,7 +432,7 @@ async def process_batch(batch_id: str) -> Any:
             client,
             batch_id,
             settings=settings,
-            steps=prefect_steps(batch_id),
+            steps=prefect_steps(batch_id, api),
             flow_run_id=str(runtime.flow_run.id),
         )
     get_run_logger().info("batch %s ended %s", batch_id, status)

@@ -14,7 +14,7 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.flow_runs import FlowRunStarter, PrefectFlowRuns
 from gateway.loops import reconciler
 from gateway.middleware import CorsMiddleware, RequestIdMiddleware
-from gateway.routes import admin, batches, files, health, internal, openapi
+from gateway.routes import admin, batches, files, health, internal, openapi, results
 from gateway.state import GatewayState
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
@@ -76,6 +76,7 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
             *openapi.routes,
             *files.routes,
             *batches.routes,
+            *results.routes,
             *admin.routes,
             *internal.routes,
         ],

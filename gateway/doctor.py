@@ -29,7 +29,7 @@ import orjson
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.records import BatchRecord, ChunkRecord
-from tasks.ledger import derived_file_id, part_name
+from tasks.ledger import DERIVED_SUFFIXES, derived_blob_name, derived_file_id, part_name
 
 PART_RE = re.compile(r"^(?P<batch>.+)\.c(?P<index>\d{6})\.(?P<kind>out|err)$")
 UNRUN_STATUSES = frozenset({"cancelled", "expired"})
@@ -113,11 +113,13 @@ def check_orphans(
     of a batch still finalizing are owned: recovery will use or replace them."""
     owned = set(live_blobs)
     for batch in batches:
+        # the results table, summary and per-line meta of any batch (issue 12)
+        owned.update(derived_blob_name(batch.id, kind) for kind in DERIVED_SUFFIXES)
         if batch.is_terminal:
             continue
         owned.update(derived_file_id(batch.id, kind) for kind in ("output", "error"))
         for chunk in chunks[batch.id]:
-            owned.update(part_name(batch.id, chunk.chunk_index, k) for k in ("out", "err"))
+            owned.update(part_name(batch.id, chunk.chunk_index, k) for k in ("out", "err", "meta"))
     return [
         Problem("orphan_blob", name, "no live file row or batch owns it")
         for name in names

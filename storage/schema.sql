@@ -105,6 +105,44 @@ FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) AS n FROM batches) 
 WHERE batches.id = numbered.id;
 SELECT setval('batches_seq', seq) FROM batches WHERE seq = (SELECT max(seq) FROM batches);
 
+-- migration 3
+-- Results as data (issue 12). `batch_result_chunks`: one row per chunk whose
+-- lines can be read, stamped with `seq` from one sequence when the chunk is
+-- checkpointed (or, for a chunk that never ran, when finalize writes its
+-- error lines). Chunks finish out of order, so the live-results cursor is a
+-- `seq`, not a chunk index: a reader asks for the rows after the last `seq`
+-- it saw. Finalize adds where each chunk's lines sit in the final output and
+-- error files (byte ranges), for when the parts are gone.
+CREATE SEQUENCE result_chunks_seq START 1;
+CREATE TABLE IF NOT EXISTS batch_result_chunks (
+    batch_id     VARCHAR NOT NULL,
+    chunk_index  INTEGER NOT NULL,
+    seq          BIGINT  NOT NULL DEFAULT nextval('result_chunks_seq'),
+    out_start    BIGINT,
+    out_end      BIGINT,
+    err_start    BIGINT,
+    err_end      BIGINT,
+    PRIMARY KEY (batch_id, chunk_index)
+);
+-- Per-chunk usage by requested model and provider, written with the chunk's
+-- checkpoint (once per chunk: a repeated post adds nothing); /admin/usage
+-- sums it by key, model, provider and day.
+CREATE TABLE IF NOT EXISTS chunk_usage (
+    batch_id          VARCHAR NOT NULL,
+    chunk_index       INTEGER NOT NULL,
+    model             VARCHAR NOT NULL,
+    provider          VARCHAR NOT NULL,
+    recorded_at       BIGINT  NOT NULL,
+    lines             INTEGER NOT NULL,
+    succeeded         INTEGER NOT NULL,
+    failed            INTEGER NOT NULL,
+    input_tokens      BIGINT  NOT NULL,
+    output_tokens     BIGINT  NOT NULL,
+    cached_tokens     BIGINT  NOT NULL,
+    reasoning_tokens  BIGINT  NOT NULL,
+    PRIMARY KEY (batch_id, chunk_index, model, provider)
+);
+
 -- migration 5
 -- Control (issue 13): budgets per API key, the spend counted against them per
 -- period, what finished chunks taught about characters per token per model

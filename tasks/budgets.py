@@ -91,6 +91,30 @@ def cost_of(
     ) / 1_000_000
 
 
+def per_model(usage_rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """A chunk's usage rows (one per requested model and provider, as the run
+    posts them) summed per requested model: what prices and the learned
+    characters-per-token ratio are keyed by. `lines` counts the answered
+    lines, the ones whose characters and tokens are known."""
+    totals: dict[str, dict[str, int]] = {}
+    for row in usage_rows:
+        into = totals.setdefault(str(row.get("model") or ""), dict.fromkeys(_MODEL_FIELDS, 0))
+        into["lines"] += int(row.get("succeeded") or 0)
+        for name in _MODEL_FIELDS[1:]:
+            into[name] += int(row.get(name) or 0)
+    return totals
+
+
+_MODEL_FIELDS = (
+    "lines",
+    "input_chars",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "total_tokens",
+)
+
+
 def spend_of(stats: Mapping[str, Mapping[str, Any]], prices: Iterable[Price]) -> tuple[int, float]:
     """(tokens, dollars) of a chunk's per-model usage, as posted by the run."""
     table = list(prices)

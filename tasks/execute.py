@@ -34,6 +34,17 @@ STOP_CODES = {
     ),
 }
 DEFAULT_STOP = ("batch_cancelled", "The batch was stopped before this request was sent.")
+USAGE_ROW_FIELDS = (
+    "lines",
+    "succeeded",
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "input_chars",
+)
 
 
 @dataclass
@@ -44,44 +55,66 @@ class ChunkResult:
     failed: int = 0
     usage: dict[str, Any] = field(default_factory=empty_usage)
     model: str | None = None
-    # Per requested model: lines, input characters and tokens (budgets, estimates).
-    model_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per input line, in input order, outside the OpenAI lines (issue 12):
+    # custom_id, requested model, provider, latency_ms, attempts.
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    # Usage per (requested model, provider): /admin/usage sums these, budgets
+    # price them and estimates learn characters per token from them.
+    by_model: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     stopped: int = 0  # lines not sent because the batch was told to stop
 
     def succeed(
-        self, line: bytes, body: dict[str, Any], request: dict[str, Any] | None = None
+        self,
+        line: bytes,
+        body: dict[str, Any],
+        info: dict[str, Any] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         self.output += line
         self.completed += 1
-        used = usage_of(body)
-        self.usage = add_usage(self.usage, used)
+        usage = usage_of(body)
+        self.usage = add_usage(self.usage, usage)
         if self.model is None and isinstance(body.get("model"), str):
             self.model = body["model"]
-        if request is not None:
-            self._count(request, used)
+        if info is not None:
+            self._note(info, usage, request)
 
-    def _count(self, request: dict[str, Any], used: dict[str, Any]) -> None:
-        model = request.get("model")
-        stats = self.model_stats.get(model if isinstance(model, str) else "")
-        if stats is None:
-            stats = self.model_stats[model if isinstance(model, str) else ""] = {
-                "lines": 0,
-                "input_chars": 0,
-                "input_tokens": 0,
-                "cached_tokens": 0,
-                "output_tokens": 0,
-                "total_tokens": 0,
-            }
-        stats["lines"] += 1
-        stats["input_chars"] += input_chars(request)
-        stats["input_tokens"] += used["input_tokens"]
-        stats["cached_tokens"] += used["input_tokens_details"]["cached_tokens"]
-        stats["output_tokens"] += used["output_tokens"]
-        stats["total_tokens"] += used["total_tokens"]
-
-    def fail(self, line: bytes) -> None:
+    def fail(self, line: bytes, info: dict[str, Any] | None = None) -> None:
         self.errors += line
         self.failed += 1
+        if info is not None:
+            self._note(info, None)
+
+    def _note(
+        self,
+        info: dict[str, Any],
+        usage: dict[str, Any] | None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        self.meta.append(info)
+        model = info["model"] if isinstance(info["model"], str) else ""
+        key = (model, info["provider"] or "")
+        row = self.by_model.get(key)
+        if row is None:
+            row = self.by_model[key] = dict.fromkeys(USAGE_ROW_FIELDS, 0)
+        row["lines"] += 1
+        if usage is None:
+            row["failed"] += 1
+            return
+        row["succeeded"] += 1
+        row["input_tokens"] += usage["input_tokens"]
+        row["output_tokens"] += usage["output_tokens"]
+        row["cached_tokens"] += usage["input_tokens_details"]["cached_tokens"]
+        row["reasoning_tokens"] += usage["output_tokens_details"]["reasoning_tokens"]
+        row["total_tokens"] += usage["total_tokens"]
+        if request is not None:  # text of answered lines only: it pairs with their tokens
+            row["input_chars"] += input_chars(request)
+
+    def usage_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"model": model, "provider": provider, **row}
+            for (model, provider), row in self.by_model.items()
+        ]
 
     def as_post(self) -> dict[str, Any]:
         """The fields of the checkpoint post to the gateway."""
@@ -92,7 +125,8 @@ class ChunkResult:
             "failed": self.failed,
             "usage": self.usage if self.completed else None,
             "model": self.model,
-            "model_stats": self.model_stats or None,
+            "meta": self.meta,
+            "usage_rows": self.usage_rows(),
         }
 
 
@@ -159,6 +193,8 @@ async def execute_lines(
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
     bodies: list[dict[str, Any] | None] = [None] * len(lines)
+    # per line: provider name, latency of the last attempt (ms), attempts
+    sent: list[tuple[str | None, float | None, int]] = [(None, None, 0)] * len(lines)
     queues: dict[str, tuple[ProviderRecord, list[tuple[int, Route]]]] = {}
     for index, route in enumerate(route_lines(lines, providers)):
         if isinstance(route, RoutingError):
@@ -182,6 +218,7 @@ async def execute_lines(
         custom_id = lines[index]["custom_id"]
         if stop_reason():
             results[index] = stopped_line(custom_id)
+            sent[index] = (route.provider.name, None, 0)
             return
         body, upstream_model = lines[index]["body"], route.upstream_model
         result = await client.send(
@@ -193,6 +230,7 @@ async def execute_lines(
             **({"gate": gate} if gate is not None else {}),
         )
         crash_point("execute:after_response")
+        sent[index] = (route.provider.name, result.latency_ms, result.attempts)
         if result.status_code is None:
             results[index] = (
                 stopped_line(custom_id)
@@ -224,9 +262,18 @@ async def execute_lines(
         )
     )
     outcome = ChunkResult(stopped=stopped)
-    for index, (line, body) in enumerate(zip(results, bodies, strict=True)):
+    for request, line, body, (provider, latency_ms, attempts) in zip(
+        lines, results, bodies, sent, strict=True
+    ):
+        info = {
+            "custom_id": request["custom_id"],
+            "model": request["body"].get("model"),
+            "provider": provider,
+            "latency_ms": latency_ms,
+            "attempts": attempts,
+        }
         if body is not None:
-            outcome.succeed(line, body, lines[index]["body"])
+            outcome.succeed(line, body, info, request["body"])
         else:
-            outcome.fail(line)
+            outcome.fail(line, info)
     return outcome

@@ -25,6 +25,7 @@ from storage.blobs import BlobStore
 from storage.jsonl import iter_chunk_lines
 from storage.records import BatchRecord, ChunkRecord, FileRecord
 from tasks import status as st
+from tasks.budgets import per_model
 from tasks.control import control_state, record_spend
 from tasks.crashpoints import crash_point
 from tasks.results import result_line
@@ -100,6 +101,25 @@ def derived_file_id(batch_id: str, kind: str) -> str:
 
 def part_name(batch_id: str, index: int, kind: str) -> str:
     return f"{batch_id}.c{index:06d}.{kind}"
+
+
+# Blobs derived from a batch's results (issue 12), beside its output file:
+# "meta" (per-line provider, latency and attempts, in input order, written
+# at finalize), "parquet" and "csv" (the results table), "summary" (JSON).
+DERIVED_SUFFIXES = {
+    "meta": "meta.jsonl",
+    "parquet": "results.parquet",
+    "csv": "results.csv",
+    "summary": "summary.json",
+}
+
+
+def derived_blob_name(batch_id: str, kind: str) -> str:
+    return f"{batch_id}.{DERIVED_SUFFIXES[kind]}"
+
+
+def meta_lines(meta: Sequence[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(m) + b"\n" for m in meta)
 
 
 class BatchLedger:
@@ -281,26 +301,33 @@ class BatchLedger:
         failed: int,
         usage: dict[str, Any] | None,
         model: str | None,
-        model_stats: dict[str, Any] | None = None,
+        meta: Sequence[dict[str, Any]] | None = None,
+        usage_rows: Sequence[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
         Both parts are always written (maybe empty) so a retried chunk replaces
-        every trace of an earlier attempt. A chunk newly done adds its
-        per-model usage (`model_stats`) to its key's spend and to what
-        estimates learn; the answer then says whether the budget stops it."""
+        every trace of an earlier attempt. `meta` (per-line provider, latency,
+        attempts) becomes a third part; `usage_rows` (usage per requested
+        model and provider) and the chunk's stamp for the live-results cursor
+        are stored after the done mark (issue 12). A chunk newly done adds its
+        usage to its key's spend and to what estimates learn; the answer then
+        says whether the budget stops it."""
         batch = self._leased(batch_id, token)
         if batch.is_terminal:
             return self.control(batch)
         self._chunk(batch_id, index)
         self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
         self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
+        if meta is not None:
+            self.blobs.write_bytes(part_name(batch_id, index, "meta"), meta_lines(meta))
         crash_point("ledger:chunk_after_parts")
         newly_done = self.store.complete_chunk(
             batch_id, index, completed=completed, failed=failed, usage=usage, model=model
         )
-        if newly_done and model_stats:
-            record_spend(self.store, batch.api_key_id, model_stats, self.prices)
+        self.store.add_result_chunk(batch_id, index, usage_rows or ())
+        if newly_done and usage_rows:
+            record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
         crash_point("ledger:chunk_after_commit")
         self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))
@@ -360,8 +387,15 @@ class BatchLedger:
             raise RuntimeError("no execution plan was recorded")
         out_id, err_id = derived_file_id(batch.id, "output"), derived_file_id(batch.id, "error")
         completed = failed = 0
-        with self.blobs.writer(out_id) as out, self.blobs.writer(err_id) as err:
+        ranges: list[tuple[int, int, int, int, int]] = []
+        meta_name = derived_blob_name(batch.id, "meta")
+        with (
+            self.blobs.writer(out_id) as out,
+            self.blobs.writer(err_id) as err,
+            self.blobs.writer(meta_name) as meta,
+        ):
             for chunk in chunks:
+                out_start, err_start = out.tell(), err.tell()
                 if chunk.done:
                     self._copy_part(part_name(batch.id, chunk.chunk_index, "out"), out)
                     self._copy_part(part_name(batch.id, chunk.chunk_index, "err"), err)
@@ -369,6 +403,10 @@ class BatchLedger:
                     failed += chunk.failed
                 else:
                     failed += self._write_unrun(batch, chunk, outcome, err)
+                self._copy_meta(batch, chunk, meta)
+                ranges.append((chunk.chunk_index, out_start, out.tell(), err_start, err.tell()))
+        # Before the parts go: a live reader switches from parts to these ranges.
+        self.store.set_result_ranges(batch.id, ranges)
         at = now()
         expires_at = (
             batch.created_at + batch.output_expires_after_seconds
@@ -420,6 +458,7 @@ class BatchLedger:
             for file_id in (out_id, err_id):
                 self.store.update_file(file_id, deleted_at=at)
                 self.blobs.delete(file_id)
+            self.blobs.delete(meta_name)
         crash_point("ledger:finalize_after_transition")
         self._remove_parts(batch.id)
 
@@ -428,6 +467,30 @@ class BatchLedger:
             raise RuntimeError(f"checkpoint part {name} is missing")
         with self.blobs.open(name) as handle:
             shutil.copyfileobj(handle, out, 1 << 20)
+
+    def _copy_meta(self, batch: BatchRecord, chunk: ChunkRecord, meta: Any) -> None:
+        """The chunk's per-line meta; for a chunk that never ran (or was
+        checkpointed without meta) one line per input line with what the
+        input says: custom_id and requested model."""
+        name = part_name(batch.id, chunk.chunk_index, "meta")
+        if chunk.done and self.blobs.exists(name):
+            self._copy_part(name, meta)
+            return
+        data = self.chunk_input(batch.id, chunk.chunk_index)
+        rows = []
+        for _, raw in iter_chunk_lines(data):
+            line = orjson.loads(raw)
+            body = line.get("body") if isinstance(line.get("body"), dict) else {}
+            rows.append(
+                {
+                    "custom_id": line.get("custom_id"),
+                    "model": body.get("model"),
+                    "provider": None,
+                    "latency_ms": None,
+                    "attempts": 0 if not chunk.done else None,
+                }
+            )
+        meta.write(meta_lines(rows))
 
     def _write_unrun(
         self, batch: BatchRecord, chunk: ChunkRecord, outcome: Outcome, err: Any
@@ -447,5 +510,5 @@ class BatchLedger:
 
     def _remove_parts(self, batch_id: str) -> None:
         for chunk in self.store.get_chunks(batch_id):
-            for kind in ("out", "err"):
+            for kind in ("out", "err", "meta"):
                 self.blobs.delete(part_name(batch_id, chunk.chunk_index, kind))

@@ -2,7 +2,10 @@
 
 A file goes when its own `expires_at` passes. Output and error files also
 go when their batch's `output_expires_after` (anchored at the batch's
-`created_at`) passes; the input file keeps its own expiry.
+`created_at`) passes; the input file keeps its own expiry. A batch's
+derived results (table, CSV, summary, per-line meta: issue 12) hold the
+same data as its output and error files, so they go once neither file is
+live any more.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
+from tasks.ledger import DERIVED_SUFFIXES, derived_blob_name
 
 
 def delete_file(store: MetadataStore, blobs: BlobStore, file_id: str) -> bool:
@@ -36,4 +40,22 @@ def sweep(store: MetadataStore, blobs: BlobStore, at: int | None = None) -> dict
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id and delete_file(store, blobs, file_id):
                 deleted.append(file_id)
+    for batch in store.terminal_batches():
+        _drop_derived(store, blobs, batch.id, (batch.output_file_id, batch.error_file_id))
     return {"deleted_files": len(deleted), "file_ids": deleted}
+
+
+def _drop_derived(
+    store: MetadataStore,
+    blobs: BlobStore,
+    batch_id: str,
+    file_ids: tuple[str | None, str | None],
+) -> None:
+    """Remove a batch's derived results once none of its result files is live."""
+    names = [derived_blob_name(batch_id, kind) for kind in DERIVED_SUFFIXES]
+    if not any(blobs.exists(n) for n in names):
+        return
+    if any(f and store.get_file(f) is not None for f in file_ids):
+        return
+    for name in names:
+        blobs.delete(name)

@@ -88,6 +88,8 @@ class UpstreamResult:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 0
+    # How long the last attempt's HTTP request took (results table, issue 12).
+    latency_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -369,6 +371,7 @@ class UpstreamClient:
     ) -> _Attempt:
         """One HTTP request. Its result's `request_id` is the provider's
         `x-request-id`, else `client_request_id` (what this attempt sent)."""
+        started = time.monotonic()
         try:
             with deadlines.within(self.timeout):
                 async with client.post(url, data=body, headers=headers) as response:
@@ -376,7 +379,15 @@ class UpstreamClient:
         except (aiohttp.InvalidURL, ValueError) as exc:
             message = f"invalid provider URL {url!r}: {exc}"
             return _Attempt(
-                UpstreamResult(None, None, client_request_id, "connection_error", message, attempt),
+                UpstreamResult(
+                    None,
+                    None,
+                    client_request_id,
+                    "connection_error",
+                    message,
+                    attempt,
+                    _elapsed_ms(started),
+                ),
                 False,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -388,7 +399,9 @@ class UpstreamClient:
             )
             signal = "throttle" if code == "timeout" else None
             return _Attempt(
-                UpstreamResult(None, None, client_request_id, code, message, attempt),
+                UpstreamResult(
+                    None, None, client_request_id, code, message, attempt, _elapsed_ms(started)
+                ),
                 True,
                 signal=signal,
             )
@@ -400,7 +413,9 @@ class UpstreamClient:
             parsed = NON_JSON_BODY
             error_code = "invalid_upstream_response"
         request_id = response.headers.get("x-request-id") or client_request_id
-        result = UpstreamResult(status, parsed, request_id, error_code, None, attempt)
+        result = UpstreamResult(
+            status, parsed, request_id, error_code, None, attempt, _elapsed_ms(started)
+        )
         if 200 <= status < 300:
             return _Attempt(result, False, None, "ok", *budgets_from_raw(response.raw_headers))
         if not is_retryable_status(status):
@@ -421,6 +436,10 @@ class UpstreamClient:
             if should_stop():
                 return True
         return False
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000.0, 3)
 
 
 def _settle(limiter: AdaptiveLimiter, sent_at: float, outcome: _Attempt) -> None:

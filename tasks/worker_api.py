@@ -62,12 +62,14 @@ class WorkerAPI(Protocol):
         failed: int,
         usage: dict[str, Any] | None,
         model: str | None,
-        model_stats: dict[str, Any] | None = None,
+        meta: Sequence[dict[str, Any]] | None = None,
+        usage_rows: Sequence[dict[str, Any]] | None = None,
     ) -> dict[str, Any]: ...
     def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]: ...
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]: ...
     def providers(self) -> list[ProviderRecord]: ...
     def retention(self) -> dict[str, Any]: ...
+    def results_summary(self, batch_id: str) -> dict[str, Any] | None: ...
 
 
 class LocalWorkerAPI:
@@ -115,6 +117,10 @@ class LocalWorkerAPI:
         from tasks.retention import sweep
 
         return sweep(self.store, self.ledger.blobs)
+
+    def results_summary(self, batch_id: str) -> dict[str, Any] | None:
+        """In-process runs (unit tests) publish no analytics."""
+        return None
 
 
 _ERRORS: dict[int, type[LedgerError]] = {404: BatchNotFound, 409: LeaseLost, 410: InputUnavailable}
@@ -224,3 +230,8 @@ class HttpWorkerAPI:
 
     def retention(self) -> dict[str, Any]:
         return self._json("POST", "/retention")
+
+    def results_summary(self, batch_id: str) -> dict[str, Any] | None:
+        """The ended batch's summary; the gateway builds the results table
+        and summary on this first request (issue 12)."""
+        return self._json("GET", f"/batches/{batch_id}/summary")

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_internal
 from gateway.errors import APIError
+from gateway.results_builds import ensure_built, read_summary
 from gateway.state import gateway_state
 from tasks.ledger import BatchLedger, LedgerError
 from tasks.retention import sweep
@@ -122,9 +123,8 @@ async def record_chunk(request: Request) -> Response:
             failed=int(body["failed"]),
             usage=body.get("usage"),
             model=body.get("model"),
-            model_stats=body.get("model_stats")
-            if isinstance(body.get("model_stats"), dict)
-            else None,
+            meta=body.get("meta"),
+            usage_rows=body.get("usage_rows"),
         )
     )
 
@@ -149,6 +149,20 @@ async def fail(request: Request) -> Response:
         body.get("errors") or [],
     )
     return _json(asdict(batch))
+
+
+async def results_summary(request: Request) -> Response:
+    """An ended batch's summary for its flow run's report: the first ask
+    builds the results table and summary (gateway/results_builds.py)."""
+    state = gateway_state(request)
+    batch = await _call(_ledger(request).batch, request.path_params["batch_id"])
+    if not batch.is_terminal:
+        raise APIError(409, f"{batch.id} has not ended.")
+    try:
+        await ensure_built(state.blobs, batch)
+    except APIError as exc:  # a 5xx would have the run retry for minutes; the report is optional
+        raise APIError(409, exc.message, code=exc.code) from exc
+    return _json(await run_in_threadpool(read_summary, state.blobs, batch))
 
 
 async def providers(request: Request) -> Response:
@@ -183,6 +197,7 @@ routes = [
     _internal(f"{_B}/chunks/{{index:int}}", record_chunk, "POST"),
     _internal(f"{_B}/finalize", finalize, "POST"),
     _internal(f"{_B}/fail", fail, "POST"),
+    _internal(f"{_B}/summary", results_summary, "GET"),
     _internal("/internal/providers", providers, "GET"),
     _internal("/internal/retention", retention, "POST"),
 ]

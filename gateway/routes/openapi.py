@@ -361,6 +361,81 @@ SCHEMAS: dict[str, Schema] = {
             "paused": {"type": "boolean"},
         }
     ),
+    # Results as data (issue 12).
+    "UsageCounts": obj(
+        {
+            "lines": {"type": "integer"},
+            "succeeded": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "cached_tokens": {"type": "integer"},
+            "reasoning_tokens": {"type": "integer"},
+        }
+    ),
+    "SummaryGroup": {
+        "type": "object",
+        "description": "One model's or provider's lines (the key is `model` or `provider`).",
+        "properties": {
+            "model": nullable("string"),
+            "provider": nullable("string"),
+            "lines": {"type": "integer"},
+            "succeeded": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "cached_tokens": {"type": "integer"},
+            "reasoning_tokens": {"type": "integer"},
+            "latency_ms_p50": nullable("number"),
+            "latency_ms_p95": nullable("number"),
+            "latency_ms_max": nullable("number"),
+            "retries": {"type": "integer", "description": "Attempts beyond the first."},
+            "top_errors": {"type": "array", "items": {"$ref": "#/components/schemas/ErrorCount"}},
+        },
+        "required": ["lines", "succeeded", "failed", "retries", "top_errors"],
+    },
+    "ErrorCount": obj({"code": nullable("string"), "count": {"type": "integer"}}),
+    "BatchSummary": obj(
+        {
+            "object": {"type": "string", "const": "batch.summary"},
+            "batch_id": {"type": "string"},
+            "status": {"type": "string", "enum": BATCH_STATUSES},
+            "endpoint": {"type": "string"},
+            "wall_time_seconds": nullable("integer"),
+            "requests_per_second": nullable("number"),
+            "lines": {"type": "integer"},
+            "succeeded": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "ran": {"type": "integer", "description": "Lines sent to a provider."},
+            "retries": {"type": "integer"},
+            "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"},
+            "cached_tokens": {"type": "integer"},
+            "reasoning_tokens": {"type": "integer"},
+            "by_model": {"type": "array", "items": ref("SummaryGroup")},
+            "by_provider": {"type": "array", "items": ref("SummaryGroup")},
+            "errors": {"type": "array", "items": ref("ErrorCount")},
+        }
+    ),
+    "UsageReport": obj(
+        {
+            "object": {"type": "string", "const": "list"},
+            "group_by": {"type": "array", "items": {"type": "string"}},
+            "data": {
+                "type": "array",
+                "items": {
+                    "allOf": [ref("UsageCounts")],
+                    "properties": {
+                        "key": nullable("string"),
+                        "model": {"type": "string"},
+                        "provider": {"type": "string"},
+                        "day": {"type": "string", "description": "UTC date, YYYY-MM-DD."},
+                        "batch": {"type": "string"},
+                    },
+                },
+            },
+        }
+    ),
     "Health": obj(
         {
             "status": {"type": "string", "enum": ["ok", "starting"]},
@@ -370,6 +445,12 @@ SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+TIME_PARAM = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": 100_000_000_000},
+        {"type": "string", "format": "date"},
+    ]
+}
 FILE_ID = path_param("file_id", "A file id (`file-…`).")
 BATCH_ID = path_param("batch_id", "A batch id (`batch_…`).")
 AFTER = query_param(
@@ -638,6 +719,121 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    "/v1/batches/{batch_id}/results": {
+        "parameters": [BATCH_ID],
+        "get": {
+            "operationId": "batchResults",
+            "summary": "The batch's results as data (an extension). Without `format`: the "
+            "output and error lines of every chunk finished so far, as JSONL in OpenAI's "
+            "line format, in any status; pass the `batchgate-next-cursor` header back as "
+            "`after` to get only what is new. `format=parquet|csv`: the results table of an "
+            "ended batch, one row per input line.",
+            "parameters": [
+                query_param(
+                    "after",
+                    {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    "Cursor from the `batchgate-next-cursor` header of the previous answer.",
+                ),
+                query_param(
+                    "kind",
+                    {"type": "string", "enum": ["output", "error"]},
+                    "Only output lines or only error lines (JSONL only).",
+                ),
+                query_param(
+                    "format",
+                    {"type": "string", "enum": ["jsonl", "parquet", "csv"], "default": "jsonl"},
+                    "`parquet` / `csv`: the results table (CSV holds `embedding` as JSON text).",
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "JSONL lines, or the table.",
+                    "headers": {
+                        "batchgate-next-cursor": {"schema": {"type": "string"}},
+                        "batchgate-results-complete": {
+                            "schema": {"type": "string", "enum": ["true", "false"]}
+                        },
+                    },
+                    "content": {
+                        "application/jsonl": {"schema": {"type": "string"}},
+                        "application/vnd.apache.parquet": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "409": error_response("A table was asked for a batch that has not ended."),
+            },
+        },
+    },
+    "/v1/batches/{batch_id}/summary": {
+        "parameters": [BATCH_ID],
+        "get": {
+            "operationId": "batchSummary",
+            "summary": "An ended batch's analytics per model and per provider (an extension).",
+            "responses": {
+                "200": ok(ref("BatchSummary")),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "409": error_response("The batch has not ended."),
+            },
+        },
+    },
+    "/v1/batches/{batch_id}/retry": {
+        "parameters": [BATCH_ID],
+        "post": {
+            "operationId": "retryBatchFailures",
+            "summary": "A new batch of exactly the failed lines of an ended batch, with "
+            "`metadata.batchgate_parent_batch_id` (an extension).",
+            "parameters": [
+                query_param(
+                    "codes",
+                    {"type": "string", "maxLength": 2000},
+                    "Only lines with one of these comma-separated error codes or HTTP "
+                    "statuses, e.g. `429,500,batch_expired`.",
+                )
+            ],
+            "responses": {
+                "200": ok(ref("Batch")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "409": error_response(
+                    "The batch has not ended, has no failed lines (with those codes), or "
+                    "its input file is gone."
+                ),
+            },
+        },
+    },
+    "/admin/usage": {
+        "get": {
+            "operationId": "adminUsage",
+            "summary": "Line counts and token totals over the batches' recorded per-model "
+            "usage (admin key).",
+            "security": [{"adminAuth": []}],
+            "parameters": [
+                query_param(
+                    "group_by",
+                    {
+                        "type": "string",
+                        "pattern": "^((key|model|provider|day|batch)"
+                        "(,(key|model|provider|day|batch))*)?$",
+                    },
+                    "Comma-separated: any of key, model, provider, day (UTC), batch.",
+                ),
+                query_param("since", TIME_PARAM, "Epoch seconds or ISO 8601 date (inclusive)."),
+                query_param("until", TIME_PARAM, "Epoch seconds or ISO 8601 date (exclusive)."),
+            ],
+            "responses": {
+                "200": ok(ref("UsageReport")),
+                "400": BAD_REQUEST,
+                "401": UNAUTHORIZED,
+            },
+        },
+    },
     "/health": {
         "get": {
             "operationId": "health",
@@ -670,7 +866,7 @@ def build_document() -> dict[str, Any]:
                 "adminAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The admin key.",
+                    "description": "The admin key (BATCHGATE_ADMIN_KEY).",
                 },
             },
         },

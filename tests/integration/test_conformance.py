@@ -105,7 +105,8 @@ def _aim(target: Target, case: Any, pick: int | None) -> None:
     for name in list(case.path_parameters or {}):
         ids = _real_ids(target, name)
         case.path_parameters[name] = ids[pick % len(ids)]
-    if isinstance(case.query, dict) and "after" in case.query:
+    listing = op.path in ("/v1/files", "/v1/batches")
+    if listing and isinstance(case.query, dict) and "after" in case.query:
         kind = "after_file" if op.path == "/v1/files" else "after_batch"
         ids = _real_ids(target, kind)
         case.query["after"] = ids[pick % len(ids)]

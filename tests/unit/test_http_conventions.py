@@ -182,6 +182,10 @@ def test_openapi_document_is_well_formed() -> None:
         "/admin/providers/{name}": {"patch"},
         "/admin/batches/{batch_id}/pause": {"post"},
         "/admin/batches/{batch_id}/resume": {"post"},
+        "/v1/batches/{batch_id}/results": {"get"},
+        "/v1/batches/{batch_id}/summary": {"get"},
+        "/v1/batches/{batch_id}/retry": {"post"},
+        "/admin/usage": {"get"},
         "/health": {"get"},
     }
     paths = DOCUMENT["paths"]

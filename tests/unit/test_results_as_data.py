@@ -1,0 +1,228 @@
+"""Results as data (issue 12), the pure parts and the ledger's side: the
+cursor and its crossing of finalize, the per-line meta, the table schema,
+the summary's aggregation, retry's line selection, the progress line."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pytest
+
+from flows.process_batch import Steps, drive_batch, finalize_batch
+from tasks import live_results
+from tasks.ledger import derived_blob_name, derived_file_id
+from tasks.results_report import LineProgress, summary_markdown, summary_rows
+from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
+from tasks.retention import delete_file, sweep
+from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
+from tasks.upstream import UpstreamClient
+from tests.servers import ThreadedServer
+from tests.unit.test_pipeline import Harness
+from tests.unit.test_pipeline import mock as mock  # noqa: F401  (the module fixture)
+
+
+def chat(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {
+        "custom_id": f"r-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": f"q {i}"}]},
+    }
+
+
+@pytest.fixture
+def harness(tmp_path: Path, mock: ThreadedServer) -> Iterator[Harness]:  # noqa: F811
+    yield Harness(tmp_path, mock.url, chunk_size=4, chunk_parallelism=3)
+
+
+def read_all(h: Harness, batch_id: str, after: int = 0) -> tuple[int, bytes]:
+    page = live_results.results_page(h.store, batch_id, after, live_results.KINDS)
+    data = b"".join(live_results.page_blocks(h.store, h.blobs, batch_id, page))
+    return page.cursor, data
+
+
+def test_cursor_follows_chunks_across_finalize(harness: Harness) -> None:
+    """A page read before finalize and streamed after it (the parts gone),
+    plus what follows its cursor, is every final line exactly once."""
+    h = harness
+    lines = [chat(i, "no-such/m" if i % 5 == 0 else "gpt-4o-mini") for i in range(22)]
+    batch_id = h.add_batch(lines)
+    held: dict[str, Any] = {}
+
+    def finalize(api: Any, bid: str, token: str, outcome: str) -> dict[str, Any]:
+        held["page"] = live_results.results_page(h.store, bid, 0, live_results.KINDS)
+        held["parts"] = sorted(n for n in h.blobs.names() if ".c0" in n)
+        return finalize_batch(api, bid, token, outcome)
+
+    async def run() -> None:
+        async with UpstreamClient.from_settings(h.settings) as client:
+            await drive_batch(
+                h.api, client, batch_id, settings=h.settings, steps=Steps(finalize=finalize)
+            )
+
+    asyncio.run(run())
+    batch = h.store.get_batch(batch_id)
+    assert batch is not None and batch.status == "completed"
+    page = held["page"]
+    assert len(page.rows) == 6 and held["parts"]  # every chunk readable from its parts
+    assert not any(".c0" in n for n in h.blobs.names())  # parts are gone now
+    streamed = b"".join(live_results.page_blocks(h.store, h.blobs, batch_id, page))
+    cursor, rest = read_all(h, batch_id, page.cursor)
+    assert rest == b"" and cursor == page.cursor
+    final = h.blobs.path(derived_file_id(batch_id, "output")).read_bytes()
+    final += h.blobs.path(derived_file_id(batch_id, "error")).read_bytes()
+    got = [ln for ln in streamed.split(b"\n") if ln]
+    assert len(got) == 22 and collections.Counter(got) == collections.Counter(
+        ln for ln in final.split(b"\n") if ln
+    )
+    # the stamps are in the order chunks finished, one per chunk
+    seqs = [r[0] for r in page.rows]
+    assert seqs == sorted(seqs) and sorted(r[1] for r in page.rows) == list(range(6))
+
+    # the per-line meta kept for the table, in input order
+    meta = h.blobs.path(derived_blob_name(batch_id, "meta")).read_bytes().splitlines()
+    parsed = [orjson.loads(m) for m in meta]
+    assert [m["custom_id"] for m in parsed] == [f"r-{i}" for i in range(22)]
+    sent = [m for m in parsed if m["provider"] == "openai"]
+    assert len(sent) == 17 and all(m["attempts"] == 1 and m["latency_ms"] > 0 for m in sent)
+
+    # the usage per model, recorded with the checkpoints
+    usage = {r["model"]: r for r in h.store.usage_report(["model", "provider"])}
+    assert usage["gpt-4o-mini"]["lines"] == 17 and usage["gpt-4o-mini"]["provider"] == "openai"
+    assert usage["no-such/m"]["failed"] == 5 and usage["no-such/m"]["input_tokens"] == 0
+
+    # and the table built from those files: the one schema, input order
+    parquet = h.blobs.root / "t.parquet"
+    rows = build_table(
+        h.blobs.path(derived_blob_name(batch_id, "meta")),
+        h.blobs.path(derived_file_id(batch_id, "output")),
+        h.blobs.path(derived_file_id(batch_id, "error")),
+        parquet,
+    )
+    table = pl.read_parquet(parquet)
+    assert rows == 22 and table.schema == pl.Schema(TABLE_SCHEMA)
+    assert table["custom_id"].to_list() == [f"r-{i}" for i in range(22)]
+    assert table.filter(pl.col("ok"))["text"].null_count() == 0
+    assert set(table.filter(~pl.col("ok"))["error_code"]) == {"unknown_provider"}
+
+
+def test_cursor_parsing() -> None:
+    assert live_results.parse_cursor(None) == 0
+    assert live_results.parse_cursor("17") == 17
+    for bad in ("-1", "x", "1.5", "٣", "9" * 19):
+        with pytest.raises(live_results.BadCursor):
+            live_results.parse_cursor(bad)
+    assert live_results.parse_kinds("error") == ("error",)
+    with pytest.raises(ValueError):
+        live_results.parse_kinds("all")
+
+
+def test_table_of_nothing_has_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    assert build_table(None, tmp_path / "missing", None, path, csv=tmp_path / "e.csv") == 0
+    assert pl.read_parquet(path).schema == pl.Schema(TABLE_SCHEMA)
+    assert (tmp_path / "e.csv").read_text().startswith("line,custom_id,model")
+
+
+def test_csv_holds_embeddings_as_json_text() -> None:
+    frame = pl.DataFrame(
+        {"embedding": [[0.5, 1.0], None]}, schema={"embedding": pl.List(pl.Float64())}
+    )
+    assert csv_frame(frame)["embedding"].to_list() == ["[0.5,1.0]", None]
+
+
+def test_summary_aggregates_per_model_and_provider() -> None:
+    table = pl.DataFrame(
+        {
+            "model": ["a", "a", "a", "b"],
+            "provider": ["p", "p", "q", None],
+            "ok": [True, True, False, False],
+            "input_tokens": [1, 2, None, None],
+            "output_tokens": [3, 4, None, None],
+            "cached_tokens": [0, 1, None, None],
+            "reasoning_tokens": [0, 0, None, None],
+            "latency_ms": [10.0, 30.0, 20.0, None],
+            "attempts": [1, 3, 2, 0],
+            "error_code": [None, None, "500", "unknown_provider"],
+        }
+    )
+    summary = summarize(table)
+    assert (summary["lines"], summary["succeeded"], summary["failed"]) == (4, 2, 2)
+    assert summary["retries"] == 3 and summary["ran"] == 3
+    a = next(m for m in summary["by_model"] if m["model"] == "a")
+    assert (a["input_tokens"], a["output_tokens"], a["cached_tokens"]) == (3, 7, 1)
+    assert (a["latency_ms_p50"], a["latency_ms_max"]) == (20.0, 30.0)
+    assert a["top_errors"] == [{"code": "500", "count": 1}]
+    providers = {p["provider"]: p for p in summary["by_provider"]}
+    assert providers["p"]["succeeded"] == 2 and providers[None]["failed"] == 1
+    assert summary["errors"] == [
+        {"code": "500", "count": 1},
+        {"code": "unknown_provider", "count": 1},
+    ]
+    rows = summary_rows(summary)
+    assert [r["group"] for r in rows].count("model") == 2
+    report = summary_markdown({**summary, "batch_id": "batch_x", "status": "completed"})
+    assert "## Per model" in report and "| unknown_provider | 1 |" in report
+    assert "/v1/batches/batch_x/results?format=parquet" in report
+
+
+def test_retry_selects_failed_lines_by_code() -> None:
+    errors = [
+        {"custom_id": "a", "response": {"status_code": 500, "body": {"error": {"code": None}}}},
+        {"custom_id": "b", "response": {"status_code": 429, "body": {"error": {"code": "rl"}}}},
+        {"custom_id": "c", "response": None, "error": {"code": "batch_expired"}},
+    ]
+    blocks = [b"".join(orjson.dumps(e) + b"\n" for e in errors)]
+    assert line_codes(errors[1]) == {"rl", "429"}
+    assert failed_custom_ids(blocks, None) == {"a", "b", "c"}
+    assert failed_custom_ids(blocks, parse_codes("500, batch_expired")) == {"a", "c"}
+    assert failed_custom_ids(blocks, parse_codes("rl")) == {"b"}
+    assert parse_codes(" , ") is None
+    source = b"".join(orjson.dumps({"custom_id": c, "body": {}}) + b"\n" for c in "abcd")
+    picked = list(select_lines([source[:7], source[7:]], {"b", "d"}))
+    assert [orjson.loads(p)["custom_id"] for p in picked] == ["b", "d"]
+
+
+def test_progress_line() -> None:
+    progress = LineProgress(total=1000, done=100, at_start=100, started=0.0)
+    assert progress.describe(now=10.0) == "100 / 1000 lines"
+    progress.done = 500
+    assert progress.describe(now=10.0) == "500 / 1000 lines, 40.0 requests/s, ETA 12 s"
+
+
+def test_retention_drops_derived_results_with_the_result_files(harness: Harness) -> None:
+    h = harness
+    batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(3)])))
+    meta = derived_blob_name(batch.id, "meta")
+    h.blobs.write_bytes(derived_blob_name(batch.id, "parquet"), b"table")
+    sweep(h.store, h.blobs)
+    assert h.blobs.exists(meta)  # the output file is live: kept
+    delete_file(h.store, h.blobs, batch.output_file_id)
+    sweep(h.store, h.blobs)
+    assert not h.blobs.exists(meta)
+    assert not h.blobs.exists(derived_blob_name(batch.id, "parquet"))
+
+
+def test_table_reads_a_provider_value_of_another_type_as_null(tmp_path: Path) -> None:
+    """A base64 embedding where floats are expected fails the fast decode;
+    the file is read again and only that value is null."""
+
+    def line(custom_id: str, embedding: Any, tokens: int) -> dict[str, Any]:
+        body = {"data": [{"embedding": embedding}], "usage": {"prompt_tokens": tokens}}
+        return {"custom_id": custom_id, "response": {"status_code": 200, "body": body}}
+
+    lines = [line("a", [0.5], 2), line("b", "AAAA", 3)]
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    meta = tmp_path / "meta.jsonl"
+    meta.write_bytes(b'{"custom_id": "a"}\n{"custom_id": "b"}\n')
+    build_table(meta, out, None, tmp_path / "t.parquet")
+    table = pl.read_parquet(tmp_path / "t.parquet")
+    assert table["embedding"].to_list() == [[0.5], None]
+    assert table["input_tokens"].to_list() == [2, 3] and table["ok"].all()
