@@ -15,7 +15,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,10 +93,20 @@ def part_name(batch_id: str, index: int, kind: str) -> str:
 
 
 class BatchLedger:
-    def __init__(self, store: MetadataStore, blobs: BlobStore, *, lease_seconds: int) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        blobs: BlobStore,
+        *,
+        lease_seconds: int,
+        on_chunk: Callable[[int, int, dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        """`on_chunk(completed, failed, metrics)` hears each accepted
+        checkpoint once (the gateway's metrics); a repeated post is not heard."""
         self.store = store
         self.blobs = blobs
         self.lease_seconds = lease_seconds
+        self.on_chunk = on_chunk
 
     # -- reading ----------------------------------------------------------
 
@@ -258,6 +268,7 @@ class BatchLedger:
         failed: int,
         usage: dict[str, Any] | None,
         model: str | None,
+        metrics: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
@@ -270,9 +281,11 @@ class BatchLedger:
         self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
         self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
         crash_point("ledger:chunk_after_parts")
-        self.store.complete_chunk(
+        accepted = self.store.complete_chunk(
             batch_id, index, completed=completed, failed=failed, usage=usage, model=model
         )
+        if accepted and self.on_chunk is not None:
+            self.on_chunk(completed, failed, metrics)
         crash_point("ledger:chunk_after_commit")
         self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))

@@ -122,6 +122,7 @@ async def record_chunk(request: Request) -> Response:
             failed=int(body["failed"]),
             usage=body.get("usage"),
             model=body.get("model"),
+            metrics=body.get("metrics"),
         )
     )
 
