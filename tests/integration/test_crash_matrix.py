@@ -165,8 +165,9 @@ def test_crashes_in_every_phase_leave_every_batch_complete_and_consistent(
 ) -> None:
     """Flow runs killed during validate, mid-chunk, between chunks and before
     finalize; the gateway killed mid chunk post, mid finalize and before a
-    webhook delivery: 4 batches at once. To stay fast, runner-side points kill only the flow-run process
-    (the work process of one batch) so the kills overlap; `make soak` kills
+    webhook delivery: 4 batches at once. To stay fast, runner-side points
+    kill only the flow-run process (the work process of one batch) so the
+    kills overlap; `make soak` kills
     the whole runner at every point."""
     root = Path(tmp_path_factory.mktemp("crash-fast"))
     with crash_stack(prefect_server, root, FAST_POINTS, scope="process") as stack:
