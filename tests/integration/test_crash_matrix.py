@@ -167,8 +167,7 @@ def test_crashes_in_every_phase_leave_every_batch_complete_and_consistent(
     finalize; the gateway killed mid chunk post, mid finalize and before a
     webhook delivery: 4 batches at once. To stay fast, runner-side points
     kill only the flow-run process (the work process of one batch) so the
-    kills overlap; `make soak` kills
-    the whole runner at every point."""
+    kills overlap; `make soak` kills the whole runner at every point."""
     root = Path(tmp_path_factory.mktemp("crash-fast"))
     with crash_stack(prefect_server, root, FAST_POINTS, scope="process") as stack:
         figures = run_matrix(stack, root, FAST_POINTS, batches=4, lines=200, timeout=420)
