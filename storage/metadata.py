@@ -707,6 +707,17 @@ class MetadataStore:
             ["webhook_outbox"],
         )
 
+    def prune_webhook_outbox(self, before: int) -> int:
+        """Remove settled deliveries (delivered or given up) of events made
+        before `before`; pending ones stay whatever their age."""
+        rows = self._write(
+            "DELETE FROM webhook_outbox WHERE created_at < ? "
+            "AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL) RETURNING 1",
+            [before],
+            ["webhook_outbox"],
+        )
+        return len(rows)
+
     def webhook_outbox_counts(self) -> dict[str, int]:
         """Outbox rows by state (pending, delivered, failed), for metrics and doctor."""
         rows = self.query(

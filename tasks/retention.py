@@ -2,7 +2,9 @@
 
 A file goes when its own `expires_at` passes. Output and error files also
 go when their batch's `output_expires_after` (anchored at the batch's
-`created_at`) passes; the input file keeps its own expiry.
+`created_at`) passes; the input file keeps its own expiry. Settled webhook deliveries (delivered
+or given up) are kept for WEBHOOK_HISTORY_SECONDS, then removed, so the
+outbox stays the size of its recent traffic.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
+
+WEBHOOK_HISTORY_SECONDS = 30 * 24 * 3600
 
 
 def delete_file(store: MetadataStore, blobs: BlobStore, file_id: str) -> bool:
@@ -36,4 +40,5 @@ def sweep(store: MetadataStore, blobs: BlobStore, at: int | None = None) -> dict
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id and delete_file(store, blobs, file_id):
                 deleted.append(file_id)
-    return {"deleted_files": len(deleted), "file_ids": deleted}
+    pruned = store.prune_webhook_outbox(at - WEBHOOK_HISTORY_SECONDS)
+    return {"deleted_files": len(deleted), "file_ids": deleted, "pruned_webhook_deliveries": pruned}

@@ -137,3 +137,18 @@ def test_backoff_doubles_up_to_its_cap_and_gives_up_after_the_last_attempt() -> 
     assert [retry_delay(n, 5, 60) for n in range(1, 6)] == [5, 10, 20, 40, 60]
     assert next_attempt(2, 100.0, max_attempts=3, base=1, cap=10) == 102.0
     assert next_attempt(3, 100.0, max_attempts=3, base=1, cap=10) is None
+
+
+def test_retention_prunes_old_settled_deliveries_and_keeps_pending_ones(
+    store: MetadataStore,
+) -> None:
+    endpoint = store.create_webhook_endpoint("http://127.0.0.1:1/h", ["batch.failed"], None)
+    done, waiting = _batch(store, None), _batch(store, None)
+    for batch_id in (done, waiting):
+        store.transition_batch(batch_id, ["in_progress"], status="failed", failed_at=1)
+    delivered = next(d for d in store.due_webhook_deliveries(time.time() + 1) if d.batch_id == done)
+    store.settle_webhook_delivery(delivered.event_id, endpoint.id, delivered=True)
+
+    assert store.prune_webhook_outbox(int(time.time()) - 60) == 0  # too young
+    assert store.prune_webhook_outbox(int(time.time()) + 60) == 1
+    assert [d.batch_id for d in store.due_webhook_deliveries(time.time() + 1)] == [waiting]
