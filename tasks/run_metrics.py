@@ -27,9 +27,16 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    120.0, 300.0, 600.0)  # fmt: skip
 
 
+_TOKEN_FIELDS = (("input", "prompt_tokens", "input_tokens"),
+                 ("output", "completion_tokens", "output_tokens"))  # fmt: skip
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+
+
 def status_class(status: int | None) -> str:
     """ "2xx".."5xx", or "error" when no answer came (timeout, connection)."""
-    return "error" if status is None else f"{status // 100}xx"
+    if status is None:
+        return "error"
+    return _STATUS_CLASSES.get(status // 100) or f"{status // 100}xx"
 
 
 class RunMetrics:
@@ -65,16 +72,19 @@ class RunMetrics:
         self.retries[provider] = self.retries.get(provider, 0) + 1
 
     def usage(self, model: str, body: dict[str, Any]) -> None:
-        """Tokens of one successful answer, by the model that answered."""
+        """Tokens of one successful answer, by the model that answered
+        (chat/completions name them prompt/completion, responses input/output)."""
         usage = body.get("usage")
-        if not isinstance(usage, dict):
+        if type(usage) is not dict:
             return
-        for kind, names in (("input", ("input_tokens", "prompt_tokens")),
-                            ("output", ("output_tokens", "completion_tokens"))):  # fmt: skip
-            value = next((usage[n] for n in names if isinstance(usage.get(n), int)), 0)
-            if value:
+        tokens = self.tokens
+        for kind, first, second in _TOKEN_FIELDS:
+            value = usage.get(first)
+            if value is None:
+                value = usage.get(second)
+            if type(value) is int and value:
                 key = (model, kind)
-                self.tokens[key] = self.tokens.get(key, 0) + value
+                tokens[key] = tokens.get(key, 0) + value
 
     def report(self, windows: dict[str, int] | None = None) -> dict[str, Any] | None:
         """What was counted since the last report, as JSON; None if nothing."""
