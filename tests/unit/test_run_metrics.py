@@ -107,11 +107,12 @@ async def test_the_counters_match_the_provider_s_count_even_with_checkpoints_pos
     assert batch.status == "completed" and batch.completed + batch.failed == 40
     assert stats["status_429"] > 0
     assert total(scrape, "batchgate_upstream_requests_total") == stats["total"]
-    assert total(scrape, "batchgate_upstream_requests_total", status_class="2xx") == 40
+    assert total(scrape, "batchgate_upstream_requests_total", status_class="2xx") == batch.completed
     assert total(scrape, "batchgate_upstream_429_total") == stats["status_429"]
     assert total(scrape, "batchgate_upstream_retries_total") == stats["total"] - 40
     assert total(scrape, "batchgate_upstream_latency_seconds_count") == stats["total"]
     assert total(scrape, "batchgate_lines_total", outcome="completed") == batch.completed
+    assert total(scrape, "batchgate_lines_total", outcome="failed") == batch.failed
     assert total(scrape, "batchgate_tokens_total", kind="input") == batch.usage["input_tokens"]
     assert total(scrape, "batchgate_tokens_total", kind="output") == batch.usage["output_tokens"]
     assert total(scrape, "batchgate_batches", status="completed") == 1
