@@ -312,6 +312,7 @@ class UpstreamClient:
                 body = body()
             # aiohttp copies the headers into each request, so one dict serves all attempts.
             client_request_id = headers["X-Client-Request-Id"] = new_http_request_id()
+            started = time.monotonic()
             try:
                 outcome = await self._attempt(
                     client, deadlines, url, headers, body, attempt, client_request_id
@@ -322,7 +323,7 @@ class UpstreamClient:
             _settle(limiter, sent_at, outcome)
             result = outcome.result
             metrics = self.metrics
-            metrics.attempt(provider.name, result.status_code, time.monotonic() - sent_at)
+            metrics.attempt(provider.name, result.status_code, time.monotonic() - started)
             final = not outcome.retryable or attempt >= self.max_attempts
             if debug:
                 _log_attempt(provider.name, custom_id, client_request_id, result, final)
