@@ -47,6 +47,10 @@ class _RunCollector(Collector):
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.metrics = metrics
 
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not ask DuckDB (collect does)."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
         with m.lock:
