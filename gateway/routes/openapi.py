@@ -22,6 +22,7 @@ from gateway.routes.files import (
     MIN_EXPIRES_SECONDS,
     UPLOAD_PURPOSES,
 )
+from tasks.webhooks import EVENT_TYPES
 
 BATCH_ENDPOINTS = [
     "/v1/chat/completions",
@@ -433,7 +434,7 @@ PATHS: dict[str, Any] = {
 
 # -- webhooks and metrics (admin key; /metrics also a read-only metrics token) --
 
-WEBHOOK_EVENT_TYPES = ["batch.cancelled", "batch.completed", "batch.expired", "batch.failed"]
+WEBHOOK_EVENT_TYPES = EVENT_TYPES
 ADMIN_ONLY = error_response("Missing or wrong admin key.")
 WEBHOOK_ENDPOINT = {
     "id": {"type": "string"},
