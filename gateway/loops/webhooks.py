@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.concurrency import run_in_threadpool
@@ -39,12 +39,42 @@ log = logging.getLogger("batchgate.webhooks")
 BATCH = 64
 
 
-async def deliver(state: GatewayState, client: httpx.AsyncClient, item: WebhookDelivery) -> str:
-    """One attempt at one delivery; returns its outcome (delivered, retry, failed)."""
+class Posts:
+    """The HTTP posts in flight, so shutdown can cut them short without
+    interrupting the loop's DuckDB calls: a DuckDB call runs in a thread that
+    cancelling its task does not stop, and the store closes right after."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.in_flight: set[asyncio.Future[httpx.Response]] = set()
+
+    async def post(self, client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response:
+        if self.stopping.is_set():  # a pass that began before the stop sends nothing more
+            raise asyncio.CancelledError
+        future = asyncio.ensure_future(client.post(url, **kwargs))
+        self.in_flight.add(future)
+        try:
+            return await future
+        finally:
+            self.in_flight.discard(future)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for future in self.in_flight:
+            future.cancel()
+
+
+async def deliver(
+    state: GatewayState, client: httpx.AsyncClient, item: WebhookDelivery, posts: Posts
+) -> str:
+    """One attempt at one delivery; returns its outcome (delivered, retry,
+    failed, or interrupted by shutdown: then nothing is recorded and the
+    next start sends it again)."""
     body = event_payload(item.event_id, item.type, item.created_at, item.batch_id)
     crash_point("webhooks:before_send")
     try:
-        response = await client.post(
+        response = await posts.post(
+            client,
             item.url,
             content=body,
             headers=signed_headers(item.secret, item.event_id, body, time.time()),
@@ -52,6 +82,10 @@ async def deliver(state: GatewayState, client: httpx.AsyncClient, item: WebhookD
         ok, error = delivered(response.status_code), f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:
         ok, error = False, type(exc).__name__
+    except asyncio.CancelledError:
+        if not posts.stopping.is_set():
+            raise
+        return "interrupted"
     settings = state.settings
     retry_at = None
     if not ok:
@@ -86,10 +120,10 @@ async def deliver(state: GatewayState, client: httpx.AsyncClient, item: WebhookD
     return outcome
 
 
-async def deliver_due(state: GatewayState, client: httpx.AsyncClient) -> int:
+async def deliver_due(state: GatewayState, client: httpx.AsyncClient, posts: Posts) -> int:
     """Send every due delivery once (concurrently); how many were due."""
     due = await run_in_threadpool(state.store.due_webhook_deliveries, time.time(), BATCH)
-    await asyncio.gather(*(deliver(state, client, item) for item in due))
+    await asyncio.gather(*(deliver(state, client, item, posts) for item in due))
     return len(due)
 
 
@@ -98,14 +132,17 @@ async def running(state: GatewayState) -> AsyncIterator[None]:
     """Run the delivery loop while the app lives."""
     settings = state.settings
 
+    posts = Posts()
+
     async def loop(client: httpx.AsyncClient) -> None:
-        while True:
+        while not posts.stopping.is_set():
             try:
-                if await deliver_due(state, client) >= BATCH:
+                if await deliver_due(state, client, posts) >= BATCH:
                     continue
             except Exception:
                 log.exception("webhook delivery pass failed")
-            await asyncio.sleep(settings.webhook_poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(posts.stopping.wait(), settings.webhook_poll_seconds)
 
     timeout = httpx.Timeout(settings.webhook_timeout_seconds)
     async with httpx.AsyncClient(
@@ -115,5 +152,7 @@ async def running(state: GatewayState) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            task.cancel()
+            # Cut the posts short, let the pass record what it has and end:
+            # never cancel the loop inside a DuckDB call.
+            posts.stop()
             await asyncio.gather(task, return_exceptions=True)

@@ -152,3 +152,40 @@ def test_retention_prunes_old_settled_deliveries_and_keeps_pending_ones(
     assert store.prune_webhook_outbox(int(time.time()) - 60) == 0  # too young
     assert store.prune_webhook_outbox(int(time.time()) + 60) == 1
     assert [d.batch_id for d in store.due_webhook_deliveries(time.time() + 1)] == [waiting]
+
+
+async def test_shutdown_cuts_a_hanging_delivery_short_and_keeps_it_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A receiver that never answers must not hold the gateway's shutdown,
+    and the loop must not be cut inside a DuckDB call (the store closes next)."""
+    import asyncio
+
+    from gateway.app import build_state
+    from gateway.loops import webhooks as loop
+    from tasks.settings import Settings
+
+    accepted = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
+    state = build_state(settings, flow_runs=object())  # type: ignore[arg-type]
+    state.store.create_webhook_endpoint(f"http://127.0.0.1:{port}/h", ["batch.failed"], None)
+    state.store.transition_batch(
+        _batch(state.store, None), ["in_progress"], status="failed", failed_at=1
+    )
+    try:
+        async with loop.running(state):
+            await asyncio.wait_for(accepted.wait(), 10)
+            began = time.monotonic()
+        assert time.monotonic() - began < 5  # not the 60 s delivery timeout
+        (pending,) = state.store.due_webhook_deliveries(time.time() + 1)
+        assert pending.attempts == 0  # nothing recorded: sent again after a restart
+    finally:
+        state.store.close()
+        server.close()
