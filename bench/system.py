@@ -20,10 +20,15 @@ import httpx
 import orjson
 import psutil
 
-from tests.stack import INTERNAL_TOKEN, PrefectServer, Stack
+from tests.stack import ADMIN_KEY, INTERNAL_TOKEN, PrefectServer, Stack
+from tests.webhook_receiver import Receiver
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 PROVIDER = "openai"
+# Metrics and webhooks are on in every benchmark, as in production: /metrics
+# is scraped at Prometheus's usual interval and every batch's end is sent to
+# a webhook receiver.
+SCRAPE_SECONDS = 15.0
 
 
 def tree_memory(pid: int, children: bool = True) -> int:
@@ -117,12 +122,28 @@ class BenchSystem:
                 },
             )
             self.client = self.stack.client(self.stack.create_key("bench"))
+            self.receiver = Receiver().start()
+            hook = self.stack.admin("POST", "/admin/webhooks", json={"url": self.receiver.url})
+            self.receiver.secret = hook.json()["secret"]
+            self._scraping = threading.Event()
+            self._scraper = threading.Thread(target=self._scrape, daemon=True)
+            self._scraper.start()
         except BaseException:
             self.stack.__exit__()
             raise
         return self
 
+    def _scrape(self) -> None:
+        """GET /metrics every SCRAPE_SECONDS, as a Prometheus server would."""
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        while not self._scraping.wait(SCRAPE_SECONDS):
+            with suppress(httpx.HTTPError):
+                httpx.get(f"{self.stack.url}/metrics", headers=headers, timeout=10)
+
     def __exit__(self, *exc: object) -> None:
+        self._scraping.set()
+        self._scraper.join(timeout=15)
+        self.receiver.stop()
         self.stack.__exit__()
 
     def pids(self) -> dict[str, int]:

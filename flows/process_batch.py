@@ -102,9 +102,10 @@ async def run_chunk(
     )
     control.stopped_lines += result.stopped
     crash_point("execute:before_post")
-    return await asyncio.to_thread(
-        api.record_chunk, control.batch_id, control.token, index, **result.as_post()
-    )
+    # The client's counts since its last post go with this checkpoint; the
+    # gateway adds them once it accepts it (tasks/run_metrics.py).
+    post = {**result.as_post(), "metrics": client.report_metrics()}
+    return await asyncio.to_thread(api.record_chunk, control.batch_id, control.token, index, **post)
 
 
 def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:

@@ -13,8 +13,20 @@ from gateway.auth import load_or_create_secret
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.flow_runs import FlowRunStarter, PrefectFlowRuns
 from gateway.loops import reconciler
+from gateway.loops import webhooks as webhook_loop
+from gateway.metrics import GatewayMetrics, HttpMetricsMiddleware
 from gateway.middleware import CorsMiddleware, RequestIdMiddleware
-from gateway.routes import admin, batches, files, health, internal, openapi, results
+from gateway.routes import (
+    admin,
+    batches,
+    files,
+    health,
+    internal,
+    metrics,
+    openapi,
+    results,
+    webhooks,
+)
 from gateway.state import GatewayState
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
@@ -46,6 +58,7 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
     internal_token = (
         settings.internal_token or load_or_create_secret(settings.data_dir / "internal_token")[0]
     )
+    gateway_metrics = GatewayMetrics(store.batch_status_counts)
     return GatewayState(
         settings=settings,
         store=store,
@@ -54,8 +67,13 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
         internal_token=internal_token,
         flow_runs=flow_runs or PrefectFlowRuns(settings),
         ledger=BatchLedger(
-            store, blobs, lease_seconds=settings.lease_seconds, prices=settings.prices
+            store,
+            blobs,
+            lease_seconds=settings.lease_seconds,
+            prices=settings.prices,
+            on_chunk=gateway_metrics.add_chunk,
         ),
+        metrics=gateway_metrics,
     )
 
 
@@ -65,7 +83,7 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         admin.load_configured_providers(state)
-        async with reconciler.running(state):
+        async with reconciler.running(state), webhook_loop.running(state):
             yield
         await state.flow_runs.aclose()
         state.store.close()
@@ -79,8 +97,11 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
             *results.routes,
             *admin.routes,
             *internal.routes,
+            *webhooks.routes,
+            *metrics.routes,
         ],
         middleware=[
+            Middleware(HttpMetricsMiddleware, metrics=state.metrics),
             Middleware(RequestIdMiddleware),
             Middleware(CorsMiddleware, allow_origins=settings.cors_origins),
         ],

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from gateway.flow_runs import FlowRunStarter
+from gateway.metrics import GatewayMetrics
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from tasks.ledger import BatchLedger
@@ -28,6 +29,8 @@ class GatewayState:
     ledger: BatchLedger
     # Flow-run starts still in flight after their `batches.create` answered.
     launches: set[asyncio.Task[None]] = field(default_factory=set)
+    # The app's Prometheus registry and the totals behind it (gateway/metrics.py).
+    metrics: GatewayMetrics = field(default_factory=lambda: GatewayMetrics(dict))
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
@@ -45,3 +46,17 @@ def new_api_key() -> str:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_event_id() -> str:
+    """`evt_…`: one webhook event (OpenAI's shape); also its `webhook-id`."""
+    return f"evt_{_token()}"
+
+
+def new_webhook_endpoint_id() -> str:
+    return f"we_{_token(8)}"
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

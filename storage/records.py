@@ -11,6 +11,13 @@ from typing import Any
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 LIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+# The webhook event each terminal status sends (OpenAI's event types).
+WEBHOOK_EVENTS = {
+    "completed": "batch.completed",
+    "failed": "batch.failed",
+    "expired": "batch.expired",
+    "cancelled": "batch.cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,34 @@ class ProviderRecord:
     models: list[str] | None = None
     is_default: bool = False
     created_at: int = 0
+
+
+@dataclass(frozen=True)
+class WebhookEndpointRecord:
+    """A registered receiver. `secret` is sealed in the database and clear
+    only in memory, on its way to a signature; `api_key_id` None: global."""
+
+    id: str
+    url: str
+    events: list[str]
+    api_key_id: str | None
+    secret: str
+    created_at: int
+    deleted_at: int | None = None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One outbox row due for sending, with what sending it needs."""
+
+    event_id: str
+    endpoint_id: str
+    type: str
+    batch_id: str
+    created_at: int
+    attempts: int
+    url: str
+    secret: str
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,38 @@ CREATE TABLE IF NOT EXISTS chunk_usage (
     PRIMARY KEY (batch_id, chunk_index, model, provider)
 );
 
+-- migration 4
+-- Webhooks (issue 13). An endpoint's signing secret is stored sealed with
+-- the provider-key Fernet key (storage/secrets.py): it must be recoverable to
+-- sign, and a copied database file must not give it away. `api_key_id` NULL:
+-- a global endpoint that hears every key's batches. `events`: JSON list.
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id          VARCHAR PRIMARY KEY,
+    url         VARCHAR NOT NULL,
+    events      VARCHAR NOT NULL,
+    api_key_id  VARCHAR,
+    secret      VARCHAR NOT NULL,
+    created_at  BIGINT  NOT NULL,
+    deleted_at  BIGINT
+);
+
+-- The outbox: one row per event and endpoint, written in the transaction
+-- that ends the batch, so an ended batch always has its deliveries queued.
+-- The delivery loop sends due rows and marks them delivered or given up.
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    event_id         VARCHAR NOT NULL,
+    endpoint_id      VARCHAR NOT NULL,
+    type             VARCHAR NOT NULL,
+    batch_id         VARCHAR NOT NULL,
+    created_at       BIGINT  NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  DOUBLE  NOT NULL,
+    delivered_at     BIGINT,
+    gave_up_at       BIGINT,
+    last_error       VARCHAR,
+    PRIMARY KEY (event_id, endpoint_id)
+);
+
 -- migration 5
 -- Control (issue 13): budgets per API key, the spend counted against them per
 -- period, what finished chunks taught about characters per token per model

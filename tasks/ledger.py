@@ -15,7 +15,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,11 +130,15 @@ class BatchLedger:
         *,
         lease_seconds: int,
         prices: Sequence[Any] = (),
+        on_chunk: Callable[[int, int, dict[str, Any] | None], None] | None = None,
     ) -> None:
+        """`on_chunk(completed, failed, metrics)` hears each accepted
+        checkpoint once (the gateway's metrics); a repeated post is not heard."""
         self.store = store
         self.blobs = blobs
         self.lease_seconds = lease_seconds
         self.prices = list(prices)  # `[[prices]]` of the config: spend in dollars
+        self.on_chunk = on_chunk
 
     # -- reading ----------------------------------------------------------
 
@@ -303,6 +307,7 @@ class BatchLedger:
         model: str | None,
         meta: Sequence[dict[str, Any]] | None = None,
         usage_rows: Sequence[dict[str, Any]] | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
@@ -328,6 +333,8 @@ class BatchLedger:
         self.store.add_result_chunk(batch_id, index, usage_rows or ())
         if newly_done and usage_rows:
             record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
+        if newly_done and self.on_chunk is not None:
+            self.on_chunk(completed, failed, metrics)
         crash_point("ledger:chunk_after_commit")
         self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))

@@ -5,7 +5,9 @@ go when their batch's `output_expires_after` (anchored at the batch's
 `created_at`) passes; the input file keeps its own expiry. A batch's
 derived results (table, CSV, summary, per-line meta: issue 12) hold the
 same data as its output and error files, so they go once neither file is
-live any more.
+live any more. Settled webhook deliveries (delivered
+or given up) are kept for WEBHOOK_HISTORY_SECONDS, then removed, so the
+outbox stays the size of its recent traffic.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from tasks.ledger import DERIVED_SUFFIXES, derived_blob_name
+
+WEBHOOK_HISTORY_SECONDS = 30 * 24 * 3600
 
 
 def delete_file(store: MetadataStore, blobs: BlobStore, file_id: str) -> bool:
@@ -42,7 +46,8 @@ def sweep(store: MetadataStore, blobs: BlobStore, at: int | None = None) -> dict
                 deleted.append(file_id)
     for batch in store.terminal_batches():
         _drop_derived(store, blobs, batch.id, (batch.output_file_id, batch.error_file_id))
-    return {"deleted_files": len(deleted), "file_ids": deleted}
+    pruned = store.prune_webhook_outbox(at - WEBHOOK_HISTORY_SECONDS)
+    return {"deleted_files": len(deleted), "file_ids": deleted, "pruned_webhook_deliveries": pruned}
 
 
 def _drop_derived(

@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
 
+    # Webhooks (gateway/loops/webhooks.py): attempt n waits base * 2**(n-1)
+    # seconds, at most max; after `webhook_max_attempts` the delivery is given
+    # up (the defaults span about 15 hours). Tests shorten them.
+    webhook_poll_seconds: float = 1.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = Field(default=18, ge=1)
+    webhook_backoff_base_seconds: float = 5.0
+    webhook_backoff_max_seconds: float = 3600.0
+
+    # Metrics: GET /metrics takes the admin key, or this read-only token when set.
+    metrics_token: str | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,

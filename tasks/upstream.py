@@ -53,6 +53,7 @@ from storage.ids import new_http_request_id
 from storage.records import ProviderRecord
 from tasks.deadlines import Deadlines
 from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
+from tasks.run_metrics import RunMetrics
 
 NON_JSON_BODY: dict[str, Any] = {
     "error": {
@@ -212,6 +213,14 @@ class UpstreamClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiohttp.ClientSession | None = None
         self._deadlines: Deadlines | None = None
+        # Counts for the gateway's /metrics, handed over with each chunk post.
+        self.metrics = RunMetrics()
+
+    def report_metrics(self) -> dict[str, Any] | None:
+        """What this client counted since the last call, with each provider's
+        current AIMD window (tasks/run_metrics.py); None if nothing."""
+        windows = {name: lim.window.limit for name, lim in self._limiters.items()}
+        return self.metrics.report(windows)
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> tuple[aiohttp.ClientSession, Deadlines]:
         """Pool and limiters for the running loop.
@@ -328,6 +337,7 @@ class UpstreamClient:
                 body = body()
             # aiohttp copies the headers into each request, so one dict serves all attempts.
             client_request_id = headers["X-Client-Request-Id"] = new_http_request_id()
+            started = time.monotonic()
             try:
                 outcome = await self._attempt(
                     client, deadlines, url, headers, body, attempt, client_request_id
@@ -337,6 +347,8 @@ class UpstreamClient:
                 raise
             _settle(limiter, sent_at, outcome)
             result = outcome.result
+            metrics = self.metrics
+            metrics.attempt(provider.name, result.status_code, time.monotonic() - started)
             final = not outcome.retryable or attempt >= self.max_attempts
             if debug:
                 _log_attempt(provider.name, custom_id, client_request_id, result, final)
@@ -351,6 +363,9 @@ class UpstreamClient:
                         result.error_code,
                         attempt,
                     )
+                if result.ok and result.body is not None:
+                    model = result.body.get("model")
+                    metrics.usage(model if isinstance(model, str) else "unknown", result.body)
                 return result
             retry_after = outcome.retry_after
             if retry_after is not None:
@@ -358,6 +373,7 @@ class UpstreamClient:
             delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after)
             if await self._wait(delay, should_stop):
                 return _stopped(attempt)
+            metrics.retry(provider.name)
 
     async def _attempt(
         self,

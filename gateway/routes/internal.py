@@ -125,6 +125,7 @@ async def record_chunk(request: Request) -> Response:
             model=body.get("model"),
             meta=body.get("meta"),
             usage_rows=body.get("usage_rows"),
+            metrics=body.get("metrics"),
         )
     )
 

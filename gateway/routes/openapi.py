@@ -22,6 +22,7 @@ from gateway.routes.files import (
     MIN_EXPIRES_SECONDS,
     UPLOAD_PURPOSES,
 )
+from tasks.webhooks import EVENT_TYPES
 
 BATCH_ENDPOINTS = [
     "/v1/chat/completions",
@@ -846,6 +847,111 @@ PATHS: dict[str, Any] = {
         },
     },
 }
+
+
+# -- webhooks and metrics (admin key; /metrics also a read-only metrics token) --
+
+WEBHOOK_EVENT_TYPES = EVENT_TYPES
+ADMIN_ONLY = error_response("Missing or wrong admin key.")
+WEBHOOK_ENDPOINT = {
+    "id": {"type": "string"},
+    "object": {"type": "string", "const": "webhook_endpoint"},
+    "url": {"type": "string"},
+    "events": {"type": "array", "items": {"type": "string", "enum": WEBHOOK_EVENT_TYPES}},
+    "key_id": nullable("string", description="null: a global endpoint (every key's batches)."),
+    "created_at": UNIX_TIME,
+}
+SCHEMAS.update(
+    {
+        "WebhookEndpoint": obj(WEBHOOK_ENDPOINT),
+        "WebhookEndpointCreated": obj(
+            {
+                **WEBHOOK_ENDPOINT,
+                "secret": {
+                    "type": "string",
+                    "pattern": "^whsec_",
+                    "description": "The Standard Webhooks signing secret; shown only here.",
+                },
+            }
+        ),
+        "WebhookEndpointList": obj(
+            {
+                "object": {"type": "string", "const": "list"},
+                "data": {"type": "array", "items": ref("WebhookEndpoint")},
+            }
+        ),
+        "WebhookEndpointDeleted": obj(
+            {
+                "id": {"type": "string"},
+                "object": {"type": "string", "const": "webhook_endpoint"},
+                "deleted": {"type": "boolean", "const": True},
+            }
+        ),
+        "WebhookEndpointCreate": obj(
+            {
+                "url": {"type": "string", "pattern": "^https?://\\S+$", "maxLength": 2000},
+                "events": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": WEBHOOK_EVENT_TYPES},
+                    "minItems": 1,
+                    "description": "Default: all four batch events.",
+                },
+                "key_id": nullable(
+                    "string", description="Only this API key's batches; null or absent: all."
+                ),
+            },
+            required=["url"],
+        ),
+    }
+)
+PATHS.update(
+    {
+        "/admin/webhooks": {
+            "post": {
+                "operationId": "createWebhookEndpoint",
+                "summary": "Register a webhook endpoint; the answer holds its signing secret "
+                "(once). Events are OpenAI's batch events, signed per Standard Webhooks.",
+                "requestBody": {"required": True, **json_content(ref("WebhookEndpointCreate"))},
+                "responses": {
+                    "201": ok(ref("WebhookEndpointCreated"), "Created"),
+                    "400": BAD_REQUEST,
+                    "401": ADMIN_ONLY,
+                    "404": error_response("`key_id` names no API key."),
+                },
+            },
+            "get": {
+                "operationId": "listWebhookEndpoints",
+                "summary": "The registered webhook endpoints (without their secrets).",
+                "responses": {"200": ok(ref("WebhookEndpointList")), "401": ADMIN_ONLY},
+            },
+        },
+        "/admin/webhooks/{webhook_id}": {
+            "parameters": [path_param("webhook_id", "A webhook endpoint id (`we_…`).")],
+            "delete": {
+                "operationId": "deleteWebhookEndpoint",
+                "summary": "Stop an endpoint; its undelivered events are dropped.",
+                "responses": {
+                    "200": ok(ref("WebhookEndpointDeleted")),
+                    "401": ADMIN_ONLY,
+                    "404": NOT_FOUND,
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format). Admin key or the metrics token.",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": ADMIN_ONLY,
+                },
+            },
+        },
+    }
+)
 
 
 def build_document() -> dict[str, Any]:

@@ -97,6 +97,13 @@ def _aim(target: Target, case: Any, pick: int | None) -> None:
     if pick is None or not case.meta or not case.meta.generation.mode.is_positive:
         return
     op = case.operation
+    if op.path == "/admin/webhooks/{webhook_id}":
+        # Delete a fresh endpoint, so the success path is reached too.
+        created = target.env.admin(
+            "POST", "/admin/webhooks", json={"url": "http://127.0.0.1:9/hook"}
+        )
+        case.path_parameters["webhook_id"] = created.json()["id"]
+        return
     if op.method.upper() == "DELETE":
         # Deleting a shared object would turn later cases into 404s; delete a
         # fresh file instead.
@@ -118,8 +125,9 @@ def _aim(target: Target, case: Any, pick: int | None) -> None:
 def run_operation(
     target: Target, operation: Any, mode: GenerationMode, examples: int, report: Report
 ) -> None:
-    # Admin operations (security `adminAuth`) are fuzzed with the admin key.
-    admin = operation.definition.raw.get("security") == [{"adminAuth": []}]
+    # Admin operations (security `adminAuth`) and /metrics take the admin key.
+    security = operation.definition.raw.get("security") or []
+    admin = {"adminAuth": []} in security or operation.path == "/metrics"
     headers = {"Authorization": f"Bearer {ADMIN if admin else target.objects.key}"}
 
     @settings(

@@ -4,7 +4,9 @@ batch (tasks/crashpoints.py), restarted, and every batch still ends right.
 After each run: every batch `completed`, each `custom_id` exactly once across
 output and error files, `request_counts` equal to the files, at most one
 chunk of upstream requests repeated per crash, and `batchgate doctor` finds
-nothing (no orphans, no missing blobs, no stale parts).
+nothing (no orphans, no missing blobs, no stale parts). Every batch's
+`batch.completed` webhook reaches a receiver (deduplicated on `webhook-id`),
+also when the gateway dies between the terminal status and the delivery.
 
 `make test` runs a representative subset on one stack with several batches
 at once; `make soak` (`-m soak`) runs every point on its own stack and writes
@@ -33,6 +35,7 @@ from tests.crash_support import (
 )
 from tests.reliability_report import write_crash_matrix
 from tests.stack import PrefectServer, Stack
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(900)
 CHUNK = 50
@@ -59,6 +62,7 @@ GATEWAY_POINTS = [
     "ledger:chunk_after_commit",  # chunk done, answer never sent
     "ledger:finalize_after_files",  # result files written, status not moved
     "ledger:finalize_after_transition",  # batch ended, parts not removed
+    "webhooks:before_send",  # batch ended and its event in the outbox, not yet delivered
 ]
 FAST_POINTS = [
     "validate:after_plan",
@@ -67,6 +71,7 @@ FAST_POINTS = [
     "finalize:before",
     "ledger:chunk_after_parts",
     "ledger:finalize_after_files",
+    "webhooks:before_send",
 ]
 
 
@@ -87,6 +92,10 @@ def crash_stack(
         backoff_base_seconds=0.05,
         backoff_max_seconds=0.5,
         retention_interval_seconds=3600,
+        webhook_poll_seconds=0.2,
+        webhook_backoff_base_seconds=0.2,
+        webhook_backoff_max_seconds=1,
+        webhook_max_attempts=100,
         crash_at=",".join(points),
         crash_dir=root / "crashes",
         crash_scope=scope,
@@ -103,18 +112,32 @@ def run_matrix(
     """Create `batches` batches, let the armed points fire, restart what dies,
     check every batch and the data directory. Returns figures for the report."""
     client = stack.client(stack.create_key("crash"))
+    # Every batch's `batch.completed` must reach a receiver, whatever died.
+    receiver = Receiver().start()
+    hook = stack.admin("POST", "/admin/webhooks", json={"url": receiver.url}).json()
+    receiver.secret = hook["secret"]
     started = time.monotonic()
-    with Restarter(stack) as restarter:
-        prefixes = [f"b{n}" for n in range(batches)]
-        ids = [
-            create_batch(client, upload(client, tmp_path, chat_lines(p, lines))) for p in prefixes
-        ]
-        ended = wait_all_terminal(client, ids, timeout)
-        sent = stack.mock_stats()["custom_ids"]
-        checks = [
-            check_batch(client, b, p, lines, sent) for b, p in zip(ended, prefixes, strict=True)
-        ]
+    try:
+        with Restarter(stack) as restarter:
+            prefixes = [f"b{n}" for n in range(batches)]
+            ids = [
+                create_batch(client, upload(client, tmp_path, chat_lines(p, lines)))
+                for p in prefixes
+            ]
+            ended = wait_all_terminal(client, ids, timeout)
+            sent = stack.mock_stats()["custom_ids"]
+            checks = [
+                check_batch(client, b, p, lines, sent) for b, p in zip(ended, prefixes, strict=True)
+            ]
+            receiver.wait_for(ids, timeout=60)
+    finally:
+        receiver.stop()
     seconds = time.monotonic() - started
+    events = [receiver.for_batch(b) for b in ids]
+    assert receiver.bad_signatures == 0
+    assert [[e.event["type"] for e in found] for found in events] == [["batch.completed"]] * len(
+        ids
+    ), events
     doctor = run_doctor(stack)
     crashes = len(points)  # each point fires once
 
@@ -141,15 +164,15 @@ def test_crashes_in_every_phase_leave_every_batch_complete_and_consistent(
     prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Flow runs killed during validate, mid-chunk, between chunks and before
-    finalize; the gateway killed mid chunk post and mid finalize: 4 batches at
-    once. To stay fast, runner-side points kill only the flow-run process
-    (the work process of one batch) so the kills overlap; `make soak` kills
-    the whole runner at every point."""
+    finalize; the gateway killed mid chunk post, mid finalize and before a
+    webhook delivery: 4 batches at once. To stay fast, runner-side points
+    kill only the flow-run process (the work process of one batch) so the
+    kills overlap; `make soak` kills the whole runner at every point."""
     root = Path(tmp_path_factory.mktemp("crash-fast"))
     with crash_stack(prefect_server, root, FAST_POINTS, scope="process") as stack:
         figures = run_matrix(stack, root, FAST_POINTS, batches=4, lines=200, timeout=420)
     # the gateway died at each of its points; the runner itself lived on
-    assert figures["deaths"] == {"gateway": 2}, figures
+    assert figures["deaths"] == {"gateway": 3}, figures
 
 
 # -- make soak: the full matrix, one point per stack ------------------------------

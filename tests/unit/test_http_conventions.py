@@ -187,6 +187,9 @@ def test_openapi_document_is_well_formed() -> None:
         "/v1/batches/{batch_id}/retry": {"post"},
         "/admin/usage": {"get"},
         "/health": {"get"},
+        "/admin/webhooks": {"get", "post"},
+        "/admin/webhooks/{webhook_id}": {"delete"},
+        "/metrics": {"get"},
     }
     paths = DOCUMENT["paths"]
     assert {p: set(ops) - {"parameters"} for p, ops in paths.items()} == expected
@@ -194,7 +197,7 @@ def test_openapi_document_is_well_formed() -> None:
         for method, op in ops.items():
             if method == "parameters":
                 continue
-            if path.startswith("/v1/"):
+            if path.startswith(("/v1/", "/admin/")) or path == "/metrics":
                 assert "401" in op["responses"], (path, method)
             elif path.startswith("/admin/"):  # the admin key, never an API key
                 assert op["security"] == [{"adminAuth": []}], (path, method)

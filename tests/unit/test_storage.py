@@ -230,4 +230,7 @@ def test_only_a_whole_header_line_starts_a_migration() -> None:
         (2, "ALTER TABLE a ADD COLUMN y INT;"),
     ]
     shipped = migrations(resources.files("storage").joinpath("schema.sql").read_text())
-    assert [n for n, _ in shipped] == list(range(1, SCHEMA_VERSION + 1))
+    # Increasing, ending at SCHEMA_VERSION; branches get numbers assigned in
+    # advance, so a number may be missing until every branch is merged.
+    numbers = [n for n, _ in shipped]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 1 and numbers[-1] == SCHEMA_VERSION
