@@ -115,11 +115,16 @@ async def drive_batch(
     settings: Settings,
     steps: Steps | None = None,
     flow_run_id: str | None = None,
+    stop: Callable[[], str | None] | None = None,
 ) -> str:
     """Take the batch, bring it to a terminal status, return that status.
 
     Resumes where the checkpoints say: a batch already in progress skips done
-    chunks; one interrupted in finalizing goes straight to finalize."""
+    chunks; one interrupted in finalizing goes straight to finalize.
+
+    `stop` may give a stop reason from outside (see `RunControl`); with
+    "interrupted" the run stops sending and returns without finalizing, so
+    a later run resumes from the checkpoints."""
     steps = steps or Steps()
     try:
         claim = await asyncio.to_thread(api.claim, batch_id, flow_run_id)
@@ -130,7 +135,7 @@ async def drive_batch(
     if token is None:
         return claim["status"]
     crash_point("run:after_claim")
-    control = RunControl(api, batch_id, token, claim)
+    control = RunControl(api, batch_id, token, claim, stop=stop)
     async with control.heartbeat():
         try:
             return await _drive(api, client, control, settings, steps)
@@ -160,7 +165,7 @@ async def _drive(
         chunks = await asyncio.to_thread(api.chunks, batch_id)
     if control.status in {"in_progress", "validating"}:
         await _execute_all(api, client, control, settings, steps, chunks)
-    if control.reason in {"lease_lost", "ended_elsewhere"}:
+    if control.reason in {"lease_lost", "ended_elsewhere", "interrupted"}:
         return control.status
     outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
     crash_point("finalize:before")

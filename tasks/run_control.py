@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tasks.ledger import LeaseLost
@@ -29,8 +29,12 @@ class RunControl:
         control: dict[str, Any],
         *,
         heartbeat_seconds: float | None = None,
+        stop: Callable[[], str | None] | None = None,
     ) -> None:
         self.api = api
+        # A stop reason from outside the ledger: `batchgate run` answers
+        # Ctrl-C with "interrupted" (stop sending, keep the checkpoints, no finalize).
+        self.stop = stop
         self.batch_id = batch_id
         self.token = token
         self.lost = False
@@ -48,6 +52,8 @@ class RunControl:
         """Why the run must stop sending requests, or None to go on."""
         if self.lost:
             return "lease_lost"
+        if self.stop is not None and (stopped := self.stop()):
+            return stopped
         if self.status == "cancelling":
             return "cancelled"
         if self.status in {"completed", "failed", "expired", "cancelled"}:

@@ -1,0 +1,514 @@
+"""`batchgate run`: one JSONL file through the batch engine, in this process.
+
+No gateway and no Prefect: the same `drive_batch` the flow runs, with the
+plain steps, over the in-process worker API on a local state directory
+(DuckDB + blobs, the same storage layer). Validation, routing, the upstream
+client with its retries and AIMD windows, chunk checkpoints and finalize are
+the gateway's own code.
+
+Resume. The state of a run lives in `<state root>/<key>/`, where the key
+is the hash of the input file's bytes and the endpoint, so the same command
+run again finds its batch, skips the chunks already checkpointed and sends
+only the rest. One process at a time holds a directory (a file lock); a
+run killed outright (SIGKILL) left a lease behind, which the next run of
+the same key takes over at once.
+
+Stopping. Ctrl-C is the stop reason "interrupted" (`RunControl`, the
+machinery a cancel uses): no line is sent after it, requests in flight get
+`STOP_GRACE_SECONDS` to finish, after which they are cut; chunks finished
+before it stay checkpointed, the chunks in flight are not recorded and run
+again on resume. A second Ctrl-C exits at once (the checkpoints are safe:
+each is written atomically).
+
+The output and error files are written only when the run completes, each
+atomically (a temporary file renamed into place), and both are always
+written (either may be empty): after an interrupted run neither exists or
+a previous complete one is left as it was, never a partial file. After
+completion the state directory of that key is removed; the output files
+are the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore, now
+from storage.records import BatchRecord, FileRecord, ProviderRecord
+from tasks.drive import Steps, drive_batch, validate_input
+from tasks.ledger import BatchLedger
+from tasks.routing import UPSTREAM_PATHS
+from tasks.run_meter import Meter, MeteredClient
+from tasks.settings import Settings
+from tasks.worker_api import LocalWorkerAPI
+
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+STATE_DIR_NAME = ".batchgate-run"
+# Chunks of 500 lines, two in flight: a SIGKILL loses at most 1,000 lines of
+# work (the gateway's default chunk of 1,000), and Ctrl-C keeps all but those.
+RUN_CHUNK_SIZE = 500
+STOP_GRACE_SECONDS = 1.5
+LOCAL_OWNER = "local-run"
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+class RunError(Exception):
+    """A problem with the command itself (flags, providers, state): exit 2."""
+
+
+class ResultsTableUnavailable(RunError):
+    pass
+
+
+# -- options and providers ------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    input_path: Path
+    output_path: Path
+    errors_path: Path
+    state_root: Path
+    endpoint: str
+    providers: list[ProviderRecord]
+    max_lines: int | None = None
+    chunk_size: int = RUN_CHUNK_SIZE
+    parquet_path: Path | None = None
+
+
+def default_output_path(input_path: Path) -> Path:
+    return input_path.with_name(input_path.name.removesuffix(".jsonl") + ".results.jsonl")
+
+
+def default_errors_path(output_path: Path) -> Path:
+    """`x.results.jsonl` -> `x.errors.jsonl`; `out.jsonl` -> `out.errors.jsonl`."""
+    stem = output_path.name.removesuffix(".jsonl").removesuffix(".results")
+    return output_path.with_name(stem + ".errors.jsonl")
+
+
+def infer_endpoint(input_path: Path) -> str:
+    """The `url` of the file's first line, if it names a batch endpoint; else chat.
+    Validation then holds every line to it."""
+    with open(input_path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    url = orjson.loads(raw).get("url")
+                except (orjson.JSONDecodeError, AttributeError):
+                    return DEFAULT_ENDPOINT
+                return url if url in UPSTREAM_PATHS else DEFAULT_ENDPOINT
+    return DEFAULT_ENDPOINT
+
+
+def resolve_providers(
+    settings: Settings,
+    environ: dict[str, str],
+    *,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    provider: str | None = None,
+    max_concurrency: int | None = None,
+) -> list[ProviderRecord]:
+    """Where requests go: `--base-url`/`--api-key-env`, else `--provider` (or
+    every provider) from the `BATCHGATE_CONFIG` file, else OPENAI_BASE_URL /
+    OPENAI_API_KEY. Error messages name variables, never key values."""
+
+    def key_from(var: str) -> str:
+        if var not in environ:
+            raise RunError(f"--api-key-env {var}: the environment variable {var} is not set")
+        return environ[var]
+
+    if base_url is not None or api_key_env is not None:
+        if provider is not None:
+            raise RunError("give either --base-url/--api-key-env or --provider, not both")
+        records = [
+            ProviderRecord(
+                name="default",
+                base_url=base_url or environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
+                api_key=key_from(api_key_env) if api_key_env else environ.get("OPENAI_API_KEY", ""),
+                is_default=True,
+            )
+        ]
+    elif settings.providers:
+        names = [p.name for p in settings.providers]
+        if provider is not None and provider not in names:
+            raise RunError(
+                f"--provider {provider}: not in BATCHGATE_CONFIG (has: {', '.join(names)})"
+            )
+        records = [
+            ProviderRecord(
+                name=p.name,
+                base_url=p.base_url,
+                api_key=p.api_key,
+                is_active=p.is_active,
+                max_concurrency=p.max_concurrency,
+                models=p.models,
+                is_default=(p.name == provider) if provider is not None else p.default,
+            )
+            for p in settings.providers
+        ]
+    elif provider is not None:
+        raise RunError(f"--provider {provider}: no providers in BATCHGATE_CONFIG")
+    else:
+        if "OPENAI_API_KEY" not in environ and "OPENAI_BASE_URL" not in environ:
+            raise RunError(
+                "no provider: pass --base-url URL [--api-key-env VAR], --provider NAME "
+                "(from BATCHGATE_CONFIG), or set OPENAI_API_KEY / OPENAI_BASE_URL"
+            )
+        records = [
+            ProviderRecord(
+                name="openai",
+                base_url=environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
+                api_key=environ.get("OPENAI_API_KEY", ""),
+                is_default=True,
+            )
+        ]
+    if max_concurrency is not None:
+        records = [_with(p, max_concurrency=max_concurrency) for p in records]
+    return records
+
+
+def run_settings(options: RunOptions, **overrides: Any) -> Settings:
+    """The engine's settings for a run: `BATCHGATE_*` and the config file for
+    the upstream knobs, the run's own chunking and no line cap unless asked."""
+    from tasks.settings import load_settings
+
+    return load_settings(
+        chunk_size=options.chunk_size,
+        max_batch_lines=options.max_lines or 2**62,
+        **overrides,
+    )
+
+
+def _with(record: ProviderRecord, **fields: Any) -> ProviderRecord:
+    return ProviderRecord(**{**record.__dict__, **fields})
+
+
+# -- results table (issue 12) ---------------------------------------------------
+
+
+def results_table_available() -> bool:
+    """Whether `--parquet` can be honoured in this build."""
+    return False
+
+
+def write_results_table(output_path: Path, errors_path: Path, parquet_path: Path) -> None:
+    """The one call site of the results table for `batchgate run`: the output
+    and error files of a completed run as one Parquet table."""
+    raise ResultsTableUnavailable("--parquet: the results table is not available in this build yet")
+
+
+# -- the state directory ----------------------------------------------------------
+
+
+def run_key(input_path: Path, endpoint: str) -> str:
+    """What makes two runs the same run: the input's bytes and the endpoint."""
+    digest = hashlib.sha256()
+    with open(input_path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    digest.update(b"\0" + endpoint.encode())
+    return digest.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / "lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunError(f"another `batchgate run` is working on {directory}") from exc
+        yield
+
+
+class RunWorkerAPI(LocalWorkerAPI):
+    """The in-process worker API of a run: providers from the command line (no
+    key is ever stored), and no checkpoint for a chunk that was interrupted."""
+
+    def __init__(
+        self,
+        ledger: BatchLedger,
+        store: MetadataStore,
+        providers: Sequence[ProviderRecord],
+        interrupted: Callable[[], bool],
+        on_chunk: Callable[[int, int], None],
+    ) -> None:
+        super().__init__(ledger, store)
+        self._providers = list(providers)
+        self._interrupted = interrupted
+        self._on_chunk = on_chunk
+
+    def providers(self) -> list[ProviderRecord]:
+        return self._providers
+
+    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> dict[str, Any]:
+        if self._interrupted():  # some of its lines were stopped: the chunk runs again
+            return self.ledger.control(self.ledger.batch(batch_id))
+        control = self.ledger.record_chunk(batch_id, token, index, **result)
+        self._on_chunk(result["completed"], result["failed"])
+        return control
+
+
+@dataclass
+class Progress:
+    """What the display reads: whole-file counts from the checkpoints, and
+    the live meter of the lines this process sends."""
+
+    meter: Meter = field(default_factory=Meter)
+    total: int | None = None
+    done_before: int = 0  # lines checkpointed by earlier runs
+    recorded: int = 0  # lines checkpointed, all runs
+    recorded_failed: int = 0
+    failed_before: int = 0
+    client: MeteredClient | None = None
+    stopping: bool = False
+
+    @property
+    def done(self) -> int:
+        return max(self.done_before + self.meter.finished, self.recorded)
+
+    @property
+    def failed(self) -> int:
+        return max(self.failed_before + self.meter.failed, self.recorded_failed)
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.meter.started
+        return self.meter.finished / elapsed if elapsed > 0 else 0.0
+
+    def windows(self) -> dict[str, tuple[int, int, int]]:
+        return self.client.windows() if self.client is not None else {}
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    status: str
+    batch: BatchRecord | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+
+class LocalRun:
+    def __init__(self, options: RunOptions, settings: Settings) -> None:
+        self.options = options
+        self.settings = settings
+        self.progress = Progress()
+        self.interrupted = False
+        self.batch_id = ""
+        self._main: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- signals ----------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """First Ctrl-C: stop sending, give in-flight requests a grace, then cut
+        them. Second: leave at once (checkpoints are atomic)."""
+        if self.interrupted:
+            os._exit(EXIT_INTERRUPTED)
+        self.interrupted = True
+        self.progress.stopping = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._arm_cut)
+
+    def _arm_cut(self) -> None:
+        assert self._loop is not None
+        self._loop.call_later(STOP_GRACE_SECONDS, self._cut)
+
+    def _cut(self) -> None:
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
+
+    def stop_reason(self) -> str | None:
+        return "interrupted" if self.interrupted else None
+
+    # -- the run ----------------------------------------------------------------
+
+    def execute(self, display: Callable[[Progress], Any] | None = None) -> RunOutcome:
+        options = self.options
+        key = run_key(options.input_path, options.endpoint)
+        directory = options.state_root / key
+        self.batch_id = f"batch_run_{key}"
+        with locked(directory):
+            store = MetadataStore(directory / "batchgate.duckdb")
+            try:
+                blobs = BlobStore(directory / "blobs")
+                blobs.remove_debris()
+                ledger = BatchLedger(store, blobs, lease_seconds=self.settings.lease_seconds)
+                self._prepare(store, blobs, ledger)
+                api = RunWorkerAPI(
+                    ledger,
+                    store,
+                    options.providers,
+                    lambda: self.interrupted,
+                    self._chunk_recorded,
+                )
+                status = self._drive(api, display)
+                batch = store.get_batch(self.batch_id)
+                assert batch is not None
+                outcome = self._outcome(status, batch, blobs)
+            finally:
+                store.close()
+        if outcome.status in {"completed", "failed"}:
+            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                options.state_root.rmdir()  # only if no other run's state is left
+        return outcome
+
+    def _prepare(self, store: MetadataStore, blobs: BlobStore, ledger: BatchLedger) -> None:
+        """Register the input and the batch on the first run; on a later one,
+        take over the lease a killed run left and count what is done."""
+        batch = store.get_batch(self.batch_id)
+        if batch is None:
+            file_id = f"file-run-{self.batch_id.removeprefix('batch_run_')}"
+            with blobs.writer(file_id) as out, open(self.options.input_path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            store.insert_file(
+                FileRecord(
+                    id=file_id,
+                    api_key_id=LOCAL_OWNER,
+                    filename=self.options.input_path.name,
+                    purpose="batch",
+                    bytes=blobs.size(file_id),
+                    created_at=now(),
+                    expires_at=None,
+                    deleted_at=None,
+                    blob_name=file_id,
+                )
+            )
+            store.insert_batch(
+                BatchRecord(
+                    id=self.batch_id,
+                    api_key_id=LOCAL_OWNER,
+                    endpoint=self.options.endpoint,
+                    input_file_id=file_id,
+                    completion_window="24h",
+                    status="validating",
+                    created_at=now(),
+                    expires_at=None,
+                )
+            )
+            return
+        # This process holds the directory's lock: any lease is a dead run's.
+        store.update_batch(self.batch_id, lease_token=None, lease_expires_at=None)
+        chunks = ledger.chunks(self.batch_id)
+        if chunks:
+            self.progress.total = sum(c.line_count for c in chunks)
+            done = [c for c in chunks if c.done]
+            self.progress.done_before = self.progress.recorded = sum(
+                c.completed + c.failed for c in done
+            )
+            self.progress.failed_before = self.progress.recorded_failed = sum(
+                c.failed for c in done
+            )
+
+    def _chunk_recorded(self, completed: int, failed: int) -> None:
+        self.progress.recorded += completed + failed
+        self.progress.recorded_failed += failed
+
+    def _steps(self) -> Steps:
+        def validate(*args: Any) -> dict[str, Any]:
+            plan = validate_input(*args)
+            if plan.get("status") != "failed":
+                self.progress.total = plan.get("total")
+            return plan
+
+        return Steps(validate=validate)
+
+    def _drive(self, api: RunWorkerAPI, display: Callable[[Progress], Any] | None) -> str:
+        settings = self.settings
+
+        async def main() -> str:
+            self.progress.client = client = MeteredClient.for_run(self.progress.meter, settings)
+            async with client:
+                return await drive_batch(
+                    api,
+                    client,
+                    self.batch_id,
+                    settings=settings,
+                    steps=self._steps(),
+                    stop=self.stop_reason,
+                )
+
+        async def supervised() -> str:
+            self._loop = asyncio.get_running_loop()
+            self._main = asyncio.current_task()
+            shown = asyncio.create_task(display(self.progress)) if display else None
+            try:
+                return await main()
+            except asyncio.CancelledError:
+                if not self.interrupted:
+                    raise
+                return "interrupted"
+            finally:
+                if shown is not None:
+                    shown.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await shown
+
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return asyncio.run(supervised())
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _outcome(self, status: str, batch: BatchRecord, blobs: BlobStore) -> RunOutcome:
+        if batch.status == "failed":
+            errors = batch.errors or []
+            if batch.total == 0 and any(e.get("line") is not None for e in errors):
+                return RunOutcome(EXIT_INVALID, "invalid", batch, errors)
+            return RunOutcome(EXIT_SOME_FAILED, "failed", batch, errors, "the run failed")
+        if batch.status != "completed":  # stopped: the next run takes over its lease
+            return RunOutcome(
+                EXIT_INTERRUPTED,
+                "interrupted",
+                batch,
+                message=(
+                    f"interrupted: {self.progress.recorded:,} of {batch.total:,} lines are "
+                    "checkpointed; run the same command again to resume"
+                ),
+            )
+        options = self.options
+        publish(blobs, batch.output_file_id, options.output_path)
+        publish(blobs, batch.error_file_id, options.errors_path)
+        if options.parquet_path is not None:
+            write_results_table(options.output_path, options.errors_path, options.parquet_path)
+        code = EXIT_SOME_FAILED if batch.failed else EXIT_OK
+        return RunOutcome(code, "completed", batch)
+
+
+def publish(blobs: BlobStore, file_id: str | None, destination: Path) -> None:
+    """Copy a finalized file out of the state directory, atomically; no file id
+    (no lines of that kind) gives an empty file."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            if file_id is not None:
+                with blobs.open(file_id) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
