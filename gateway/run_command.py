@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="where checkpoints live (default: .batchgate-run/ next to the output)",
     )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="lines per checkpoint (default 500; a kill loses at most two chunks of work)",
+    )
     parser.add_argument("--parquet", type=Path, help="also write the results table as Parquet")
     parser.add_argument(
         "--progress",
@@ -102,6 +108,10 @@ def run_command(args: argparse.Namespace) -> int:
         max_lines=args.max_lines,
         parquet_path=args.parquet,
     )
+    if args.chunk_size is not None:
+        if args.chunk_size < 1:
+            return fail("--chunk-size must be at least 1")
+        options.chunk_size = args.chunk_size
     try:
         settings = run_settings(options)
         options.providers = resolve_providers(

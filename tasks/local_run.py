@@ -367,7 +367,7 @@ class LocalRun:
                 outcome = self._outcome(status, batch, blobs)
             finally:
                 store.close()
-        if outcome.status in {"completed", "failed"}:
+        if outcome.status != "interrupted":  # ended: nothing left to resume
             shutil.rmtree(directory, ignore_errors=True)
             with contextlib.suppress(OSError):
                 options.state_root.rmdir()  # only if no other run's state is left
