@@ -142,7 +142,10 @@ def render_report(
 
 
 # Sections other benchmarks keep in the same file (bench/rate_limits.py).
-KEPT_SECTIONS = (("<!-- rate-limits:start -->", "<!-- rate-limits:end -->"),)
+KEPT_SECTIONS = (
+    ("<!-- rate-limits:start -->", "<!-- rate-limits:end -->"),
+    ("<!-- run-file:start -->", "<!-- run-file:end -->"),  # bench/run_file.py
+)
 
 
 def keep_sections(old: str, new: str) -> str:

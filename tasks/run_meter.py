@@ -75,8 +75,16 @@ class Meter:
 
 
 def _model_of(body: bytes | None) -> str:
+    """The request's model; a byte search for the usual compact `"model":"…"`
+    (orjson writes it so), a full parse only when that finds nothing plain."""
     if body is None:
         return "?"
+    at = body.find(b'"model":"')
+    if at >= 0:
+        start = at + 9
+        end = body.find(b'"', start)
+        if end > start and b"\\" not in body[start:end]:
+            return body[start:end].decode()
     try:
         model = orjson.loads(body).get("model")
     except (orjson.JSONDecodeError, AttributeError):
