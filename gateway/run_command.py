@@ -69,10 +69,6 @@ def _quiet_logs(level: str) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    from gateway import run_display
     from tasks.local_run import (
         EXIT_INVALID,
         STATE_DIR_NAME,
@@ -128,9 +124,15 @@ def run_command(args: argparse.Namespace) -> int:
     mode = "none" if args.quiet else args.progress
     if mode == "auto":
         mode = "bar" if sys.stdout.isatty() else "none"
-    console = Console(highlight=False)
     _quiet_logs(args.log_level)
     display: Any = None
+    if not args.quiet:  # rich and the display only when something is shown
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        from gateway import run_display
+
+        console = Console(highlight=False)
     if mode == "bar":
         logging.getLogger().handlers = [RichHandler(console=console, show_path=False)]
         display = lambda progress: run_display.show_bar(progress, console)  # noqa: E731
