@@ -37,7 +37,6 @@ import hashlib
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,10 +288,6 @@ class Progress:
     @property
     def failed(self) -> int:
         return max(self.failed_before + self.meter.failed, self.recorded_failed)
-
-    def rate(self) -> float:
-        elapsed = time.monotonic() - self.meter.started
-        return self.meter.finished / elapsed if elapsed > 0 else 0.0
 
     def windows(self) -> dict[str, tuple[int, int, int]]:
         return self.client.windows() if self.client is not None else {}
