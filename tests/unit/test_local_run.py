@@ -87,3 +87,63 @@ def test_endpoint_comes_from_the_first_line(tmp_path: Path) -> None:
     assert infer_endpoint(path) == "/v1/embeddings"
     path.write_bytes(b"{broken\n")
     assert infer_endpoint(path) == "/v1/chat/completions"
+
+
+def test_an_interrupted_run_keeps_its_checkpoints_and_the_next_one_finishes(
+    tmp_path: Path,
+) -> None:
+    """The stop reason "interrupted": no finalize, no output file, done chunks
+    kept; the same run again sends only the rest, each line once."""
+    import httpx
+    import orjson
+
+    from gateway.mock_upstream import MockConfig, create_mock_app
+    from tasks.local_run import EXIT_INTERRUPTED, LocalRun, RunOptions, run_settings
+    from tests.servers import ThreadedServer
+
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        }
+        for i in range(60)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+
+    class StopAfterOneChunk(LocalRun):
+        def _chunk_recorded(self, completed: int, failed: int) -> None:
+            super()._chunk_recorded(completed, failed)
+            self.interrupted = True  # as Ctrl-C does, right after the first checkpoint
+
+    with ThreadedServer(create_mock_app(MockConfig(latency_ms=5))) as mock:
+        options = RunOptions(
+            input_path=source,
+            output_path=tmp_path / "out.jsonl",
+            errors_path=tmp_path / "err.jsonl",
+            state_root=tmp_path / "state",
+            endpoint="/v1/chat/completions",
+            providers=[],
+            chunk_size=10,
+        )
+        settings = run_settings(options)
+        options.providers = resolve_providers(
+            settings, {}, base_url=f"{mock.url}/v1", max_concurrency=4
+        )
+        first = StopAfterOneChunk(options, settings).execute()
+        assert (first.exit_code, first.status) == (EXIT_INTERRUPTED, "interrupted")
+        assert not options.output_path.exists() and not options.errors_path.exists()
+        sent_first = httpx.get(f"{mock.url}/stats").json()["custom_ids"]
+
+        second = LocalRun(options, settings)
+        outcome = second.execute()
+        assert (outcome.exit_code, outcome.status) == (0, "completed")
+        assert second.progress.done_before >= 10  # the checkpoint was found
+        out = [orjson.loads(x)["custom_id"] for x in options.output_path.read_bytes().splitlines()]
+        assert out == [f"req-{i}" for i in range(60)]  # all, once, in input order
+        sent = httpx.get(f"{mock.url}/stats").json()["custom_ids"]
+        checkpointed = [c for c, n in sent_first.items() if sent[c] == n]
+        assert len(checkpointed) >= 10  # those were not sent again
+        assert not options.state_root.exists()
