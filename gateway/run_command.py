@@ -78,10 +78,10 @@ def run_command(args: argparse.Namespace) -> int:
         default_errors_path,
         default_output_path,
         infer_endpoint,
-        resolve_providers,
         results_table_available,
         run_settings,
     )
+    from tasks.run_providers import resolve_providers
 
     def fail(message: str) -> int:
         print(f"batchgate run: {message}", file=sys.stderr)

@@ -51,11 +51,11 @@ from tasks.drive import Steps, drive_batch, validate_input
 from tasks.ledger import BatchLedger
 from tasks.routing import UPSTREAM_PATHS
 from tasks.run_meter import Meter, MeteredClient
+from tasks.run_providers import RunError
 from tasks.settings import Settings
 from tasks.worker_api import LocalWorkerAPI
 
 DEFAULT_ENDPOINT = "/v1/chat/completions"
-DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 STATE_DIR_NAME = ".batchgate-run"
 # Chunks of 500 lines, two in flight: a SIGKILL loses at most 1,000 lines of
 # work (the gateway's default chunk of 1,000), and Ctrl-C keeps all but those.
@@ -67,10 +67,6 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
-
-
-class RunError(Exception):
-    """A problem with the command itself (flags, providers, state): exit 2."""
 
 
 class ResultsTableUnavailable(RunError):
@@ -117,74 +113,6 @@ def infer_endpoint(input_path: Path) -> str:
     return DEFAULT_ENDPOINT
 
 
-def resolve_providers(
-    settings: Settings,
-    environ: dict[str, str],
-    *,
-    base_url: str | None = None,
-    api_key_env: str | None = None,
-    provider: str | None = None,
-    max_concurrency: int | None = None,
-) -> list[ProviderRecord]:
-    """Where requests go: `--base-url`/`--api-key-env`, else `--provider` (or
-    every provider) from the `BATCHGATE_CONFIG` file, else OPENAI_BASE_URL /
-    OPENAI_API_KEY. Error messages name variables, never key values."""
-
-    def key_from(var: str) -> str:
-        if var not in environ:
-            raise RunError(f"--api-key-env {var}: the environment variable {var} is not set")
-        return environ[var]
-
-    if base_url is not None or api_key_env is not None:
-        if provider is not None:
-            raise RunError("give either --base-url/--api-key-env or --provider, not both")
-        records = [
-            ProviderRecord(
-                name="default",
-                base_url=base_url or environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
-                api_key=key_from(api_key_env) if api_key_env else environ.get("OPENAI_API_KEY", ""),
-                is_default=True,
-            )
-        ]
-    elif settings.providers:
-        names = [p.name for p in settings.providers]
-        if provider is not None and provider not in names:
-            raise RunError(
-                f"--provider {provider}: not in BATCHGATE_CONFIG (has: {', '.join(names)})"
-            )
-        records = [
-            ProviderRecord(
-                name=p.name,
-                base_url=p.base_url,
-                api_key=p.api_key,
-                is_active=p.is_active,
-                max_concurrency=p.max_concurrency,
-                models=p.models,
-                is_default=(p.name == provider) if provider is not None else p.default,
-            )
-            for p in settings.providers
-        ]
-    elif provider is not None:
-        raise RunError(f"--provider {provider}: no providers in BATCHGATE_CONFIG")
-    else:
-        if "OPENAI_API_KEY" not in environ and "OPENAI_BASE_URL" not in environ:
-            raise RunError(
-                "no provider: pass --base-url URL [--api-key-env VAR], --provider NAME "
-                "(from BATCHGATE_CONFIG), or set OPENAI_API_KEY / OPENAI_BASE_URL"
-            )
-        records = [
-            ProviderRecord(
-                name="openai",
-                base_url=environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
-                api_key=environ.get("OPENAI_API_KEY", ""),
-                is_default=True,
-            )
-        ]
-    if max_concurrency is not None:
-        records = [_with(p, max_concurrency=max_concurrency) for p in records]
-    return records
-
-
 def run_settings(options: RunOptions, **overrides: Any) -> Settings:
     """The engine's settings for a run: `BATCHGATE_*` and the config file for
     the upstream knobs, the run's own chunking and no line cap unless asked."""
@@ -195,10 +123,6 @@ def run_settings(options: RunOptions, **overrides: Any) -> Settings:
         max_batch_lines=options.max_lines or 2**62,
         **overrides,
     )
-
-
-def _with(record: ProviderRecord, **fields: Any) -> ProviderRecord:
-    return ProviderRecord(**{**record.__dict__, **fields})
 
 
 # -- results table (issue 12) ---------------------------------------------------

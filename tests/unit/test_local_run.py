@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.local_run import (
-    RunError,
-    default_errors_path,
-    default_output_path,
-    infer_endpoint,
-    resolve_providers,
-    run_key,
-)
+from tasks.local_run import default_errors_path, default_output_path, infer_endpoint, run_key
+from tasks.run_providers import RunError, resolve_providers
 from tasks.settings import ProviderConfig, Settings
 
 KEY = "sk-never-shown-123"
