@@ -73,7 +73,7 @@ class ResultsTableUnavailable(RunError):
     pass
 
 
-# -- options and providers ------------------------------------------------------
+# -- options ------------------------------------------------------
 
 
 @dataclass
