@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "uv run python -m bench.run_file" + (" --quick" if args.quick else "")
     body = "\n\n".join(render_section(s) for s in sections)
     block = (
-        f"{START}\n\n# `batchgate run` against hand-written scripts\n\n"
+        f"{START}\n\n## `batchgate run` against hand-written scripts\n\n"
         f"Re-run with `{command}` ({time.strftime('%Y-%m-%d')}; load average at start {load}).\n\n"
         f"{body}\n\n{END}"
     )
