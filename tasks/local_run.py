@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import hashlib
 import os
 import shutil
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
@@ -384,8 +386,15 @@ class LocalRun:
                         await shown
 
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # uvloop, as the flow runs have (flows/forkserver.py): the standard loop
+        # spent the CPU a loaded machine did not have on its own plumbing.
+        # Objects alive after start-up (the imports) are frozen out of the
+        # collector's full passes, as in the forkserver.
+        gc.collect()
+        gc.freeze()
         try:
-            return asyncio.run(supervised())
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(supervised())
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
