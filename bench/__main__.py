@@ -10,6 +10,10 @@ concurrency, prints the tables and writes them to docs/benchmarks.md.
 The full run takes about 10-15 minutes on 2 cores; `--quick` is a smoke check
 (small sizes, under 3 minutes) that prints but does not write the docs unless
 `--output` is given.
+
+`--only run-file` (or `python -m bench.run_file`) measures `batchgate run`
+against two hand-written scripts instead (bench/run_file.py); its section of
+docs/benchmarks.md is kept when the rest is rewritten.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=SCENARIOS,
+        choices=(*SCENARIOS, "run-file"),
         default=list(SCENARIOS),
         help="run only these measurements (default: all); 'big' includes the growth table",
     )
@@ -113,6 +117,15 @@ def run(args: argparse.Namespace, work: Path) -> list[Section]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if "run-file" in args.only:
+        from bench import run_file
+
+        extra = ["--quick"] if args.quick else []
+        extra += ["--output", str(args.output)] if args.output else []
+        code = run_file.main(extra)
+        args.only = [s for s in args.only if s != "run-file"]
+        if not args.only:
+            return code
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     note = machine_note()
     began = time.monotonic()

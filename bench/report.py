@@ -145,6 +145,7 @@ def render_report(
 KEPT_SECTIONS = (
     ("<!-- rate-limits:start -->", "<!-- rate-limits:end -->"),
     ("<!-- results-table:start -->", "<!-- results-table:end -->"),
+    ("<!-- run-file:start -->", "<!-- run-file:end -->"),  # bench/run_file.py
 )
 
 

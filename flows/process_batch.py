@@ -1,19 +1,17 @@
 """The `process-batch` flow: validate -> execute (chunked) -> finalize.
 
-`drive_batch` is the whole orchestration as a plain coroutine over a
+`drive_batch` (tasks/drive.py) is the whole orchestration as a plain coroutine over a
 `WorkerAPI` and a set of `Steps`; the Prefect flow below runs it with each
 step wrapped as a Prefect task (so the UI shows validate, one run per
-chunk, finalize, plus a progress and a summary artifact). Unit tests run the
-same coroutine with plain steps against the in-process worker API.
+chunk, finalize, plus progress, analytics and report artifacts). Unit tests
+and `batchgate run` run the same coroutine with plain steps against the
+in-process worker API.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
@@ -26,281 +24,22 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed, Failed
 
-from storage.records import ProviderRecord
-from tasks.crashpoints import crash_point
-from tasks.execute import execute_lines, parse_chunk
-from tasks.ledger import InputUnavailable, LeaseLost
+# The orchestration itself is Prefect-free (tasks/drive.py); re-exported here.
+from tasks.drive import (  # noqa: F401
+    OUTCOME_OF_REASON,
+    ProgressReporter,
+    Steps,
+    drive_batch,
+    finalize_batch,
+    run_chunk,
+    validate_input,
+)
 from tasks.results_report import LineProgress, summary_markdown, summary_rows
-from tasks.run_control import RunControl
-from tasks.settings import Settings, load_settings
+from tasks.settings import load_settings
 from tasks.upstream import UpstreamClient
-from tasks.validate import validate_jsonl
 from tasks.worker_api import HttpWorkerAPI, WorkerAPI
 
 log = logging.getLogger("batchgate.worker")
-
-
-# -- the steps, as plain functions ---------------------------------------------
-
-
-def validate_input(
-    api: WorkerAPI, batch_id: str, token: str, endpoint: str, chunk_size: int, max_lines: int
-) -> dict[str, Any]:
-    """Stream the input through the validator and record the plan (or the errors)."""
-    try:
-        with api.input_blocks(batch_id) as blocks:
-            result = validate_jsonl(blocks, endpoint, chunk_size=chunk_size, max_lines=max_lines)
-    except InputUnavailable as exc:
-        api.fail(
-            batch_id,
-            token,
-            [
-                {
-                    "code": "invalid_request",
-                    "message": str(exc),
-                    "param": "input_file_id",
-                    "line": None,
-                }
-            ],
-        )
-        return {"status": "failed", "endpoint": endpoint}
-    crash_point("validate:before_plan")
-    return api.save_plan(
-        batch_id,
-        token,
-        total=result.total,
-        chunks=[asdict(c) for c in result.chunks],
-        errors=[e.as_dict() for e in result.errors],
-        models=result.models,
-    )
-
-
-async def run_chunk(
-    api: WorkerAPI,
-    client: UpstreamClient,
-    control: RunControl,
-    providers: Sequence[ProviderRecord],
-    chunk: dict[str, Any],
-) -> dict[str, Any]:
-    """Execute one chunk and post its checkpoint; returns the batch's control."""
-    index = chunk["chunk_index"]
-    data = await asyncio.to_thread(api.chunk_input, control.batch_id, index)
-    # Workers per provider follow the ceiling as it is now (an admin may have raised it).
-    providers = [
-        dataclasses.replace(p, max_concurrency=control.ceilings[p.name])
-        if control.ceilings.get(p.name, p.max_concurrency) != p.max_concurrency
-        else p
-        for p in providers
-    ]
-    result = await execute_lines(
-        parse_chunk(data),
-        control.endpoint,
-        providers,
-        client,
-        lambda: control.reason,
-        gate=control.gate,
-    )
-    control.stopped_lines += result.stopped
-    crash_point("execute:before_post")
-    # The client's counts since its last post go with this checkpoint; the
-    # gateway adds them once it accepts it (tasks/run_metrics.py).
-    post = {**result.as_post(), "metrics": client.report_metrics()}
-    return await asyncio.to_thread(api.record_chunk, control.batch_id, control.token, index, **post)
-
-
-def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
-    return api.finalize(batch_id, token, outcome)
-
-
-async def _no_progress(done: int, total: int) -> None:
-    return None
-
-
-async def _no_summary(batch: dict[str, Any]) -> None:
-    return None
-
-
-async def _no_note(text: str, paused: bool) -> None:
-    return None
-
-
-@dataclass
-class Steps:
-    validate: Callable[..., dict[str, Any]] = validate_input
-    execute: Callable[..., Awaitable[dict[str, Any]]] = run_chunk
-    finalize: Callable[..., dict[str, Any]] = finalize_batch
-    progress: Callable[[int, int], Awaitable[None]] = _no_progress
-    summary: Callable[[dict[str, Any]], Awaitable[None]] = _no_summary
-    # A pause or resume, for the flow run's log and its progress artifact.
-    control_note: Callable[[str, bool], Awaitable[None]] = _no_note
-    # Lines done of the batch, kept up to date for `progress` to describe.
-    lines: LineProgress | None = None
-
-
-OUTCOME_OF_REASON = {
-    None: "completed",
-    "cancelled": "cancelled",
-    "expired": "expired",
-    "budget_exceeded": "budget_exceeded",
-}
-
-
-async def drive_batch(
-    api: WorkerAPI,
-    client: UpstreamClient,
-    batch_id: str,
-    *,
-    settings: Settings,
-    steps: Steps | None = None,
-    flow_run_id: str | None = None,
-) -> str:
-    """Take the batch, bring it to a terminal status, return that status.
-
-    Resumes where the checkpoints say: a batch already in progress skips done
-    chunks; one interrupted in finalizing goes straight to finalize."""
-    steps = steps or Steps()
-    try:
-        claim = await asyncio.to_thread(api.claim, batch_id, flow_run_id)
-    except LeaseLost:
-        log.info("batch %s is held by another run", batch_id)
-        return "skipped"
-    token = claim.get("lease_token")
-    if token is None:
-        return claim["status"]
-    crash_point("run:after_claim")
-    notes: set[asyncio.Task[None]] = set()
-
-    def on_pause(paused: bool) -> None:
-        text = (
-            f"batch {batch_id} paused: no new upstream requests until it is resumed"
-            if paused
-            else f"batch {batch_id} resumed"
-        )
-        task = asyncio.get_running_loop().create_task(steps.control_note(text, paused))
-        notes.add(task)
-        task.add_done_callback(notes.discard)
-
-    control = RunControl(
-        api,
-        batch_id,
-        token,
-        claim,
-        heartbeat_seconds=settings.heartbeat_seconds,
-        on_ceilings=client.set_ceilings,
-        on_pause=on_pause,
-    )
-    async with control.heartbeat():
-        try:
-            return await _drive(api, client, control, settings, steps)
-        except LeaseLost:
-            return "lease_lost"
-
-
-async def _drive(
-    api: WorkerAPI, client: UpstreamClient, control: RunControl, settings: Settings, steps: Steps
-) -> str:
-    batch_id, token = control.batch_id, control.token
-    chunks = await asyncio.to_thread(api.chunks, batch_id)
-    if control.status == "validating" or (control.status == "cancelling" and not chunks):
-        control.update(
-            steps.validate(
-                api,
-                batch_id,
-                token,
-                control.endpoint,
-                settings.chunk_size,
-                settings.max_batch_lines,
-            )
-        )
-        crash_point("validate:after_plan")
-        if control.status == "failed":
-            return "failed"
-        chunks = await asyncio.to_thread(api.chunks, batch_id)
-    if control.status in {"in_progress", "validating"}:
-        await _execute_all(api, client, control, settings, steps, chunks)
-    if control.reason in {"lease_lost", "ended_elsewhere"}:
-        return control.status
-    outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
-    if outcome == "budget_exceeded" and not control.stopped_lines:
-        # The last chunks' spend reached the budget, but nothing was left
-        # unsent: the batch is complete, not stopped.
-        pending = [c for c in await asyncio.to_thread(api.chunks, batch_id) if not c["done"]]
-        outcome = "budget_exceeded" if pending else "completed"
-    crash_point("finalize:before")
-    batch = steps.finalize(api, batch_id, token, outcome)
-    crash_point("finalize:after")
-    await steps.summary(batch)
-    return batch["status"]
-
-
-async def _execute_all(
-    api: WorkerAPI,
-    client: UpstreamClient,
-    control: RunControl,
-    settings: Settings,
-    steps: Steps,
-    chunks: list[dict[str, Any]],
-) -> None:
-    providers = await asyncio.to_thread(api.providers)
-    pending = [c for c in chunks if not c["done"]]
-    done = len(chunks) - len(pending)
-    progress = ProgressReporter(steps.progress, len(chunks))
-    lines = steps.lines
-    if lines is not None:
-        lines.total = sum(c["line_count"] for c in chunks)
-        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
-    progress.set(done)
-    window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
-
-    async def one(chunk: dict[str, Any]) -> None:
-        nonlocal done
-        async with window:
-            await control.gate()  # a paused batch starts no chunk
-            if control.should_stop():
-                return
-            control.update(await steps.execute(api, client, control, providers, chunk))
-            crash_point("execute:after_post")
-            done += 1
-            if lines is not None:
-                lines.done += chunk["line_count"]
-            progress.set(done)
-
-    try:
-        await asyncio.gather(*(one(c) for c in pending))
-    finally:
-        await progress.close()
-
-
-class ProgressReporter:
-    """Progress updates off the hot path: the first request does not wait for
-    the progress artifact, at most one update is in flight, and updates that
-    pile up meanwhile collapse into the latest value."""
-
-    def __init__(self, report: Callable[[int, int], Awaitable[None]], total: int) -> None:
-        self.report = report
-        self.total = total
-        self.done = 0
-        self.sent: int | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def set(self, done: int) -> None:
-        self.done = done
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        while self.sent != self.done:
-            value = self.done
-            try:
-                await self.report(value, self.total)
-            except Exception as exc:  # progress is cosmetic: never fail a batch over it
-                log.warning("progress update failed: %s", exc)
-            self.sent = value
-
-    async def close(self) -> None:
-        """Wait until the latest value is reported."""
-        if self.task is not None:
-            await self.task
 
 
 # -- the Prefect adapters ------------------------------------------------------

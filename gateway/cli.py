@@ -3,6 +3,7 @@
 batchgate up              Prefect server + runner + gateway, all local
 batchgate serve           the gateway alone (uvicorn)
 batchgate worker          serve the flows against a remote gateway
+batchgate run FILE        run a JSONL file through the engine, no server (resumable)
 batchgate mock-upstream   a fake OpenAI-compatible provider
 batchgate create-key      create an API key in the local data directory
 batchgate doctor          check metadata against blobs (gateway stopped)
@@ -64,6 +65,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     serve_flows(log_level=args.log_level)
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.run_command import run_command
+
+    return run_command(args)
 
 
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
@@ -142,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "worker", help="serve the batch flows (needs BATCHGATE_GATEWAY_URL)"
     ).set_defaults(func=_cmd_worker)
+
+    run = sub.add_parser(
+        "run",
+        help="run a JSONL batch file against a provider, no server; resumes after Ctrl-C",
+        description=(
+            "Exit codes: 0 all lines succeeded, 1 some failed (files written), 2 invalid "
+            "file or arguments (nothing sent), 130 interrupted (run again to resume)."
+        ),
+    )
+    from gateway.run_command import add_arguments as add_run_arguments
+
+    add_run_arguments(run)
+    run.set_defaults(func=_cmd_run)
 
     mock = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
     from gateway.mock_upstream import add_arguments

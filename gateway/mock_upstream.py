@@ -86,6 +86,7 @@ class MockConfig:
     latency_jitter_ms: float = 0.0
     failure_rate: float = 0.0
     rate_429: float = 0.0
+    rate_503: float = 0.0  # answered 503 "overloaded" (a throttle signal, unlike the 500s)
     retry_after: float = 1.0
     rps_limit: float | None = None
     api_key: str | None = None
@@ -493,6 +494,14 @@ async def _answer(
             "server_error",
             headers=budget,
         )
+    if _draw(state, config.rate_503):
+        state.sent_5xx += 1
+        return _error(
+            503,
+            "The engine is currently overloaded, please try again later.",
+            "server_overloaded",
+            headers=budget,
+        )
     fault = await _transport_fault(state, request)
     if fault is not None:
         return fault
@@ -668,6 +677,7 @@ FLOAT_KNOBS = (
     ("--latency-jitter-ms", "uniform jitter around the mean"),
     ("--failure-rate", "share of requests answered 500 (0..1)"),
     ("--rate-429", "share of requests answered 429 with Retry-After (0..1)"),
+    ("--rate-503", "share of requests answered 503 overloaded (0..1)"),
     ("--retry-after", "Retry-After seconds sent with random 429s"),
     ("--rps-limit", "token-bucket limit in requests per second; beyond it, 429"),
     ("--reset-rate", "share of requests whose connection is dropped mid-answer (0..1)"),
@@ -679,6 +689,7 @@ FLOAT_KNOBS = (
 SHARES = (
     "failure_rate",
     "rate_429",
+    "rate_503",
     "reset_rate",
     "hang_rate",
     "non_json_rate",

@@ -34,8 +34,12 @@ class RunControl:
         heartbeat_seconds: float | None = None,
         on_ceilings: Callable[[dict[str, int]], None] | None = None,
         on_pause: Callable[[bool], None] | None = None,
+        stop: Callable[[], str | None] | None = None,
     ) -> None:
         self.api = api
+        # A stop reason from outside the ledger: `batchgate run` answers
+        # Ctrl-C with "interrupted" (stop sending, keep the checkpoints, no finalize).
+        self.stop = stop
         self.batch_id = batch_id
         self.token = token
         self.lost = False
@@ -86,6 +90,8 @@ class RunControl:
         """Why the run must stop sending requests, or None to go on."""
         if self.lost:
             return "lease_lost"
+        if self.stop is not None and (stopped := self.stop()):
+            return stopped
         if self.status == "cancelling":
             return "cancelled"
         if self.status in {"completed", "failed", "expired", "cancelled"}:

@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 import orjson
 
 from storage.records import ProviderRecord
@@ -28,6 +27,8 @@ from tasks.ledger import (
 )
 
 if TYPE_CHECKING:  # the flow process never opens DuckDB: keep it out of its imports
+    import httpx  # imported when an HttpWorkerAPI is made: `batchgate run` never needs it
+
     from storage.metadata import MetadataStore
 
 log = logging.getLogger("batchgate.worker")
@@ -134,6 +135,8 @@ class HttpWorkerAPI:
     restart pauses a run instead of killing it."""
 
     def __init__(self, base_url: str, token: str, *, patience: float = 120.0) -> None:
+        import httpx
+
         self.base = base_url.rstrip("/") + "/internal"
         self.patience = patience
         self.http = httpx.Client(
@@ -147,6 +150,8 @@ class HttpWorkerAPI:
         return cls(settings.public_url, settings.internal_token)
 
     def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        import httpx
+
         deadline = time.monotonic() + self.patience
         delay = 0.5
         content = orjson.dumps(body) if body is not None else None
