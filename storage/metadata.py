@@ -35,6 +35,7 @@ from storage.read_cache import ReadCache
 from storage.records import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
+    USAGE_COUNTS,
     WEBHOOK_EVENTS,
     ApiKeyRecord,
     BatchRecord,
@@ -841,24 +842,11 @@ class MetadataStore:
             at = now()
             for row in usage_rows:
                 conn.execute(
-                    "INSERT INTO chunk_usage (batch_id, chunk_index, model, provider, "
-                    "recorded_at, lines, succeeded, failed, input_tokens, output_tokens, "
-                    "cached_tokens, reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    [
-                        batch_id,
-                        chunk_index,
-                        row["model"],
-                        row["provider"],
-                        at,
-                        row["lines"],
-                        row["succeeded"],
-                        row["failed"],
-                        row["input_tokens"],
-                        row["output_tokens"],
-                        row["cached_tokens"],
-                        row["reasoning_tokens"],
-                    ],
+                    f"INSERT INTO chunk_usage (batch_id, chunk_index, model, provider, "
+                    f"recorded_at, {', '.join(USAGE_COUNTS)}) "
+                    f"VALUES ({', '.join('?' * (5 + len(USAGE_COUNTS)))}) ON CONFLICT DO NOTHING",
+                    [batch_id, chunk_index, row["model"], row["provider"], at]
+                    + [row[c] for c in USAGE_COUNTS],
                 )
 
     def set_result_ranges(
@@ -908,18 +896,7 @@ class MetadataStore:
         }
         picked = [(name, columns[name]) for name in group_by]
         select = [f"{expr} AS {name}" for name, expr in picked]
-        sums = [
-            f"sum(u.{c})::BIGINT AS {c}"
-            for c in (
-                "lines",
-                "succeeded",
-                "failed",
-                "input_tokens",
-                "output_tokens",
-                "cached_tokens",
-                "reasoning_tokens",
-            )
-        ]
+        sums = [f"sum(u.{c})::BIGINT AS {c}" for c in USAGE_COUNTS]
         where, params = ["TRUE"], []
         if since is not None:
             where.append("u.recorded_at >= ?")

@@ -11,6 +11,18 @@ from typing import Any
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 LIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+
+# The counts of a `chunk_usage` row (storage/schema.sql, migration 3): what
+# /admin/usage sums and the per-batch summary reports per model and provider.
+USAGE_COUNTS = (
+    "lines",
+    "succeeded",
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
 # The webhook event each terminal status sends (OpenAI's event types).
 WEBHOOK_EVENTS = {
     "completed": "batch.completed",

@@ -17,7 +17,7 @@ import orjson
 
 from storage.ids import new_http_request_id
 from storage.jsonl import iter_chunk_lines
-from storage.records import ProviderRecord
+from storage.records import USAGE_COUNTS, ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.estimate import input_chars
 from tasks.results import result_line
@@ -34,14 +34,9 @@ STOP_CODES = {
     ),
 }
 DEFAULT_STOP = ("batch_cancelled", "The batch was stopped before this request was sent.")
+# A chunk's usage row: the stored counts, plus what budgets and estimates use.
 USAGE_ROW_FIELDS = (
-    "lines",
-    "succeeded",
-    "failed",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
+    *USAGE_COUNTS,
     "total_tokens",
     "input_chars",
 )

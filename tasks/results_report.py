@@ -8,14 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.records import USAGE_COUNTS
+
 GROUP_COLUMNS = (
-    "lines",
-    "succeeded",
-    "failed",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
+    *USAGE_COUNTS,
     "latency_ms_p50",
     "latency_ms_p95",
     "latency_ms_max",

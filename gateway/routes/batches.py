@@ -4,7 +4,7 @@ dry-run estimate (issue 13). The flow run a new batch needs is started by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -100,13 +100,17 @@ def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) 
     return batch
 
 
+async def _json_body(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("The request body is not valid JSON.") from exc
+
+
 async def create_batch(request: Request) -> Response:
     key = require_key(request)
     state = gateway_state(request)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("The request body is not valid JSON.") from exc
+    body = await _json_body(request)
     parsed = parse_batch_request(body)
     if isinstance(parsed, RuleViolation):
         raise bad_request(parsed.message, param=parsed.param)
@@ -147,10 +151,7 @@ async def estimate_batch(request: Request) -> Response:
     """POST /v1/batches/estimate {input_file_id, endpoint}: a dry run."""
     key = require_key(request)
     state = gateway_state(request)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("The request body is not valid JSON.") from exc
+    body = await _json_body(request)
     if isinstance(body, dict):
         body = {"completion_window": "24h", **body}
     parsed = parse_batch_request(body)

@@ -106,6 +106,19 @@ METADATA = nullable(
     additionalProperties={"type": "string", "maxLength": 512},
 )
 
+# A batch's `errors` (and an estimate's): null, or a list object of BatchError.
+BATCH_ERRORS: Schema = {
+    "anyOf": [
+        {"type": "null"},
+        obj(
+            {
+                "object": {"type": "string", "const": "list"},
+                "data": {"type": "array", "items": ref("BatchError")},
+            }
+        ),
+    ]
+}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(
         {
@@ -185,17 +198,7 @@ SCHEMAS: dict[str, Schema] = {
             "id": {"type": "string"},
             "object": {"type": "string", "const": "batch"},
             "endpoint": {"type": "string"},
-            "errors": {
-                "anyOf": [
-                    {"type": "null"},
-                    obj(
-                        {
-                            "object": {"type": "string", "const": "list"},
-                            "data": {"type": "array", "items": ref("BatchError")},
-                        }
-                    ),
-                ]
-            },
+            "errors": BATCH_ERRORS,
             "input_file_id": {"type": "string"},
             "completion_window": {"type": "string"},
             "status": {"type": "string", "enum": BATCH_STATUSES},
@@ -279,17 +282,7 @@ SCHEMAS: dict[str, Schema] = {
             "input_file_id": {"type": "string"},
             "endpoint": {"type": "string"},
             "valid": {"type": "boolean"},
-            "errors": {
-                "anyOf": [
-                    {"type": "null"},
-                    obj(
-                        {
-                            "object": {"type": "string", "const": "list"},
-                            "data": {"type": "array", "items": ref("BatchError")},
-                        }
-                    ),
-                ]
-            },
+            "errors": BATCH_ERRORS,
             "total_lines": {"type": "integer"},
             "lines": {"type": "integer"},
             "estimated_input_tokens": {"type": "integer"},
