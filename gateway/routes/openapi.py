@@ -845,7 +845,6 @@ PATHS: dict[str, Any] = {
 # -- webhooks and metrics (admin key; /metrics also a read-only metrics token) --
 
 WEBHOOK_EVENT_TYPES = EVENT_TYPES
-ADMIN_ONLY = error_response("Missing or wrong admin key.")
 WEBHOOK_ENDPOINT = {
     "id": {"type": "string"},
     "object": {"type": "string", "const": "webhook_endpoint"},
@@ -902,30 +901,33 @@ PATHS.update(
         "/admin/webhooks": {
             "post": {
                 "operationId": "createWebhookEndpoint",
+                "security": ADMIN_SECURITY,
                 "summary": "Register a webhook endpoint; the answer holds its signing secret "
                 "(once). Events are OpenAI's batch events, signed per Standard Webhooks.",
                 "requestBody": {"required": True, **json_content(ref("WebhookEndpointCreate"))},
                 "responses": {
                     "201": ok(ref("WebhookEndpointCreated"), "Created"),
                     "400": BAD_REQUEST,
-                    "401": ADMIN_ONLY,
+                    "401": ADMIN_UNAUTHORIZED,
                     "404": error_response("`key_id` names no API key."),
                 },
             },
             "get": {
                 "operationId": "listWebhookEndpoints",
+                "security": ADMIN_SECURITY,
                 "summary": "The registered webhook endpoints (without their secrets).",
-                "responses": {"200": ok(ref("WebhookEndpointList")), "401": ADMIN_ONLY},
+                "responses": {"200": ok(ref("WebhookEndpointList")), "401": ADMIN_UNAUTHORIZED},
             },
         },
         "/admin/webhooks/{webhook_id}": {
             "parameters": [path_param("webhook_id", "A webhook endpoint id (`we_…`).")],
             "delete": {
                 "operationId": "deleteWebhookEndpoint",
+                "security": ADMIN_SECURITY,
                 "summary": "Stop an endpoint; its undelivered events are dropped.",
                 "responses": {
                     "200": ok(ref("WebhookEndpointDeleted")),
-                    "401": ADMIN_ONLY,
+                    "401": ADMIN_UNAUTHORIZED,
                     "404": NOT_FOUND,
                 },
             },
@@ -933,13 +935,14 @@ PATHS.update(
         "/metrics": {
             "get": {
                 "operationId": "metrics",
+                "security": [{"adminAuth": []}, {"metricsToken": []}],
                 "summary": "Prometheus metrics (text format). Admin key or the metrics token.",
                 "responses": {
                     "200": {
                         "description": "OK",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    "401": ADMIN_ONLY,
+                    "401": ADMIN_UNAUTHORIZED,
                 },
             },
         },
@@ -966,6 +969,12 @@ def build_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The admin key (BATCHGATE_ADMIN_KEY).",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The read-only metrics token (BATCHGATE_METRICS_TOKEN), "
+                    "if one is configured: it reads /metrics and nothing else.",
                 },
             },
         },

@@ -197,10 +197,13 @@ def test_openapi_document_is_well_formed() -> None:
         for method, op in ops.items():
             if method == "parameters":
                 continue
-            if path.startswith(("/v1/", "/admin/")) or path == "/metrics":
+            if path.startswith("/v1/"):
                 assert "401" in op["responses"], (path, method)
             elif path.startswith("/admin/"):  # the admin key, never an API key
                 assert op["security"] == [{"adminAuth": []}], (path, method)
+                assert "401" in op["responses"], (path, method)
+            elif path == "/metrics":  # the admin key or the read-only metrics token
+                assert op["security"] == [{"adminAuth": []}, {"metricsToken": []}]
                 assert "401" in op["responses"], (path, method)
             else:
                 assert op["security"] == []
