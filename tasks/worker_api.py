@@ -125,6 +125,8 @@ class LocalWorkerAPI:
         return None
 
 
+SUMMARY_PATIENCE = 3.0  # seconds a finished run waits for an unreachable gateway's summary
+
 _ERRORS: dict[int, type[LedgerError]] = {404: BatchNotFound, 409: LeaseLost, 410: InputUnavailable}
 
 
@@ -180,8 +182,10 @@ class HttpWorkerAPI:
             response.raise_for_status()
             return response
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
-        return orjson.loads(self._request(method, path, body).content)
+    def _json(
+        self, method: str, path: str, body: Any = None, *, patience: float | None = None
+    ) -> Any:
+        return orjson.loads(self._request(method, path, body, patience=patience).content)
 
     def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
         return self._json("POST", f"/batches/{batch_id}/claim", {"flow_run_id": flow_run_id})
@@ -239,5 +243,8 @@ class HttpWorkerAPI:
 
     def results_summary(self, batch_id: str) -> dict[str, Any] | None:
         """The ended batch's summary; the gateway builds the results table
-        and summary on this first request (issue 12)."""
-        return self._json("GET", f"/batches/{batch_id}/summary")
+        and summary on this first request (issue 12). The batch has ended by
+        then and the summary is a report, so a gateway going down is waited
+        for briefly, not for the run's whole patience: a run held here kept
+        its runner from stopping with `batchgate up`."""
+        return self._json("GET", f"/batches/{batch_id}/summary", patience=SUMMARY_PATIENCE)
