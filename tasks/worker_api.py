@@ -151,10 +151,12 @@ class HttpWorkerAPI:
             raise RuntimeError("BATCHGATE_INTERNAL_TOKEN is not set for this worker")
         return cls(settings.public_url, settings.internal_token)
 
-    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, body: Any = None, *, patience: float | None = None
+    ) -> httpx.Response:
         import httpx
 
-        deadline = time.monotonic() + self.patience
+        deadline = time.monotonic() + (self.patience if patience is None else patience)
         delay = 0.5
         content = orjson.dumps(body) if body is not None else None
         while True:
