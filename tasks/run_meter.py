@@ -2,11 +2,11 @@
 provider windows, and per model the lines, tokens and request latency.
 
 `MeteredClient` is the engine's own `UpstreamClient` with a counter around
-`send` (one call per line, after all its attempts) and a clock around
-`_attempt` (one HTTP request), so nothing in the execute path changes and
-the counts are taken where the line's outcome is known. Latency is the
-final attempt's request time: what the provider took to answer, without the
-time the line queued for a slot or waited between retries.
+`send` (one call per line, after all its attempts), so nothing in the
+execute path changes and the counts are taken where the line's outcome is
+known. Latency is the result's `latency_ms`, the final attempt's request
+time: what the provider took to answer, without the time the line queued
+for a slot or waited between retries.
 
 The meter covers the lines this process sent; the batch record stays the
 source of truth for the whole file (a resumed run sent only part of it).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +25,6 @@ import orjson
 from storage.records import ProviderRecord
 from tasks.upstream import UpstreamClient, UpstreamResult
 from tasks.usage import usage_of
-
-# The attempt times of the line the current task is sending (one task sends
-# one line at a time, so a context variable pairs `_attempt` with its `send`).
-_ATTEMPT_SECONDS: ContextVar[list[float] | None] = ContextVar("attempt_seconds", default=None)
 
 
 @dataclass
@@ -134,24 +129,11 @@ class MeteredClient(UpstreamClient):
             sent.append(data)
             return data
 
-        attempts: list[float] = []
-        token = _ATTEMPT_SECONDS.set(attempts)
-        try:
-            result = await super().send(
-                provider, path, encoded, custom_id=custom_id, should_stop=should_stop, **options
-            )
-        finally:
-            _ATTEMPT_SECONDS.reset(token)
+        result = await super().send(
+            provider, path, encoded, custom_id=custom_id, should_stop=should_stop, **options
+        )
         if result.error_code != "stopped":  # a stopped line runs again or is cancelled
             model = _model_of(sent[0] if sent else None)
-            self.meter.line(model, result, attempts[-1] if attempts else None)
+            latency = None if result.latency_ms is None else result.latency_ms / 1000.0
+            self.meter.line(model, result, latency)
         return result
-
-    async def _attempt(self, *args: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return await super()._attempt(*args)
-        finally:
-            attempts = _ATTEMPT_SECONDS.get()
-            if attempts is not None:
-                attempts.append(time.perf_counter() - began)
