@@ -337,7 +337,6 @@ class UpstreamClient:
                 body = body()
             # aiohttp copies the headers into each request, so one dict serves all attempts.
             client_request_id = headers["X-Client-Request-Id"] = new_http_request_id()
-            started = time.monotonic()
             try:
                 outcome = await self._attempt(
                     client, deadlines, url, headers, body, attempt, client_request_id
@@ -348,7 +347,8 @@ class UpstreamClient:
             _settle(limiter, sent_at, outcome)
             result = outcome.result
             metrics = self.metrics
-            metrics.attempt(provider.name, result.status_code, time.monotonic() - started)
+            # `_attempt` timed the request: every result it makes has its latency.
+            metrics.attempt(provider.name, result.status_code, (result.latency_ms or 0.0) / 1000.0)
             final = not outcome.retryable or attempt >= self.max_attempts
             if debug:
                 _log_attempt(provider.name, custom_id, client_request_id, result, final)
