@@ -30,6 +30,7 @@ from gateway.supervisor import (
     runner_env,
     start_child,
     stop_child,
+    stop_children,
     ui_url_for,
 )
 from tasks.settings import load_settings
@@ -183,6 +184,55 @@ def test_children_of_the_supervisor_stop_on_sigterm(tmp_path: Path) -> None:
     stop_child(children[0])
     assert children[0].popen.returncode == -signal.SIGTERM
     assert time.monotonic() - started < 5
+
+
+def test_the_runner_stops_while_the_prefect_server_still_answers(tmp_path: Path) -> None:
+    """Ctrl-C right after a batch completed found its flow run still
+    reporting to Prefect; with the server stopped at the same moment, the
+    run's client retried past the stop timeout (a CI run said "runner did
+    not stop within 10 s"). The runner now stops first: here it takes 2 s
+    to stop and checks, as it does, that the server is still there."""
+    server_port = free_port()
+    server = start_child(
+        "prefect-server",
+        [sys.executable, "-m", "http.server", str(server_port), "--bind", "127.0.0.1"],
+        os.environ,
+        tmp_path,
+    )
+    report = tmp_path / "server-on-stop"
+    runner_script = (
+        "import signal, socket, sys, time\n"
+        "def stop(*_):\n"
+        "    time.sleep(2)\n"
+        f"    with socket.create_connection(('127.0.0.1', {server_port}), timeout=2):\n"
+        f"        open({str(report)!r}, 'w').write('answered')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "while True: time.sleep(1)\n"
+    )
+    try:
+        wait_port(server_port)
+        runner = start_child("runner", [sys.executable, "-c", runner_script], os.environ, tmp_path)
+        time.sleep(0.5)  # the runner's handler is in place
+        started = time.monotonic()
+        stop_children([runner, server])
+        assert time.monotonic() - started < 8
+    finally:
+        stop_children([server])
+    assert report.read_text() == "answered", (tmp_path / "runner.log").read_text()
+    assert runner.popen.returncode == 0
+    assert server.popen.returncode == -signal.SIGTERM
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.05)
 
 
 def test_a_crash_loop_gives_up_naming_the_child_and_its_exit_code(tmp_path: Path) -> None:
