@@ -331,6 +331,49 @@ SCHEMAS: dict[str, Schema] = {
         },
         required=["id", "object", "name", "created_at", "budget"],
     ),
+    "ApiKeyList": obj(
+        {
+            "object": {"type": "string", "const": "list"},
+            "data": {"type": "array", "items": ref("ApiKey")},
+        }
+    ),
+    "ProviderCreate": obj(
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "pattern": r"^[^/]*\S[^/]*$",
+            },
+            "base_url": {"type": "string", "pattern": "^https?://", "maxLength": 200},
+            "api_key": {"type": "string"},
+            "is_active": {"type": "boolean", "default": True},
+            "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64},
+            "models": {
+                "anyOf": [
+                    {"type": "null"},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}},
+                ]
+            },
+            "default": {"type": "boolean", "default": False},
+        },
+        required=["name", "base_url"],
+    ),
+    "ProviderList": obj(
+        {
+            "object": {"type": "string", "const": "list"},
+            "data": {"type": "array", "items": ref("Provider")},
+        }
+    ),
+    "Deleted": obj(
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "object": {"type": "string"},
+            "deleted": {"type": "boolean", "const": True},
+        },
+        required=["object", "deleted"],
+    ),
     "ProviderConcurrency": obj(
         {"max_concurrency": {"type": "integer", "minimum": 1, "maximum": 10000}}
     ),
@@ -635,6 +678,12 @@ PATHS: dict[str, Any] = {
         },
     },
     "/admin/keys": {
+        "get": {
+            "operationId": "adminListKeys",
+            "summary": "Every API key with its budget and spend (never the clear key).",
+            "security": ADMIN_SECURITY,
+            "responses": {"200": ok(ref("ApiKeyList")), "401": ADMIN_UNAUTHORIZED},
+        },
         "post": {
             "operationId": "adminCreateKey",
             "summary": "Create an API key, optionally with a token and/or cost budget per "
@@ -652,6 +701,17 @@ PATHS: dict[str, Any] = {
     },
     "/admin/keys/{key_id}": {
         "parameters": [path_param("key_id", "An API key id.")],
+        "delete": {
+            "operationId": "adminRevokeKey",
+            "summary": "Revoke a key: it authenticates nothing from now on; its files and "
+            "batches stay.",
+            "security": ADMIN_SECURITY,
+            "responses": {
+                "200": ok(ref("Deleted")),
+                "401": ADMIN_UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
+        },
         "patch": {
             "operationId": "adminSetKeyBudget",
             "summary": "Replace a key's budget (no fields or nulls remove it); spend "
@@ -667,8 +727,42 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    "/admin/providers": {
+        "get": {
+            "operationId": "adminListProviders",
+            "summary": "The provider connections, their keys masked.",
+            "security": ADMIN_SECURITY,
+            "responses": {"200": ok(ref("ProviderList")), "401": ADMIN_UNAUTHORIZED},
+        },
+        "post": {
+            "operationId": "adminPutProvider",
+            "summary": "Add a provider connection, or replace the one of that name "
+            "(201 when new, 200 when replaced). Requests route to it by `name/model` "
+            "prefix, by `models`, or as the default.",
+            "security": ADMIN_SECURITY,
+            "requestBody": {"required": True, **json_content(ref("ProviderCreate"))},
+            "responses": {
+                "200": ok(ref("Provider"), "Replaced."),
+                "201": ok(ref("Provider"), "Created."),
+                "400": BAD_REQUEST,
+                "401": ADMIN_UNAUTHORIZED,
+                "413": error_response("The request body is too large."),
+            },
+        },
+    },
     "/admin/providers/{name}": {
         "parameters": [path_param("name", "A provider connection's name.")],
+        "delete": {
+            "operationId": "adminDeleteProvider",
+            "summary": "Remove a provider connection; running batches keep the list they "
+            "started with.",
+            "security": ADMIN_SECURITY,
+            "responses": {
+                "200": ok(ref("Deleted")),
+                "401": ADMIN_UNAUTHORIZED,
+                "404": NOT_FOUND,
+            },
+        },
         "patch": {
             "operationId": "adminSetProviderConcurrency",
             "summary": "Change a provider's `max_concurrency`; running batches take the "
