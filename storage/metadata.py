@@ -164,6 +164,9 @@ class MetadataStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        # The cache scopes written by the open transaction (only ever set by
+        # the thread holding `_lock`); None: no transaction is open.
+        self._joined: list[Sequence[str] | None] | None = None
         self._reader_lock = threading.Lock()
         self._cache = ReadCache()
         self._connect()
@@ -222,9 +225,20 @@ class MetadataStore:
         self, writes: Sequence[str] | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write transaction. `writes` names the cache scopes it changes;
-        None (not known) forgets every remembered read."""
-        try:
-            with self._lock:
+        None (not known) forgets every remembered read.
+
+        Writes made inside it by the same thread (a nested `transaction`, an
+        `update_batch`, ...) join it and commit with it: one commit, one
+        fsync of DuckDB's log, instead of one each (a chunk checkpoint made
+        five). Their remembered reads are forgotten after the commit, so no
+        read can cache a row the commit is about to change."""
+        with self._lock:  # re-entrant: a nested call holds it already
+            if self._joined is not None:
+                self._joined.append(writes)
+                yield self._conn
+                return
+            self._joined = [writes]
+            try:
                 self._conn.execute("BEGIN TRANSACTION")
                 try:
                     yield self._conn
@@ -232,8 +246,10 @@ class MetadataStore:
                     self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
-        finally:
-            self._forget(writes)
+            finally:
+                joined, self._joined = self._joined, None
+                for scopes in joined:
+                    self._forget(scopes)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a statement that may write anything, under the write lock."""
@@ -243,11 +259,14 @@ class MetadataStore:
         self, sql: str, params: Sequence[Any], writes: Sequence[str] | None
     ) -> list[tuple[Any, ...]]:
         """Run a writing statement, then forget the reads of `writes`."""
-        try:
-            with self._lock:
+        with self._lock:
+            if self._joined is not None:  # inside a transaction: forgotten at its commit
+                self._joined.append(writes)
                 return self._conn.execute(sql, list(params)).fetchall()
-        finally:
-            self._forget(writes)
+            try:
+                return self._conn.execute(sql, list(params)).fetchall()
+            finally:
+                self._forget(writes)
 
     def _forget(self, writes: Sequence[str] | None) -> None:
         if writes is None:
