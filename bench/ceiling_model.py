@@ -84,21 +84,20 @@ def knee(steps: Sequence[Step]) -> tuple[Step | None, Step | None]:
 
 
 def next_batches(steps: Sequence[Step], maximum: int) -> int | None:
-    """The next step of the ramp: double until a step falls behind, then one
-    step halfway between the last good and the first bad one; None: done."""
+    """The next step of the ramp (`steps` in the order they ran): double
+    until a step falls behind, then one step halfway between the last that
+    kept up and that one; None: done."""
     if not steps:
         return None
     good, bad = knee(steps)
     if bad is None:
         top = max(s.batches for s in steps)
         return min(top * 2, maximum) if top < maximum else None
-    if good is None:
-        return None
+    first_bad = next(s for s in steps if s.saturated)
+    if good is None or steps[-1] is not first_bad:
+        return None  # behind from the start, or the halfway step has run
     middle = (good.batches + bad.batches) // 2
-    tried = {s.batches for s in steps}
-    if middle in tried or bad.batches - good.batches <= max(2, good.batches // 4):
-        return None
-    return middle
+    return middle if good.batches < middle < bad.batches else None
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ class CpuClock:
 
 @dataclass
 class Window:
-    """A measured interval: wall time and both processes' CPU time."""
+    """A measured interval: wall time and both processes' CPU time, each as
+    a share of one core."""
 
     gateway: CpuClock
     loadgen: CpuClock
@@ -135,8 +136,15 @@ class Window:
     def seconds(self) -> float:
         return max(1e-9, self.ended - self.began)
 
-    def cpu_cells(self) -> list[str]:
-        return [f"{self.gateway_cpu:.0%}", f"{self.loadgen_cpu:.0%}"]
+    def cpu_cells(self, requests: int) -> list[str]:
+        """Gateway CPU, its CPU per request (what a request costs it: less
+        sensitive to a busy machine than the rates), the load generator's CPU."""
+        per_request = self.gateway_cpu * self.seconds / requests * 1000 if requests else 0.0
+        return [
+            f"{self.gateway_cpu:.0%}",
+            f"{per_request:.1f} ms",
+            f"{self.loadgen_cpu:.0%}",
+        ]
 
 
 def ceiling_gateway(root: Path) -> LiveGateway:
@@ -307,7 +315,7 @@ async def chunk_posts(
         f"{lines / window.seconds:,.0f}",
         f"{len(timings) * body_mb / window.seconds:,.0f}",
         *rate_cells(timings, window)[1:],
-        *window.cpu_cells(),
+        *window.cpu_cells(len(timings)),
     ]
     return row, remaining, len(timings) / window.seconds
 
@@ -372,7 +380,7 @@ async def input_reads(
                 *rate_cells(timings, window)[:1],
                 f"{moved:,.0f}",
                 *rate_cells(timings, window)[1:],
-                *window.cpu_cells(),
+                *window.cpu_cells(len(timings)),
             ]
         )
     return rows, measured * 1e6
@@ -401,7 +409,12 @@ async def metadata(
         timings = [t for one in done for t in one]
         slowest = min(slowest, len(timings) / window.seconds)
         rows.append(
-            [what, str(sizes.meta_clients), *rate_cells(timings, window), *window.cpu_cells()]
+            [
+                what,
+                str(sizes.meta_clients),
+                *rate_cells(timings, window),
+                *window.cpu_cells(len(timings)),
+            ]
         )
     return rows, slowest
 
@@ -419,20 +432,32 @@ class RampLoad:
     chunk_time: float
     parallelism: int
     posts: list[Timing] = field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    runs: int = 0
+    active: list[list[asyncio.Task[None]]] = field(default_factory=list)  # tasks per run
+    stopped: list[asyncio.Task[None]] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(4))
+
+    @property
+    def runs(self) -> int:
+        return len(self.active)
 
     def add(self, runs: Sequence[SimRun]) -> None:
         """Start `runs`, each at a random point of its current chunks, as if
         it had been running for a while: the step is steady from the start."""
         for run in runs:
             body = renew_body(run.token)
-            self.tasks.append(asyncio.create_task(self._heartbeat(run, body)))
+            tasks = [asyncio.create_task(self._heartbeat(run, body))]
             for _ in range(self.parallelism):
                 head_start = self.rng.uniform(0, self.chunk_time)
-                self.tasks.append(asyncio.create_task(self._lane(run, head_start)))
-        self.runs += len(runs)
+                tasks.append(asyncio.create_task(self._lane(run, head_start)))
+            self.active.append(tasks)
+
+    def shrink(self, runs: int) -> None:
+        """Stop all but the first `runs` runs (a step back down the ramp)."""
+        for tasks in self.active[runs:]:
+            for task in tasks:
+                task.cancel()
+            self.stopped += tasks
+        del self.active[runs:]
 
     async def _lane(self, run: SimRun, head_start: float) -> None:
         provider_time = self.chunk_time - head_start
@@ -449,17 +474,19 @@ class RampLoad:
             await self.wire.renew(run.batch_id, body)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        return [task for tasks in self.active for task in tasks] + self.stopped
+
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.shrink(0)
+        results = await asyncio.gather(*self.stopped, return_exceptions=True)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             raise errors[0]
 
     def check(self) -> None:
         """A failed run (an error answer) fails the benchmark at once."""
-        for task in self.tasks:
+        for task in self._tasks():
             if task.done() and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]
 
@@ -476,7 +503,9 @@ async def ramp(
     try:
         while batches is not None:
             began = time.perf_counter()
-            load.add(await asyncio.to_thread(fix.start_runs, batches - load.runs, post.lines))
+            if batches > load.runs:
+                load.add(await asyncio.to_thread(fix.start_runs, batches - load.runs, post.lines))
+            load.shrink(batches)
             setup = time.perf_counter() - began
             await asyncio.sleep(sizes.warm_seconds)
             load.check()
@@ -504,8 +533,6 @@ async def ramp(
                 flush=True,
             )
             batches = next_batches(steps, args.max_batches)
-            if batches is not None and batches < load.runs:
-                break  # the halfway step would need fewer runs: stop at what is known
     finally:
         await load.stop()
     return steps
@@ -522,6 +549,7 @@ def ramp_rows(steps: Sequence[Step]) -> list[list[str]]:
             f"{s.post_p50_ms:.0f} ms",
             f"{s.post_p99_ms:.0f} ms",
             f"{s.gateway_cpu:.0%}",
+            f"{s.gateway_cpu * s.seconds / s.posts * 1000:.1f} ms" if s.posts else "-",
             f"{s.loadgen_cpu:.0%}",
         ]
         for s in sorted(steps, key=lambda s: s.batches)
@@ -530,7 +558,7 @@ def ramp_rows(steps: Sequence[Step]) -> list[list[str]]:
 
 # -- the whole run -------------------------------------------------------------
 
-CPU_HEADERS = ["gateway CPU", "load-gen CPU"]
+CPU_HEADERS = ["gateway CPU", "gateway CPU/req", "load-gen CPU"]
 
 
 async def measure(args: argparse.Namespace, sizes: Sizes, work: Path) -> list[Section]:
@@ -625,7 +653,9 @@ async def measure(args: argparse.Namespace, sizes: Sizes, work: Path) -> list[Se
                 "posts/s",
                 "post p50",
                 "post p99",
-                *CPU_HEADERS,
+                "gateway CPU",
+                "gateway CPU/chunk",
+                "load-gen CPU",
             ],
             ramp_rows(steps),
             notes=[verdict],
