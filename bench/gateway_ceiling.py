@@ -503,11 +503,14 @@ async def ramp(
     try:
         while batches is not None:
             began = time.perf_counter()
+            warm = sizes.warm_seconds
             if batches > load.runs:
                 load.add(await asyncio.to_thread(fix.start_runs, batches - load.runs, post.lines))
-            load.shrink(batches)
+            else:  # a step back down: let the runs left work off the last step's queue
+                load.shrink(batches)
+                warm = max(warm, chunk_time)
             setup = time.perf_counter() - began
-            await asyncio.sleep(sizes.warm_seconds)
+            await asyncio.sleep(warm)
             load.check()
             with Window(CpuClock(fix.gateway.pid), CpuClock(os.getpid())) as window:
                 await asyncio.sleep(sizes.chunk_periods * chunk_time)
