@@ -80,10 +80,11 @@ class Sizes:
     ramp_start: int
     warm_seconds: float
     chunk_periods: float  # a ramp step's window, in chunk times of the simulated provider
+    ramp_seconds: float  # no new step starts after this (batch set-up grows with N)
 
 
-FULL = Sizes(50_000, 8, 15.0, 8, 6.0, 16, 6.0, 8, 2.0, 2.0)
-QUICK = Sizes(5_000, 4, 3.0, 4, 2.0, 8, 2.0, 4, 1.0, 0.5)
+FULL = Sizes(50_000, 8, 15.0, 8, 6.0, 16, 6.0, 8, 2.0, 2.0, 150.0)
+QUICK = Sizes(5_000, 4, 3.0, 4, 2.0, 8, 2.0, 4, 1.0, 0.5, 10.0)
 
 
 # -- processes and CPUs --------------------------------------------------------
@@ -500,8 +501,9 @@ async def ramp(
     load = RampLoad(fix, wire, post, chunk_time, args.chunk_parallelism)
     steps: list[Step] = []
     batches: int | None = sizes.ramp_start
+    deadline = time.perf_counter() + sizes.ramp_seconds
     try:
-        while batches is not None:
+        while batches is not None and time.perf_counter() < deadline:
             began = time.perf_counter()
             warm = sizes.warm_seconds
             if batches > load.runs:
