@@ -59,6 +59,9 @@ _JSON_COLUMNS = {
 }
 
 
+PLAN_ROWS_PER_INSERT = 1000  # chunk rows per INSERT statement when a plan is saved
+
+
 def now() -> int:
     return int(time.time())
 
@@ -566,14 +569,21 @@ class MetadataStore:
             ).fetchone()
             if existing and existing[0]:
                 return
-            for chunk in chunks:
-                values = _encode(
-                    "batch_chunks", {c: getattr(chunk, c) for c in _columns(ChunkRecord)}
-                )
+            # Many rows per statement: DuckDB plans each statement (~1-2 ms),
+            # and a 500-chunk plan inserted row by row held the write lock,
+            # and with it every checkpoint, for a second (docs/scale-out.md).
+            columns = _columns(ChunkRecord)
+            row = "(" + ", ".join("?" for _ in columns) + ")"
+            for start in range(0, len(chunks), PLAN_ROWS_PER_INSERT):
+                group = chunks[start : start + PLAN_ROWS_PER_INSERT]
+                params: list[Any] = []
+                for chunk in group:
+                    encoded = _encode("batch_chunks", {c: getattr(chunk, c) for c in columns})
+                    params += encoded.values()
                 conn.execute(
-                    f"INSERT INTO batch_chunks ({', '.join(values)}) "
-                    f"VALUES ({', '.join('?' for _ in values)})",
-                    list(values.values()),
+                    f"INSERT INTO batch_chunks ({', '.join(columns)}) "
+                    f"VALUES {', '.join([row] * len(group))}",
+                    params,
                 )
 
     def get_chunks(self, batch_id: str) -> list[ChunkRecord]:
