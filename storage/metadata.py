@@ -59,6 +59,9 @@ _JSON_COLUMNS = {
 }
 
 
+PLAN_ROWS_PER_INSERT = 1000  # chunk rows per INSERT statement when a plan is saved
+
+
 def now() -> int:
     return int(time.time())
 
@@ -164,6 +167,9 @@ class MetadataStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        # The cache scopes written by the open transaction (only ever set by
+        # the thread holding `_lock`); None: no transaction is open.
+        self._joined: list[Sequence[str] | None] | None = None
         self._reader_lock = threading.Lock()
         self._cache = ReadCache()
         self._connect()
@@ -222,9 +228,20 @@ class MetadataStore:
         self, writes: Sequence[str] | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write transaction. `writes` names the cache scopes it changes;
-        None (not known) forgets every remembered read."""
-        try:
-            with self._lock:
+        None (not known) forgets every remembered read.
+
+        Writes made inside it by the same thread (a nested `transaction`, an
+        `update_batch`, ...) join it and commit with it: one commit, one
+        fsync of DuckDB's log, instead of one each (a chunk checkpoint made
+        five). Their remembered reads are forgotten after the commit, so no
+        read can cache a row the commit is about to change."""
+        with self._lock:  # re-entrant: a nested call holds it already
+            if self._joined is not None:
+                self._joined.append(writes)
+                yield self._conn
+                return
+            self._joined = [writes]
+            try:
                 self._conn.execute("BEGIN TRANSACTION")
                 try:
                     yield self._conn
@@ -232,8 +249,10 @@ class MetadataStore:
                     self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
-        finally:
-            self._forget(writes)
+            finally:
+                joined, self._joined = self._joined, None
+                for scopes in joined:
+                    self._forget(scopes)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a statement that may write anything, under the write lock."""
@@ -243,11 +262,14 @@ class MetadataStore:
         self, sql: str, params: Sequence[Any], writes: Sequence[str] | None
     ) -> list[tuple[Any, ...]]:
         """Run a writing statement, then forget the reads of `writes`."""
-        try:
-            with self._lock:
+        with self._lock:
+            if self._joined is not None:  # inside a transaction: forgotten at its commit
+                self._joined.append(writes)
                 return self._conn.execute(sql, list(params)).fetchall()
-        finally:
-            self._forget(writes)
+            try:
+                return self._conn.execute(sql, list(params)).fetchall()
+            finally:
+                self._forget(writes)
 
     def _forget(self, writes: Sequence[str] | None) -> None:
         if writes is None:
@@ -547,14 +569,21 @@ class MetadataStore:
             ).fetchone()
             if existing and existing[0]:
                 return
-            for chunk in chunks:
-                values = _encode(
-                    "batch_chunks", {c: getattr(chunk, c) for c in _columns(ChunkRecord)}
-                )
+            # Many rows per statement: DuckDB plans each statement (~1-2 ms),
+            # and a 500-chunk plan inserted row by row held the write lock,
+            # and with it every checkpoint, for a second (docs/scale-out.md).
+            columns = _columns(ChunkRecord)
+            row = "(" + ", ".join("?" for _ in columns) + ")"
+            for start in range(0, len(chunks), PLAN_ROWS_PER_INSERT):
+                group = chunks[start : start + PLAN_ROWS_PER_INSERT]
+                params: list[Any] = []
+                for chunk in group:
+                    encoded = _encode("batch_chunks", {c: getattr(chunk, c) for c in columns})
+                    params += encoded.values()
                 conn.execute(
-                    f"INSERT INTO batch_chunks ({', '.join(values)}) "
-                    f"VALUES ({', '.join('?' for _ in values)})",
-                    list(values.values()),
+                    f"INSERT INTO batch_chunks ({', '.join(columns)}) "
+                    f"VALUES {', '.join([row] * len(group))}",
+                    params,
                 )
 
     def get_chunks(self, batch_id: str) -> list[ChunkRecord]:

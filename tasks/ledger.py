@@ -327,16 +327,20 @@ class BatchLedger:
         if meta is not None:
             self.blobs.write_bytes(part_name(batch_id, index, "meta"), meta_lines(meta))
         crash_point("ledger:chunk_after_parts")
-        newly_done = self.store.complete_chunk(
-            batch_id, index, completed=completed, failed=failed, usage=usage, model=model
-        )
-        self.store.add_result_chunk(batch_id, index, usage_rows or ())
-        if newly_done and usage_rows:
-            record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
+        # One commit for the done mark, its stamp, usage, spend and the lease:
+        # each commit waits for DuckDB's log to reach the disk, and five of
+        # them made most of a checkpoint's time (docs/scale-out.md).
+        with self.store.transaction(writes=["batch_chunks", "batches"]):
+            newly_done = self.store.complete_chunk(
+                batch_id, index, completed=completed, failed=failed, usage=usage, model=model
+            )
+            self.store.add_result_chunk(batch_id, index, usage_rows or ())
+            if newly_done and usage_rows:
+                record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
+            self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         if newly_done and self.on_chunk is not None:
             self.on_chunk(completed, failed, metrics)
         crash_point("ledger:chunk_after_commit")
-        self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
         return self.control(self.batch(batch_id))
 
     # -- ending -------------------------------------------------------------
