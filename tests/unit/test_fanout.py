@@ -195,3 +195,36 @@ async def test_a_cancel_reaches_the_helpers_and_every_line_is_in_one_file(h: Har
     assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(300))
     assert {x["error"]["code"] for x in err} == {"batch_cancelled"}
     assert (batch.completed, batch.failed) == (len(out), len(err))
+
+
+async def test_a_dead_helper_s_chunk_is_done_by_the_batch_s_run_once_its_claim_lapses(
+    h: Harness,
+) -> None:
+    h.ledger.lease_seconds = 1  # claims lapse after a second unless renewed
+    batch_id = h.add_batch([chat(i) for i in range(40)])
+    dead: list[dict[str, Any]] = []
+
+    async def a_helper_that_dies(count: int) -> None:
+        """It takes a chunk and is never heard of again (SIGKILL, host lost)."""
+        dead.append(h.api.claim_chunk(batch_id, "helper-dead"))
+
+    async with UpstreamClient.from_settings(h.settings) as client:
+        status = await drive_batch(
+            h.api,
+            client,
+            batch_id,
+            settings=h.settings,
+            steps=Steps(fan_out=a_helper_that_dies),
+            flow_run_id="run-main",
+        )
+    assert status == "completed"
+    (claim,) = dead
+    chunks = h.ledger.chunks(batch_id)
+    taken = chunks[claim["chunk"]["chunk_index"]]
+    assert (taken.done, taken.done_by) == (True, "run-main")
+    assert {c.done_by for c in chunks} == {"run-main"}
+    batch = h.store.get_batch(batch_id)
+    assert batch is not None
+    out = h.lines(batch.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(40))
+    assert h.stats()["routes"]["/v1/chat/completions"] == 40
