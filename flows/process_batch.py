@@ -76,16 +76,20 @@ async def start_helpers(batch_id: str, count: int) -> None:
     from prefect.deployments import run_deployment
 
     parent = str(runtime.flow_run.id)
-    for n in range(1, count + 1):
-        await run_deployment(
-            name=HELPER_DEPLOYMENT,
-            parameters={"batch_id": batch_id},
-            timeout=0,
-            flow_run_name=f"{batch_id}-helper-{n}",
-            tags=[f"batch:{batch_id}", "fanout-helper"],
-            idempotency_key=f"{parent}:helper:{n}",
-            as_subflow=False,
+    await asyncio.gather(
+        *(
+            run_deployment(
+                name=HELPER_DEPLOYMENT,
+                parameters={"batch_id": batch_id},
+                timeout=0,
+                flow_run_name=f"{batch_id}-helper-{n}",
+                tags=[f"batch:{batch_id}", "fanout-helper"],
+                idempotency_key=f"{parent}:helper:{n}",
+                as_subflow=False,
+            )
+            for n in range(1, count + 1)
         )
+    )
     if count:
         get_run_logger().info("started %d helper runs for %s", count, batch_id)
 

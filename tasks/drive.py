@@ -118,6 +118,9 @@ async def run_chunk(
 
 # The answer `run_chunk` gives for a claimed chunk whose checkpoint was refused.
 REFUSED = "chunk_refused"
+# How often the batch's run asks again while helpers hold the last chunks:
+# a heartbeat (5 s) here added up to 5 s to the end of every fanned-out batch.
+WAIT_POLL_SECONDS = 0.5
 
 
 def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
@@ -360,7 +363,7 @@ async def _helpers_settled(api: WorkerAPI, control: RunControl) -> None:
         answer = await asyncio.to_thread(api.renew_claims, control.batch_id, [])
         if not answer.get("claimed"):
             return
-        await asyncio.sleep(min(1.0, control.heartbeat_seconds))
+        await asyncio.sleep(min(WAIT_POLL_SECONDS, control.heartbeat_seconds))
 
 
 async def work_claims(
@@ -403,7 +406,8 @@ async def work_claims(
             if chunk is None:
                 if lease_token is None or not answer["pending_chunks"] or control.should_stop():
                     return
-                await asyncio.sleep(control.heartbeat_seconds)  # others hold the rest
+                # Others hold the rest: look again soon, as finalize waits for this.
+                await asyncio.sleep(min(WAIT_POLL_SECONDS, control.heartbeat_seconds))
                 continue
             token = answer["chunk_token"]
             held.add(token)
