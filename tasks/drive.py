@@ -328,10 +328,16 @@ async def _execute_shared(
     beside them until none is left, and before a stop-finalize (cancel,
     expiry, budget) let the helpers' chunks in flight post their checkpoints."""
     pending = sum(not c["done"] for c in chunks)
-    try:
-        await steps.fan_out(min(fanout - 1, pending - 1))
-    except Exception as exc:  # no helpers: this run does every chunk itself
-        log.warning("could not start helper runs for %s: %s", control.batch_id, exc)
+
+    async def fan_out() -> None:
+        try:
+            await steps.fan_out(min(fanout - 1, pending - 1))
+        except Exception as exc:  # no helpers: this run does every chunk itself
+            log.warning("could not start helper runs for %s: %s", control.batch_id, exc)
+
+    # In the background: a busy Prefect server took seconds to create a run,
+    # and this run's own chunks need not wait for that.
+    starting = asyncio.create_task(fan_out())
     progress = ProgressReporter(steps.progress, len(chunks))
     lines = steps.lines
     if lines is not None:
@@ -350,6 +356,7 @@ async def _execute_shared(
         )
     finally:
         await progress.close()
+        await starting
     if control.reason in {"cancelled", "expired", "budget_exceeded"}:
         await _helpers_settled(api, control)
 
