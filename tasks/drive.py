@@ -287,12 +287,7 @@ async def _execute_all(
     providers = await asyncio.to_thread(api.providers)
     pending = [c for c in chunks if not c["done"]]
     done = len(chunks) - len(pending)
-    progress = ProgressReporter(steps.progress, len(chunks))
-    lines = steps.lines
-    if lines is not None:
-        lines.total = sum(c["line_count"] for c in chunks)
-        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
-    progress.set(done)
+    progress, lines = _progress_of(steps, chunks)
     window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
 
     async def one(chunk: dict[str, Any]) -> None:
@@ -312,6 +307,19 @@ async def _execute_all(
         await asyncio.gather(*(one(c) for c in pending))
     finally:
         await progress.close()
+
+
+def _progress_of(
+    steps: Steps, chunks: list[dict[str, Any]]
+) -> tuple[ProgressReporter, LineProgress | None]:
+    """The progress reporter and line counts of a run, set to the chunks done."""
+    progress = ProgressReporter(steps.progress, len(chunks))
+    lines = steps.lines
+    if lines is not None:
+        lines.total = sum(c["line_count"] for c in chunks)
+        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
+    progress.set(sum(1 for c in chunks if c["done"]))
+    return progress, lines
 
 
 async def _execute_shared(
@@ -338,12 +346,7 @@ async def _execute_shared(
     # In the background: a busy Prefect server took seconds to create a run,
     # and this run's own chunks need not wait for that.
     starting = asyncio.create_task(fan_out())
-    progress = ProgressReporter(steps.progress, len(chunks))
-    lines = steps.lines
-    if lines is not None:
-        lines.total = sum(c["line_count"] for c in chunks)
-        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
-    progress.set(len(chunks) - pending)
+    progress, lines = _progress_of(steps, chunks)
 
     def seen(answer: dict[str, Any]) -> None:
         if lines is not None:

@@ -248,7 +248,7 @@ class BatchLedger:
         that posts that chunk's checkpoint), and `pending_chunks` /
         `pending_lines` not yet done, so a run knows whether to wait or stop."""
         batch = self.batch(batch_id)
-        if lease_token is not None:
+        if lease_token is not None and not batch.is_terminal:  # ended: just say so
             batch = self._leased(batch_id, lease_token)
         answer: dict[str, Any] = {"chunk": None, "chunk_token": None, **self.control(batch)}
         found = self.store.get_chunks(batch_id)
@@ -416,68 +416,35 @@ class BatchLedger:
         (`claim_chunk`); a claim that lapsed or a chunk done since is
         refused before anything is written, so nothing counts twice."""
         with batch_lock(batch_id):
-            return self._record_chunk(
+            batch = self.batch(batch_id)
+            chunk = self._chunk(batch_id, index)
+            poster = self._poster(batch, chunk, token)
+            if batch.is_terminal:
+                return self.control(batch)
+            self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
+            self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
+            if meta is not None:
+                self.blobs.write_bytes(part_name(batch_id, index, "meta"), meta_lines(meta))
+            crash_point("ledger:chunk_after_parts")
+            newly_done = self.store.complete_chunk(
                 batch_id,
-                token,
                 index,
-                output=output,
-                errors=errors,
                 completed=completed,
                 failed=failed,
                 usage=usage,
                 model=model,
-                meta=meta,
-                usage_rows=usage_rows,
-                metrics=metrics,
+                done_by=poster,
                 stopped=stopped,
             )
-
-    def _record_chunk(
-        self,
-        batch_id: str,
-        token: str,
-        index: int,
-        *,
-        output: bytes,
-        errors: bytes,
-        completed: int,
-        failed: int,
-        usage: dict[str, Any] | None,
-        model: str | None,
-        meta: Sequence[dict[str, Any]] | None,
-        usage_rows: Sequence[dict[str, Any]] | None,
-        metrics: dict[str, Any] | None,
-        stopped: int,
-    ) -> dict[str, Any]:
-        batch = self.batch(batch_id)
-        chunk = self._chunk(batch_id, index)
-        poster = self._poster(batch, chunk, token)
-        if batch.is_terminal:
-            return self.control(batch)
-        self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
-        self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
-        if meta is not None:
-            self.blobs.write_bytes(part_name(batch_id, index, "meta"), meta_lines(meta))
-        crash_point("ledger:chunk_after_parts")
-        newly_done = self.store.complete_chunk(
-            batch_id,
-            index,
-            completed=completed,
-            failed=failed,
-            usage=usage,
-            model=model,
-            done_by=poster,
-            stopped=stopped,
-        )
-        self.store.add_result_chunk(batch_id, index, usage_rows or ())
-        if newly_done and usage_rows:
-            record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
-        if newly_done and self.on_chunk is not None:
-            self.on_chunk(completed, failed, metrics)
-        crash_point("ledger:chunk_after_commit")
-        if token == batch.lease_token:  # a helper's post does not keep the batch's run alive
-            self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
-        return self.control(self.batch(batch_id))
+            self.store.add_result_chunk(batch_id, index, usage_rows or ())
+            if newly_done and usage_rows:
+                record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
+            if newly_done and self.on_chunk is not None:
+                self.on_chunk(completed, failed, metrics)
+            crash_point("ledger:chunk_after_commit")
+            if token == batch.lease_token:  # a helper's post does not keep the batch's run alive
+                self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
+            return self.control(self.batch(batch_id))
 
     # -- ending -------------------------------------------------------------
 
