@@ -414,6 +414,8 @@ async def work_claims(
                 seen(answer)
             chunk = answer.get("chunk")
             if chunk is None:
+                if control.paused and not control.should_stop():
+                    continue  # paused since this run last looked: wait at the gate
                 if lease_token is None or not answer["pending_chunks"] or control.should_stop():
                     return
                 # Others hold the rest: look again soon, as finalize waits for this.

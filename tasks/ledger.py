@@ -255,7 +255,11 @@ class BatchLedger:
         pending = [c for c in found if not c.done]
         answer["pending_chunks"] = len(pending)
         answer["pending_lines"] = sum(c.line_count for c in pending)
-        if batch.status != "in_progress" or not pending:
+        # A batch told to stop or pause hands out nothing: the run would
+        # only hold the chunk (a chunk is claimed before it is looked at).
+        expired = batch.expires_at is not None and time.time() >= batch.expires_at
+        stopping = answer.get("stop_reason") or answer.get("paused") or expired
+        if batch.status != "in_progress" or not pending or stopping:
             return answer
         token = lease_token or secrets.token_hex(16)
         at = time.time()

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from storage import control as control_store
 from storage.metadata import now
 from tasks.drive import Steps, drive_batch, help_batch
 from tasks.ledger import BatchLedger, LeaseLost
@@ -228,3 +229,22 @@ async def test_a_dead_helper_s_chunk_is_done_by_the_batch_s_run_once_its_claim_l
     out = h.lines(batch.output_file_id)
     assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(40))
     assert h.stats()["routes"]["/v1/chat/completions"] == 40
+
+
+async def test_a_budget_reached_stops_every_run_and_fails_the_batch(h: Harness) -> None:
+    # A mock answer to "hi N" costs 14 or 15 tokens: about 48 lines fit.
+    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=700))
+    httpx.post(f"{h.mock_url}/config", json={"latency_ms": 20})
+    h.settings.chunk_parallelism = 1
+    batch_id = h.add_batch([chat(i) for i in range(100)])
+    assert await Helpers(h, batch_id).run() == "failed"
+    batch = h.store.get_batch(batch_id)
+    assert batch is not None and batch.errors and batch.errors[0]["code"] == "budget_exceeded"
+    out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
+    assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(100))
+    assert {e["error"]["code"] for e in err} == {"budget_exceeded"}
+    # Spend counts as chunks are posted: three runs overshoot by at most the
+    # chunk that reached the budget and the two others in flight; no run
+    # starts a chunk after it (the claim answer carries the stop).
+    assert 700 <= batch.usage["total_tokens"] <= 700 + 3 * 10 * 15  # type: ignore[index]
+    assert (batch.completed, batch.failed) == (len(out), len(err))
