@@ -34,10 +34,17 @@ import uvloop
 from prefect.exceptions import TerminationSignal
 
 import flows.process_batch
+import flows.process_chunks
 import flows.retention
 from tasks.settings import load_settings
 
-PRELOADED = (flows.process_batch, flows.retention, prefect.flow_engine, prefect.task_engine)
+PRELOADED = (
+    flows.process_batch,
+    flows.process_chunks,
+    flows.retention,
+    prefect.flow_engine,
+    prefect.task_engine,
+)
 
 
 class UvloopTermination(TerminationSignal, SystemExit):

@@ -61,6 +61,39 @@ execute_chunk_task = task(
 )(run_chunk)
 
 
+# The helper runs' flow and deployment (flows/process_chunks.py, registered by
+# flows/serve.py and declared in prefect.yaml under this name).
+HELPER_FLOW = "process-chunks"
+HELPER_DEPLOYMENT = f"{HELPER_FLOW}/{HELPER_FLOW}"
+
+
+async def start_helpers(batch_id: str, count: int) -> None:
+    """Create `count` helper flow runs for the batch and return at once.
+
+    Named after the batch, so the Prefect UI shows whose chunks they work;
+    the idempotency key names this run, so a retried start makes no second
+    helper, and a later run of the batch (after this one died) gets its own."""
+    from prefect.deployments import run_deployment
+
+    parent = str(runtime.flow_run.id)
+    await asyncio.gather(
+        *(
+            run_deployment(
+                name=HELPER_DEPLOYMENT,
+                parameters={"batch_id": batch_id},
+                timeout=0,
+                flow_run_name=f"{batch_id}-helper-{n}",
+                tags=[f"batch:{batch_id}", "fanout-helper"],
+                idempotency_key=f"{parent}:helper:{n}",
+                as_subflow=False,
+            )
+            for n in range(1, count + 1)
+        )
+    )
+    if count:
+        get_run_logger().info("started %d helper runs for %s", count, batch_id)
+
+
 def artifact_key(batch_id: str, kind: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return f"{batch_id.replace('_', '-').lower()}-{kind}"
@@ -158,6 +191,7 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
         summary=summary,
         control_note=control_note,
         lines=lines,
+        fan_out=lambda count: start_helpers(batch_id, count),
     )
 
 

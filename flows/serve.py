@@ -19,6 +19,7 @@ from tasks.settings import Settings, load_settings
 log = logging.getLogger("batchgate.runner")
 
 PROCESS_BATCH_DEPLOYMENT = "process-batch"
+PROCESS_CHUNKS_DEPLOYMENT = "process-chunks"  # helper runs of one batch (issue 15)
 RETENTION_DEPLOYMENT = "retention"
 API_WAIT_SECONDS = 120.0
 DEFAULT_POLL_SECONDS = 0.5  # Prefect's default (10 s) makes every batch start late
@@ -104,8 +105,9 @@ def prefork_flow_runs(preload: list[str]) -> None:
 
 
 def serve_flows(settings: Settings | None = None, log_level: str = "info") -> None:
-    """Register `process-batch/process-batch` and `retention/retention` and
-    run their flow runs until SIGTERM or Ctrl-C.
+    """Register `process-batch/process-batch`, `process-chunks/process-chunks`
+    (helper runs of one batch) and `retention/retention` and run their flow
+    runs until SIGTERM or Ctrl-C.
 
     The flows are added as flow objects (not entrypoints), so the runner
     starts each run from the loaded flow rather than a `python -m
@@ -115,6 +117,7 @@ def serve_flows(settings: Settings | None = None, log_level: str = "info") -> No
     from prefect.runner import Runner
 
     from flows.process_batch import process_batch
+    from flows.process_chunks import process_chunks
     from flows.retention import retention
 
     settings = settings or load_settings()
@@ -147,6 +150,7 @@ def serve_flows(settings: Settings | None = None, log_level: str = "info") -> No
         pause_on_shutdown=False,
     )
     runner.add_flow(process_batch, name=PROCESS_BATCH_DEPLOYMENT)
+    runner.add_flow(process_chunks, name=PROCESS_CHUNKS_DEPLOYMENT)
     runner.add_flow(
         retention, name=RETENTION_DEPLOYMENT, interval=settings.retention_interval_seconds
     )

@@ -72,6 +72,7 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
             lease_seconds=settings.lease_seconds,
             prices=settings.prices,
             on_chunk=gateway_metrics.add_chunk,
+            fanout_runs=settings.fanout_runs,
         ),
         metrics=gateway_metrics,
     )

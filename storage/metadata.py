@@ -47,7 +47,7 @@ from storage.records import (
     file_is_live,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 R = TypeVar("R")
 
 # Columns stored as JSON text, per table.
@@ -600,18 +600,25 @@ class MetadataStore:
         failed: int,
         usage: dict[str, Any] | None,
         model: str | None,
+        done_by: str | None = None,
+        stopped: int = 0,
     ) -> bool:
         """Mark a chunk done and add its counts to the batch, in one transaction.
-        Returns False if it was already done (a repeated post changes nothing)."""
+        Returns False if it was already done (a repeated post changes nothing).
+        The chunk's claim ends with it: a later post on that claim is refused."""
         with self.transaction(writes=["batch_chunks", "batches"]) as conn:
             row = conn.execute(
                 "UPDATE batch_chunks SET done = TRUE, completed = ?, failed = ?, usage = ?, "
-                "model = ? WHERE batch_id = ? AND chunk_index = ? AND NOT done RETURNING 1",
+                "model = ?, done_by = ?, stopped = ?, claim_token = NULL, "
+                "claim_expires_at = NULL "
+                "WHERE batch_id = ? AND chunk_index = ? AND NOT done RETURNING 1",
                 [
                     completed,
                     failed,
                     orjson.dumps(usage).decode() if usage else None,
                     model,
+                    done_by,
+                    stopped,
                     batch_id,
                     chunk_index,
                 ],
@@ -623,6 +630,43 @@ class MetadataStore:
                 [completed, failed, batch_id],
             )
             return True
+
+    def claim_chunk(
+        self, batch_id: str, token: str, claimed_by: str | None, until: float, at: float
+    ) -> ChunkRecord | None:
+        """Give the first chunk that is neither done nor held by a live claim
+        to `token` until `until`; None when there is none. One statement
+        under the write lock, so two claimants never get the same chunk."""
+        rows = self._write(
+            "UPDATE batch_chunks SET claim_token = ?, claim_expires_at = ?, claimed_by = ? "
+            "WHERE batch_id = ? AND chunk_index = ("
+            "  SELECT min(chunk_index) FROM batch_chunks WHERE batch_id = ? AND NOT done"
+            "  AND (claim_expires_at IS NULL OR claim_expires_at <= ?)"
+            ") RETURNING chunk_index",
+            [token, until, claimed_by, batch_id, batch_id, at],
+            ["batch_chunks"],
+        )
+        if not rows:
+            return None
+        return self._first(
+            "batch_chunks", ChunkRecord, "batch_id = ? AND chunk_index = ?", [batch_id, rows[0][0]]
+        )
+
+    def renew_claims(
+        self, batch_id: str, tokens: Sequence[str], until: float, at: float
+    ) -> list[int]:
+        """Extend the live claims held with `tokens`; the chunks still held."""
+        if not tokens:
+            return []
+        marks = ", ".join("?" for _ in tokens)
+        rows = self._write(
+            f"UPDATE batch_chunks SET claim_expires_at = ? WHERE batch_id = ? "
+            f"AND claim_token IN ({marks}) AND claim_expires_at > ? AND NOT done "
+            "RETURNING chunk_index",
+            [until, batch_id, *tokens, at],
+            ["batch_chunks"],
+        )
+        return sorted(row[0] for row in rows)
 
     # -- webhooks (endpoints and the outbox) -------------------------------
     # `webhook_endpoints.secret` is sealed like a provider key; the clear

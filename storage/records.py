@@ -117,6 +117,13 @@ class ChunkRecord:
     failed: int = 0
     usage: dict[str, Any] | None = None
     model: str | None = None
+    # The chunk claim (migration 6, tasks/ledger.py `claim_chunk`): who holds
+    # the chunk until when, and which run's checkpoint was accepted.
+    claim_token: str | None = None
+    claim_expires_at: float | None = None
+    claimed_by: str | None = None
+    done_by: str | None = None
+    stopped: int = 0
 
 
 @dataclass(frozen=True)

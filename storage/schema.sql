@@ -208,3 +208,17 @@ CREATE TABLE IF NOT EXISTS batch_controls (
     paused      BOOLEAN NOT NULL DEFAULT FALSE,
     updated_at  BIGINT  NOT NULL
 );
+
+-- migration 6
+-- One batch on many hosts (issue 15): a run takes a chunk by claiming it.
+-- `claim_token` and `claim_expires_at` are the chunk's lease (the batch's
+-- own run claims with its batch lease token, a helper run with a token of
+-- its own); a lapsed claim returns the chunk to the pool. `claimed_by` and
+-- `done_by` name the flow runs that took the chunk and whose checkpoint was
+-- accepted; `stopped` counts the lines that checkpoint left unsent because
+-- the batch was told to stop (the batch's run reads it to pick the outcome).
+ALTER TABLE batch_chunks ADD COLUMN claim_token VARCHAR;
+ALTER TABLE batch_chunks ADD COLUMN claim_expires_at DOUBLE;
+ALTER TABLE batch_chunks ADD COLUMN claimed_by VARCHAR;
+ALTER TABLE batch_chunks ADD COLUMN done_by VARCHAR;
+ALTER TABLE batch_chunks ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;

@@ -1,6 +1,12 @@
 """The batch orchestration as a plain coroutine: validate -> execute (chunked)
 -> finalize, over a `WorkerAPI` and a set of `Steps`.
 
+With `fanout_runs` above 1 (the gateway's `BATCHGATE_FANOUT_RUNS`, told at
+claim) a batch of several chunks is worked by more than one flow run: the
+batch's own run starts helper runs (`Steps.fan_out`), and it and the helpers
+(`help_batch`) take chunks one at a time through chunk claims
+(`work_claims`); the batch's run alone validates and finalizes.
+
 It lives in `tasks/` and imports no Prefect: the `process-batch` flow
 (flows/process_batch.py) runs it with each step wrapped as a Prefect task,
 `batchgate run` (tasks/local_run.py) runs it in-process with plain steps over
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -95,8 +102,25 @@ async def run_chunk(
     crash_point("execute:before_post")
     # The client's counts since its last post go with this checkpoint; the
     # gateway adds them once it accepts it (tasks/run_metrics.py).
-    post = {**result.as_post(), "metrics": client.report_metrics()}
-    return await asyncio.to_thread(api.record_chunk, control.batch_id, control.token, index, **post)
+    post = {**result.as_post(), "metrics": client.report_metrics(), "stopped": result.stopped}
+    # A claimed chunk posts with its claim token (the batch's own run
+    # claims with its lease token, so that is the same token for it).
+    token = chunk.get("chunk_token") or control.token
+    try:
+        return await asyncio.to_thread(api.record_chunk, control.batch_id, token, index, **post)
+    except LeaseLost:
+        if token == control.token:
+            raise
+        # The claim lapsed and another run took the chunk: its post counts, not this one.
+        log.warning("chunk %s of %s was taken over by another run", index, control.batch_id)
+        return {REFUSED: True}
+
+
+# The answer `run_chunk` gives for a claimed chunk whose checkpoint was refused.
+REFUSED = "chunk_refused"
+# How often the batch's run asks again while helpers hold the last chunks:
+# a heartbeat (5 s) here added up to 5 s to the end of every fanned-out batch.
+WAIT_POLL_SECONDS = 0.5
 
 
 def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
@@ -115,6 +139,10 @@ async def _no_note(text: str, paused: bool) -> None:
     return None
 
 
+async def _no_fan_out(helpers: int) -> None:
+    return None
+
+
 @dataclass
 class Steps:
     validate: Callable[..., dict[str, Any]] = validate_input
@@ -126,6 +154,9 @@ class Steps:
     control_note: Callable[[str, bool], Awaitable[None]] = _no_note
     # Lines done of the batch, kept up to date for `progress` to describe.
     lines: LineProgress | None = None
+    # Start this many helper runs for the batch (flows/process_chunks.py);
+    # without it (`batchgate run`, unit tests) the batch's run works alone.
+    fan_out: Callable[[int], Awaitable[None]] = _no_fan_out
 
 
 OUTCOME_OF_REASON = {
@@ -164,6 +195,7 @@ async def drive_batch(
     if token is None:
         return claim["status"]
     crash_point("run:after_claim")
+    fanout = max(1, int(claim.get("fanout_runs") or 1))
     notes: set[asyncio.Task[None]] = set()
 
     def on_pause(paused: bool) -> None:
@@ -185,16 +217,24 @@ async def drive_batch(
         on_ceilings=client.set_ceilings,
         on_pause=on_pause,
         stop=stop,
+        # Shared chunks: the heartbeat renews this run's chunk claims with its lease.
+        renew=(lambda: api.renew(batch_id, token, claims=True)) if fanout > 1 else None,
     )
     async with control.heartbeat():
         try:
-            return await _drive(api, client, control, settings, steps)
+            return await _drive(api, client, control, settings, steps, fanout, flow_run_id)
         except LeaseLost:
             return "lease_lost"
 
 
 async def _drive(
-    api: WorkerAPI, client: UpstreamClient, control: RunControl, settings: Settings, steps: Steps
+    api: WorkerAPI,
+    client: UpstreamClient,
+    control: RunControl,
+    settings: Settings,
+    steps: Steps,
+    fanout: int = 1,
+    flow_run_id: str | None = None,
 ) -> str:
     batch_id, token = control.batch_id, control.token
     chunks = await asyncio.to_thread(api.chunks, batch_id)
@@ -214,15 +254,21 @@ async def _drive(
             return "failed"
         chunks = await asyncio.to_thread(api.chunks, batch_id)
     if control.status in {"in_progress", "validating"}:
-        await _execute_all(api, client, control, settings, steps, chunks)
+        if fanout > 1 and sum(not c["done"] for c in chunks) > 1:
+            await _execute_shared(
+                api, client, control, settings, steps, chunks, fanout, flow_run_id
+            )
+        else:
+            await _execute_all(api, client, control, settings, steps, chunks)
     if control.reason in {"lease_lost", "ended_elsewhere", "interrupted"}:
         return control.status
     outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
     if outcome == "budget_exceeded" and not control.stopped_lines:
         # The last chunks' spend reached the budget, but nothing was left
-        # unsent: the batch is complete, not stopped.
-        pending = [c for c in await asyncio.to_thread(api.chunks, batch_id) if not c["done"]]
-        outcome = "budget_exceeded" if pending else "completed"
+        # unsent (by this run, or a helper run): the batch is complete, not stopped.
+        found = await asyncio.to_thread(api.chunks, batch_id)
+        stopped = any(not c["done"] or c.get("stopped") for c in found)
+        outcome = "budget_exceeded" if stopped else "completed"
     crash_point("finalize:before")
     batch = steps.finalize(api, batch_id, token, outcome)
     crash_point("finalize:after")
@@ -241,12 +287,7 @@ async def _execute_all(
     providers = await asyncio.to_thread(api.providers)
     pending = [c for c in chunks if not c["done"]]
     done = len(chunks) - len(pending)
-    progress = ProgressReporter(steps.progress, len(chunks))
-    lines = steps.lines
-    if lines is not None:
-        lines.total = sum(c["line_count"] for c in chunks)
-        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
-    progress.set(done)
+    progress, lines = _progress_of(steps, chunks)
     window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
 
     async def one(chunk: dict[str, Any]) -> None:
@@ -266,6 +307,171 @@ async def _execute_all(
         await asyncio.gather(*(one(c) for c in pending))
     finally:
         await progress.close()
+
+
+def _progress_of(
+    steps: Steps, chunks: list[dict[str, Any]]
+) -> tuple[ProgressReporter, LineProgress | None]:
+    """The progress reporter and line counts of a run, set to the chunks done."""
+    progress = ProgressReporter(steps.progress, len(chunks))
+    lines = steps.lines
+    if lines is not None:
+        lines.total = sum(c["line_count"] for c in chunks)
+        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
+    progress.set(sum(1 for c in chunks if c["done"]))
+    return progress, lines
+
+
+async def _execute_shared(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    control: RunControl,
+    settings: Settings,
+    steps: Steps,
+    chunks: list[dict[str, Any]],
+    fanout: int,
+    flow_run_id: str | None,
+) -> None:
+    """The batch's run with helpers: start them, work chunks through claims
+    beside them until none is left, and before a stop-finalize (cancel,
+    expiry, budget) let the helpers' chunks in flight post their checkpoints."""
+    pending = sum(not c["done"] for c in chunks)
+
+    async def fan_out() -> None:
+        try:
+            await steps.fan_out(min(fanout - 1, pending - 1))
+        except Exception as exc:  # no helpers: this run does every chunk itself
+            log.warning("could not start helper runs for %s: %s", control.batch_id, exc)
+
+    # In the background: a busy Prefect server took seconds to create a run,
+    # and this run's own chunks need not wait for that.
+    starting = asyncio.create_task(fan_out())
+    progress, lines = _progress_of(steps, chunks)
+
+    def seen(answer: dict[str, Any]) -> None:
+        if lines is not None:
+            lines.done = lines.total - answer["pending_lines"]
+        progress.set(len(chunks) - answer["pending_chunks"])
+
+    try:
+        await work_claims(
+            api, client, control, settings, steps, flow_run_id, lease_token=control.token, seen=seen
+        )
+    finally:
+        await progress.close()
+        await starting
+    if control.reason in {"cancelled", "expired", "budget_exceeded"}:
+        await _helpers_settled(api, control)
+
+
+async def _helpers_settled(api: WorkerAPI, control: RunControl) -> None:
+    """Wait until no chunk is under a live claim: a helper told to stop
+    posts what its chunk finished, and a dead helper's claim lapses. Bounded
+    by a lease and a heartbeat; a post after that is refused at finalize."""
+    deadline = time.monotonic() + float(control.lease_seconds) + control.heartbeat_seconds
+    while time.monotonic() < deadline:
+        answer = await asyncio.to_thread(api.renew_claims, control.batch_id, [])
+        if not answer.get("claimed"):
+            return
+        await asyncio.sleep(min(WAIT_POLL_SECONDS, control.heartbeat_seconds))
+
+
+async def work_claims(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    control: RunControl,
+    settings: Settings,
+    steps: Steps,
+    flow_run_id: str | None,
+    *,
+    lease_token: str | None,
+    held: set[str] | None = None,
+    seen: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Claim chunks one at a time and execute them, `chunk_parallelism` at
+    once, until none is left to claim or the batch must stop; returns the
+    chunks this run checkpointed.
+
+    The batch's run (`lease_token` given) waits while other runs still hold
+    the last chunks, so it takes over any whose claim lapses; a helper run
+    stops as soon as nothing is free. `held` is kept to the claim tokens in
+    use (a helper's heartbeat renews them); `seen` hears every claim answer."""
+    providers = await asyncio.to_thread(api.providers)
+    held = set() if held is None else held
+    done = 0
+
+    async def slot() -> None:
+        nonlocal done
+        while True:
+            await control.gate()  # a paused batch starts no chunk
+            if control.should_stop():
+                return
+            answer = await asyncio.to_thread(
+                api.claim_chunk, control.batch_id, flow_run_id, lease_token
+            )
+            control.update(answer)
+            if seen is not None:
+                seen(answer)
+            chunk = answer.get("chunk")
+            if chunk is None:
+                if control.paused and not control.should_stop():
+                    continue  # paused since this run last looked: wait at the gate
+                if lease_token is None or not answer["pending_chunks"] or control.should_stop():
+                    return
+                # Others hold the rest: look again soon, as finalize waits for this.
+                await asyncio.sleep(min(WAIT_POLL_SECONDS, control.heartbeat_seconds))
+                continue
+            token = answer["chunk_token"]
+            held.add(token)
+            try:
+                posted = await steps.execute(
+                    api, client, control, providers, {**chunk, "chunk_token": token}
+                )
+            finally:
+                held.discard(token)
+            if posted.get(REFUSED):
+                continue
+            control.update(posted)
+            crash_point("execute:after_post")
+            done += 1
+
+    await asyncio.gather(*(slot() for _ in range(max(1, settings.chunk_parallelism))))
+    return done
+
+
+async def help_batch(
+    api: WorkerAPI,
+    client: UpstreamClient,
+    batch_id: str,
+    *,
+    settings: Settings,
+    steps: Steps | None = None,
+    flow_run_id: str | None = None,
+) -> int:
+    """A helper run: work chunks of a batch whose own run started it, through
+    chunk claims, until none is free; returns the chunks it checkpointed.
+
+    It holds no batch lease: its heartbeat renews its chunk claims and reads
+    the batch's control (cancel, expiry, pause, budget stop, ceilings), the
+    same answer the batch's run reads. It never validates or finalizes."""
+    steps = steps or Steps()
+    held: set[str] = set()
+    first = await asyncio.to_thread(api.renew_claims, batch_id, [])
+    control = RunControl(
+        api,
+        batch_id,
+        "",
+        first,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        on_ceilings=client.set_ceilings,
+        renew=lambda: api.renew_claims(batch_id, sorted(held)),
+    )
+    if control.status != "in_progress":
+        return 0
+    async with control.heartbeat():
+        return await work_claims(
+            api, client, control, settings, steps, flow_run_id, lease_token=None, held=held
+        )
 
 
 class ProgressReporter:

@@ -14,9 +14,10 @@ import hashlib
 import logging
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -122,6 +123,24 @@ def meta_lines(meta: Sequence[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(m) + b"\n" for m in meta)
 
 
+def chunk_view(chunk: ChunkRecord) -> dict[str, Any]:
+    """A chunk as runs see it: everything but the token of whoever holds it
+    (a claim token is the right to post that chunk's checkpoint)."""
+    view = asdict(chunk)
+    del view["claim_token"]
+    return view
+
+
+# Checkpoints of one batch and its finalize are serialized (a chunk's parts
+# must come from one post, and a helper's post must not land inside a
+# finalize); batches share these locks by hash, so a gateway holds a fixed few.
+_BATCH_LOCKS = [threading.RLock() for _ in range(64)]
+
+
+def batch_lock(batch_id: str) -> threading.RLock:
+    return _BATCH_LOCKS[hash(batch_id) % len(_BATCH_LOCKS)]
+
+
 class BatchLedger:
     def __init__(
         self,
@@ -131,12 +150,16 @@ class BatchLedger:
         lease_seconds: int,
         prices: Sequence[Any] = (),
         on_chunk: Callable[[int, int, dict[str, Any] | None], None] | None = None,
+        fanout_runs: int = 1,
     ) -> None:
         """`on_chunk(completed, failed, metrics)` hears each accepted
-        checkpoint once (the gateway's metrics); a repeated post is not heard."""
+        checkpoint once (the gateway's metrics); a repeated post is not heard.
+        `fanout_runs`: how many flow runs may work one batch (its own run and
+        helpers, `BATCHGATE_FANOUT_RUNS`); the batch's run learns it at claim."""
         self.store = store
         self.blobs = blobs
         self.lease_seconds = lease_seconds
+        self.fanout_runs = max(1, fanout_runs)
         self.prices = list(prices)  # `[[prices]]` of the config: spend in dollars
         self.on_chunk = on_chunk
 
@@ -188,10 +211,15 @@ class BatchLedger:
             fields["flow_run_id"] = flow_run_id
         if not self.store.transition_batch(batch_id, [batch.status], **fields):
             raise LeaseLost(f"{batch_id} changed while being claimed")
-        return {"lease_token": token, **self.control(self.batch(batch_id))}
+        return {
+            "lease_token": token,
+            "fanout_runs": self.fanout_runs,
+            **self.control(self.batch(batch_id)),
+        }
 
-    def renew(self, batch_id: str, token: str) -> dict[str, Any]:
-        """Extend the run's lease; for an ended batch just say so.
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
+        """Extend the run's lease; for an ended batch just say so. With
+        `claims`, the chunk claims the run took with its lease token too.
 
         Finalize clears the lease as it ends the batch, so a heartbeat that
         races the run's own finalize must not read as a lost lease: the
@@ -200,8 +228,76 @@ class BatchLedger:
         if batch.is_terminal:
             return self.control(batch)
         self._leased(batch_id, token)
-        self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
+        until = time.time() + self.lease_seconds
+        self.store.update_batch(batch_id, lease_expires_at=until)
+        if claims:
+            self.store.renew_claims(batch_id, [token], until, time.time())
         return self.control(batch)
+
+    # -- chunk claims (one batch on many hosts) ------------------------------
+
+    def claim_chunk(
+        self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
+    ) -> dict[str, Any]:
+        """Hand the next free chunk to a run, with a claim that lapses after
+        `lease_seconds` unless renewed (`renew_claims`, or `renew` for the
+        batch's own run, which claims with its lease token).
+
+        The answer: the batch's control, `chunk` (None when no chunk is free:
+        all done, or the rest held by live claims), `chunk_token` (the token
+        that posts that chunk's checkpoint), and `pending_chunks` /
+        `pending_lines` not yet done, so a run knows whether to wait or stop."""
+        batch = self.batch(batch_id)
+        if lease_token is not None and not batch.is_terminal:  # ended: just say so
+            batch = self._leased(batch_id, lease_token)
+        answer: dict[str, Any] = {"chunk": None, "chunk_token": None, **self.control(batch)}
+        found = self.store.get_chunks(batch_id)
+        pending = [c for c in found if not c.done]
+        answer["pending_chunks"] = len(pending)
+        answer["pending_lines"] = sum(c.line_count for c in pending)
+        # A batch told to stop or pause hands out nothing: the run would
+        # only hold the chunk (a chunk is claimed before it is looked at).
+        expired = batch.expires_at is not None and time.time() >= batch.expires_at
+        stopping = answer.get("stop_reason") or answer.get("paused") or expired
+        if batch.status != "in_progress" or not pending or stopping:
+            return answer
+        token = lease_token or secrets.token_hex(16)
+        at = time.time()
+        chunk = self.store.claim_chunk(batch_id, token, flow_run_id, at + self.lease_seconds, at)
+        if chunk is not None:
+            answer.update(chunk=chunk_view(chunk), chunk_token=token)
+        return answer
+
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
+        """A helper run's heartbeat: extend its live claims and read the
+        batch's control (the same answer the batch's run gets from `renew`).
+        `held`: the chunks still held; a claim that lapsed is not revived.
+        `claimed`: chunks not done under anyone's live claim."""
+        batch = self.batch(batch_id)
+        at = time.time()
+        held = self.store.renew_claims(batch_id, list(tokens), at + self.lease_seconds, at)
+        claimed = sum(
+            1
+            for c in self.store.get_chunks(batch_id)
+            if not c.done and (c.claim_expires_at or 0) > at
+        )
+        return {"held": held, "claimed": claimed, **self.control(batch)}
+
+    def _poster(self, batch: BatchRecord, chunk: ChunkRecord, token: str) -> str | None:
+        """Who may post this chunk's checkpoint: the batch's run (its lease
+        token), or the run holding a live claim on the chunk while the batch
+        runs. Returns the poster's flow run id; anyone else loses."""
+        if batch.lease_token is not None and token == batch.lease_token:
+            return batch.flow_run_id
+        live_claim = (
+            chunk.claim_token == token
+            and (chunk.claim_expires_at or 0) > time.time()
+            and not chunk.done
+            and batch.status in {"in_progress", "cancelling"}
+        )
+        if not live_claim:
+            raise LeaseLost(f"chunk {chunk.chunk_index} of {batch.id} is held by another run")
+        return chunk.claimed_by
 
     def release(self, batch_id: str, token: str) -> None:
         batch = self.batch(batch_id)
@@ -308,6 +404,7 @@ class BatchLedger:
         meta: Sequence[dict[str, Any]] | None = None,
         usage_rows: Sequence[dict[str, Any]] | None = None,
         metrics: dict[str, Any] | None = None,
+        stopped: int = 0,
     ) -> dict[str, Any]:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
@@ -317,31 +414,48 @@ class BatchLedger:
         model and provider) and the chunk's stamp for the live-results cursor
         are stored after the done mark (issue 12). A chunk newly done adds its
         usage to its key's spend and to what estimates learn; the answer then
-        says whether the budget stops it."""
-        batch = self._leased(batch_id, token)
-        if batch.is_terminal:
-            return self.control(batch)
-        self._chunk(batch_id, index)
-        self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
-        self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
-        if meta is not None:
-            self.blobs.write_bytes(part_name(batch_id, index, "meta"), meta_lines(meta))
-        crash_point("ledger:chunk_after_parts")
-        # One commit for the done mark, its stamp, usage, spend and the lease:
-        # each commit waits for DuckDB's log to reach the disk, and five of
-        # them made most of a checkpoint's time (docs/scale-out.md).
-        with self.store.transaction(writes=["batch_chunks", "batches"]):
-            newly_done = self.store.complete_chunk(
-                batch_id, index, completed=completed, failed=failed, usage=usage, model=model
-            )
-            self.store.add_result_chunk(batch_id, index, usage_rows or ())
-            if newly_done and usage_rows:
-                record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
-            self.store.update_batch(batch_id, lease_expires_at=time.time() + self.lease_seconds)
-        if newly_done and self.on_chunk is not None:
-            self.on_chunk(completed, failed, metrics)
-        crash_point("ledger:chunk_after_commit")
-        return self.control(self.batch(batch_id))
+        says whether the budget stops it.
+
+        `token` is the batch's lease token or a live claim on this chunk
+        (`claim_chunk`); a claim that lapsed or a chunk done since is
+        refused before anything is written, so nothing counts twice."""
+        with batch_lock(batch_id):
+            batch = self.batch(batch_id)
+            chunk = self._chunk(batch_id, index)
+            poster = self._poster(batch, chunk, token)
+            if batch.is_terminal:
+                return self.control(batch)
+            self.blobs.write_bytes(part_name(batch_id, index, "out"), output)
+            self.blobs.write_bytes(part_name(batch_id, index, "err"), errors)
+            if meta is not None:
+                self.blobs.write_bytes(part_name(batch_id, index, "meta"), meta_lines(meta))
+            crash_point("ledger:chunk_after_parts")
+            # One commit for the done mark, its stamp, usage, spend and the
+            # lease: each commit waits for DuckDB's log to reach the disk, and
+            # five of them made most of a checkpoint's time (docs/scale-out.md).
+            with self.store.transaction(writes=["batch_chunks", "batches"]):
+                newly_done = self.store.complete_chunk(
+                    batch_id,
+                    index,
+                    completed=completed,
+                    failed=failed,
+                    usage=usage,
+                    model=model,
+                    done_by=poster,
+                    stopped=stopped,
+                )
+                self.store.add_result_chunk(batch_id, index, usage_rows or ())
+                if newly_done and usage_rows:
+                    record_spend(self.store, batch.api_key_id, per_model(usage_rows), self.prices)
+                # A helper's post does not keep the batch's run alive.
+                if token == batch.lease_token:
+                    self.store.update_batch(
+                        batch_id, lease_expires_at=time.time() + self.lease_seconds
+                    )
+            if newly_done and self.on_chunk is not None:
+                self.on_chunk(completed, failed, metrics)
+            crash_point("ledger:chunk_after_commit")
+            return self.control(self.batch(batch_id))
 
     # -- ending -------------------------------------------------------------
 
@@ -364,6 +478,10 @@ class BatchLedger:
         Idempotent: file ids derive from the batch id and blobs are written
         atomically, so running it again after a crash gives the same result.
         A batch someone else already ended is left exactly as it is."""
+        with batch_lock(batch_id):
+            return self._finalize(batch_id, token, outcome_name)
+
+    def _finalize(self, batch_id: str, token: str, outcome_name: str) -> BatchRecord:
         ended = self.batch(batch_id)
         if ended.is_terminal:  # e.g. a retry after the gateway died past the transition
             self._remove_parts(batch_id)  # its parts are debris now; nothing reads them

@@ -35,8 +35,13 @@ class RunControl:
         on_ceilings: Callable[[dict[str, int]], None] | None = None,
         on_pause: Callable[[bool], None] | None = None,
         stop: Callable[[], str | None] | None = None,
+        renew: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """`renew` replaces the heartbeat's call (default: renew the batch
+        lease): the batch's run with shared chunks renews its claims too, a
+        helper run renews its claims only (tasks/drive.py)."""
         self.api = api
+        self._renew = renew or (lambda: api.renew(batch_id, token))
         # A stop reason from outside the ledger: `batchgate run` answers
         # Ctrl-C with "interrupted" (stop sending, keep the checkpoints, no finalize).
         self.stop = stop
@@ -52,6 +57,7 @@ class RunControl:
         self._free = asyncio.Event()  # set while requests may go out (not paused, or stopping)
         self.update(control)
         lease = float(control.get("lease_seconds") or 60)
+        self.lease_seconds = lease
         self.heartbeat_seconds = heartbeat_seconds or max(0.5, min(5.0, lease / 4))
 
     def update(self, control: dict[str, Any]) -> None:
@@ -107,7 +113,7 @@ class RunControl:
 
     async def beat(self) -> None:
         try:
-            self.update(await asyncio.to_thread(self.api.renew, self.batch_id, self.token))
+            self.update(await asyncio.to_thread(self._renew))
         except LeaseLost:
             log.warning("lost the lease on %s; stopping", self.batch_id)
             self.lost = True

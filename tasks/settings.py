@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # Batches
     chunk_size: int = 1000
     chunk_parallelism: int = 2
+    # Flow runs that may work one batch of several chunks at once: its own
+    # run and up to fanout_runs - 1 helper runs (`process-chunks`), which any
+    # worker on any host picks up, each with its own provider concurrency.
+    # Read by the gateway, which tells the batch's run at claim; 1: one run.
+    fanout_runs: int = Field(default=1, ge=1)
     max_batch_lines: int = 50_000
     completion_window_seconds: int = 24 * 3600
     batch_file_ttl_seconds: int = 30 * 24 * 3600

@@ -24,6 +24,7 @@ from tasks.ledger import (
     InputUnavailable,
     LeaseLost,
     LedgerError,
+    chunk_view,
 )
 
 if TYPE_CHECKING:  # the flow process never opens DuckDB: keep it out of its imports
@@ -36,8 +37,12 @@ log = logging.getLogger("batchgate.worker")
 
 class WorkerAPI(Protocol):
     def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]: ...
-    def renew(self, batch_id: str, token: str) -> dict[str, Any]: ...
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]: ...
     def release(self, batch_id: str, token: str) -> None: ...
+    def claim_chunk(
+        self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
+    ) -> dict[str, Any]: ...
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]: ...
     def input_blocks(self, batch_id: str) -> AbstractContextManager[Iterator[bytes]]: ...
     def save_plan(
         self,
@@ -84,11 +89,19 @@ class LocalWorkerAPI:
     def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
         return self.ledger.claim(batch_id, flow_run_id)
 
-    def renew(self, batch_id: str, token: str) -> dict[str, Any]:
-        return self.ledger.renew(batch_id, token)
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
+        return self.ledger.renew(batch_id, token, claims=claims)
 
     def release(self, batch_id: str, token: str) -> None:
         self.ledger.release(batch_id, token)
+
+    def claim_chunk(
+        self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
+    ) -> dict[str, Any]:
+        return self.ledger.claim_chunk(batch_id, flow_run_id, lease_token)
+
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
+        return self.ledger.renew_claims(batch_id, tokens)
 
     @contextmanager
     def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
@@ -98,7 +111,7 @@ class LocalWorkerAPI:
         return self.ledger.save_plan(batch_id, token, **plan)
 
     def chunks(self, batch_id: str) -> list[dict[str, Any]]:
-        return [asdict(c) for c in self.ledger.chunks(batch_id)]
+        return [chunk_view(c) for c in self.ledger.chunks(batch_id)]
 
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         return self.ledger.chunk_input(batch_id, index)
@@ -192,11 +205,28 @@ class HttpWorkerAPI:
     def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
         return self._json("POST", f"/batches/{batch_id}/claim", {"flow_run_id": flow_run_id})
 
-    def renew(self, batch_id: str, token: str) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/renew", {"lease_token": token})
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"lease_token": token}
+        if claims:
+            body["claims"] = True
+        return self._json("POST", f"/batches/{batch_id}/renew", body)
 
     def release(self, batch_id: str, token: str) -> None:
         self._request("POST", f"/batches/{batch_id}/release", {"lease_token": token})
+
+    def claim_chunk(
+        self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
+    ) -> dict[str, Any]:
+        return self._json(
+            "POST",
+            f"/batches/{batch_id}/chunks/claim",
+            {"flow_run_id": flow_run_id, "lease_token": lease_token},
+        )
+
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
+        return self._json(
+            "POST", f"/batches/{batch_id}/chunks/renew", {"chunk_tokens": list(tokens)}
+        )
 
     @contextmanager
     def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:

@@ -20,7 +20,7 @@ from gateway.auth import require_internal
 from gateway.errors import APIError
 from gateway.results_builds import ensure_built, read_summary
 from gateway.state import gateway_state
-from tasks.ledger import BatchLedger, LedgerError
+from tasks.ledger import BatchLedger, LedgerError, chunk_view
 from tasks.retention import sweep
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -64,8 +64,36 @@ async def renew(request: Request) -> Response:
     body = await _body(request)
     return _json(
         await _call(
-            _ledger(request).renew, request.path_params["batch_id"], str(body.get("lease_token"))
+            _ledger(request).renew,
+            request.path_params["batch_id"],
+            str(body.get("lease_token")),
+            claims=bool(body.get("claims")),
         )
+    )
+
+
+async def claim_chunk(request: Request) -> Response:
+    """The next free chunk for a run (tasks/ledger.py `claim_chunk`)."""
+    body = await _body(request)
+    token = body.get("lease_token")
+    return _json(
+        await _call(
+            _ledger(request).claim_chunk,
+            request.path_params["batch_id"],
+            body.get("flow_run_id"),
+            None if token is None else str(token),
+        )
+    )
+
+
+async def renew_claims(request: Request) -> Response:
+    """A helper run's heartbeat: its chunk claims renewed, the batch's control read."""
+    body = await _body(request)
+    tokens = body.get("chunk_tokens") or []
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise APIError(400, "chunk_tokens must be a list of strings.", param="chunk_tokens")
+    return _json(
+        await _call(_ledger(request).renew_claims, request.path_params["batch_id"], tokens)
     )
 
 
@@ -99,7 +127,7 @@ async def plan(request: Request) -> Response:
 
 async def chunks(request: Request) -> Response:
     found = await _call(_ledger(request).chunks, request.path_params["batch_id"])
-    return _json([asdict(c) for c in found])
+    return _json([chunk_view(c) for c in found])
 
 
 async def chunk_input(request: Request) -> Response:
@@ -126,6 +154,7 @@ async def record_chunk(request: Request) -> Response:
             meta=body.get("meta"),
             usage_rows=body.get("usage_rows"),
             metrics=body.get("metrics"),
+            stopped=int(body.get("stopped") or 0),
         )
     )
 
@@ -194,6 +223,8 @@ routes = [
     _internal(f"{_B}/input", input_file, "GET"),
     _internal(f"{_B}/plan", plan, "POST"),
     _internal(f"{_B}/chunks", chunks, "GET"),
+    _internal(f"{_B}/chunks/claim", claim_chunk, "POST"),
+    _internal(f"{_B}/chunks/renew", renew_claims, "POST"),
     _internal(f"{_B}/chunks/{{index:int}}/input", chunk_input, "GET"),
     _internal(f"{_B}/chunks/{{index:int}}", record_chunk, "POST"),
     _internal(f"{_B}/finalize", finalize, "POST"),

@@ -1,7 +1,9 @@
 """Webhooks and Prometheus metrics end to end, on one stack: a real Prefect
 server, the gateway and a runner as processes, `batchgate mock-upstream`,
 and a webhook receiver that verifies every delivery with the official SDK
-and the standardwebhooks library."""
+and the standardwebhooks library. The stack fans a batch of several chunks
+out to three flow runs (`fanout_runs=3`, issue 15), so these checks hold
+for a batch worked by helper runs too."""
 
 from __future__ import annotations
 
@@ -15,12 +17,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.supervisor import stop_child
-from tests.crash_support import chat_lines, create_batch, upload, wait_all_terminal
-from tests.stack import PrefectServer, Stack
+from tests.crash_support import (
+    chat_lines,
+    check_batch,
+    create_batch,
+    upload,
+    wait_all_terminal,
+)
+from tests.stack import INTERNAL_TOKEN, PrefectServer, Stack
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(600)
 METRICS_TOKEN = "metrics-read-only-token"
+FANOUT = 3
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +51,7 @@ def stack(
         webhook_backoff_max_seconds=1,
         webhook_max_attempts=100,
         metrics_token=METRICS_TOKEN,
+        fanout_runs=FANOUT,
     ) as running:
         yield running
 
@@ -221,3 +231,35 @@ def test_bad_webhook_requests_get_the_error_envelope(stack: Stack) -> None:
     assert response.status_code == 401
     missing = httpx.delete(f"{stack.url}/admin/webhooks/we_nope", headers=stack.admin_headers())
     assert missing.status_code == 404 and missing.json()["error"]["message"]
+
+
+def test_a_batch_is_worked_by_its_run_and_helper_runs_with_every_line_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """One run alone would take ~5 s (200 lines, 4 requests in flight of
+    100 ms each): helper runs start meanwhile and take chunks."""
+    _, key = new_key(stack, "fanout")
+    client = stack.client(key)
+    stack.reset_mock()
+    stack.mock_config(latency_ms=100)
+    stack.add_provider("openai", f"{stack.mock_url}/v1", "sk-mock-openai", 4, default=True)
+    try:
+        batch_id = create_batch(client, upload(client, tmp_path, chat_lines("f", 200)))
+        (batch,) = wait_all_terminal(client, [batch_id], 120)
+    finally:
+        stack.mock_config(latency_ms=0)
+        stack.add_provider("openai", f"{stack.mock_url}/v1", "sk-mock-openai", 64, default=True)
+    sent = stack.mock_stats()
+    check = check_batch(client, batch, "f", 200, {})
+    assert batch.status == "completed" and not check.problems, check.problems
+    assert sent["total"] == 200  # no line was sent twice
+    # The gateway knows which flow run's checkpoint it accepted for each chunk.
+    chunks = httpx.get(
+        f"{stack.url}/internal/batches/{batch_id}/chunks",
+        headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"},
+    ).json()
+    runs = {c["done_by"] for c in chunks}
+    assert len(chunks) == 8 and len(runs) > 1, runs
+    names = {httpx.get(f"{stack.prefect.api_url}/flow_runs/{run}").json()["name"] for run in runs}
+    helpers = {f"{batch_id}-helper-{n}" for n in range(1, FANOUT)}
+    assert batch_id in names and names - {batch_id} <= helpers, names
