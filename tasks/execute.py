@@ -20,10 +20,11 @@ from storage.jsonl import iter_chunk_lines
 from storage.records import USAGE_COUNTS, ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.estimate import input_chars
+from tasks.line_journal import ChunkJournal
 from tasks.results import result_line
 from tasks.routing import UPSTREAM_PATHS, Route, RoutingError, prepare_body, resolve_route
 from tasks.upstream import UpstreamClient, log_failed_line
-from tasks.usage import add_usage, empty_usage, usage_of
+from tasks.usage import Usage, add_into, empty_usage, usage_of
 
 STOP_CODES = {
     "cancelled": ("batch_cancelled", "The batch was cancelled before this request was sent."),
@@ -64,11 +65,15 @@ class ChunkResult:
         body: dict[str, Any],
         info: dict[str, Any] | None = None,
         request: dict[str, Any] | None = None,
+        usage: Usage | None = None,
     ) -> None:
+        """A line answered 2xx. `usage` is the body's, when the caller has it
+        already (`UpstreamResult.usage`); it is summed from `body` otherwise."""
         self.output += line
         self.completed += 1
-        usage = usage_of(body)
-        self.usage = add_usage(self.usage, usage)
+        if usage is None:
+            usage = usage_of(body)
+        add_into(self.usage, usage)
         if self.model is None and isinstance(body.get("model"), str):
             self.model = body["model"]
         if info is not None:
@@ -173,6 +178,7 @@ async def execute_lines(
     client: UpstreamClient,
     stop_reason: Callable[[], str | None],
     gate: Callable[[], Awaitable[None]] | None = None,
+    journal: ChunkJournal | None = None,
 ) -> ChunkResult:
     """Run every line; each ends as exactly one output or error line, in input order.
 
@@ -184,14 +190,27 @@ async def execute_lines(
     provider's lines from holding up another's.
 
     `gate` is awaited before every attempt: it holds a paused batch's
-    requests until it is resumed (or told to stop)."""
+    requests until it is resumed (or told to stop). With a `journal`
+    (tasks/line_journal.py) the lines an earlier, killed run of this chunk
+    finished are taken from it instead of being sent again, and each line
+    that ends (not one stopped) is written to it as it ends."""
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
     bodies: list[dict[str, Any] | None] = [None] * len(lines)
+    usages: list[Usage | None] = [None] * len(lines)
     # per line: provider name, latency of the last attempt (ms), attempts
     sent: list[tuple[str | None, float | None, int]] = [(None, None, 0)] * len(lines)
+    done = journal.replay() if journal is not None else {}
+    for index, old in done.items():
+        results[index] = old.line
+        sent[index] = (old.provider, old.latency_ms, old.attempts)
+        if old.ok:
+            bodies[index] = body = old.body()
+            usages[index] = usage_of(body)
     queues: dict[str, tuple[ProviderRecord, list[tuple[int, Route]]]] = {}
     for index, route in enumerate(route_lines(lines, providers)):
+        if index in done:
+            continue
         if isinstance(route, RoutingError):
             results[index] = routing_error_line(lines[index]["custom_id"], route)
         else:
@@ -211,13 +230,14 @@ async def execute_lines(
     async def one(index: int, route: Route) -> None:
         """Send line `index`; keep its result line, and its body if it succeeded."""
         custom_id = lines[index]["custom_id"]
+        provider = route.provider
         if stop_reason():
             results[index] = stopped_line(custom_id)
-            sent[index] = (route.provider.name, None, 0)
+            sent[index] = (provider.name, None, 0)
             return
         body, upstream_model = lines[index]["body"], route.upstream_model
         result = await client.send(
-            route.provider,
+            provider,
             path,
             lambda: encode_body(prepare_body(body, upstream_model)),
             custom_id=custom_id,
@@ -225,24 +245,33 @@ async def execute_lines(
             **({"gate": gate} if gate is not None else {}),
         )
         crash_point("execute:after_response")
-        sent[index] = (route.provider.name, result.latency_ms, result.attempts)
+        sent[index] = (provider.name, result.latency_ms, result.attempts)
         if result.status_code is None:
-            results[index] = (
-                stopped_line(custom_id)
-                if result.error_code == "stopped"
-                else result_line(
-                    custom_id, None, code=result.error_code, message=result.error_message
-                )
+            if result.error_code == "stopped":
+                results[index] = stopped_line(custom_id)
+                return  # not journaled: a resumed run sends it
+            line = results[index] = result_line(
+                custom_id, None, code=result.error_code, message=result.error_message
             )
-            return
-        response = {
-            "status_code": result.status_code,
-            "request_id": result.request_id,
-            "body": result.body,
-        }
-        results[index] = result_line(custom_id, response)
-        if result.ok:
-            bodies[index] = result.body
+        else:
+            response = {
+                "status_code": result.status_code,
+                "request_id": result.request_id,
+                "body": result.body,
+            }
+            line = results[index] = result_line(custom_id, response)
+            if result.ok:
+                bodies[index] = result.body
+                usages[index] = result.usage
+        if journal is not None:
+            journal.record(
+                index,
+                line,
+                ok=result.ok,
+                provider=provider.name,
+                latency_ms=result.latency_ms,
+                attempts=result.attempts,
+            )
 
     async def worker(pending: Iterator[tuple[int, Route]]) -> None:
         for index, route in pending:  # one shared iterator: each line goes to one worker
@@ -257,8 +286,8 @@ async def execute_lines(
         )
     )
     outcome = ChunkResult(stopped=stopped)
-    for request, line, body, (provider, latency_ms, attempts) in zip(
-        lines, results, bodies, sent, strict=True
+    for request, line, body, usage, (provider, latency_ms, attempts) in zip(
+        lines, results, bodies, usages, sent, strict=True
     ):
         info = {
             "custom_id": request["custom_id"],
@@ -268,7 +297,7 @@ async def execute_lines(
             "attempts": attempts,
         }
         if body is not None:
-            outcome.succeed(line, body, info, request["body"])
+            outcome.succeed(line, body, info, request["body"], usage)
         else:
             outcome.fail(line, info)
     return outcome

@@ -11,14 +11,17 @@ is the hash of the input file's bytes and the endpoint, so the same command
 run again finds its batch, skips the chunks already checkpointed and sends
 only the rest. One process at a time holds a directory (a file lock); a
 run killed outright (SIGKILL) left a lease behind, which the next run of
-the same key takes over at once.
+the same key takes over at once. Within the chunks in flight, every line
+is journaled as it finishes (tasks/line_journal.py), so a resumed run
+sends again only what was in flight when the run died: at most the
+providers' windows, never more than one chunk (`run_chunk_size`).
 
 Stopping. Ctrl-C is the stop reason "interrupted" (`RunControl`, the
 machinery a cancel uses): no line is sent after it, requests in flight get
 `STOP_GRACE_SECONDS` to finish, after which they are cut; chunks finished
-before it stay checkpointed, the chunks in flight are not recorded and run
-again on resume. A second Ctrl-C exits at once (the checkpoints are safe:
-each is written atomically).
+before it stay checkpointed, the chunks in flight are not recorded, and on
+resume they send only their lines that had not finished. A second Ctrl-C
+exits at once (the checkpoints are safe: each is written atomically).
 
 The output and error files are written only when the run completes, each
 atomically (a temporary file renamed into place), and both are always
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import gc
 import hashlib
 import os
@@ -49,8 +53,9 @@ import uvloop
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, FileRecord, ProviderRecord
-from tasks.drive import Steps, drive_batch, validate_input
+from tasks.drive import Steps, drive_batch, run_chunk, validate_input
 from tasks.ledger import BatchLedger
+from tasks.line_journal import Journals
 from tasks.routing import UPSTREAM_PATHS
 from tasks.run_meter import Meter, MeteredClient
 from tasks.run_providers import RunError
@@ -59,9 +64,11 @@ from tasks.worker_api import LocalWorkerAPI
 
 DEFAULT_ENDPOINT = "/v1/chat/completions"
 STATE_DIR_NAME = ".batchgate-run"
-# Chunks of 500 lines, two in flight: a SIGKILL loses at most 1,000 lines of
-# work (the gateway's default chunk of 1,000), and Ctrl-C keeps all but those.
-RUN_CHUNK_SIZE = 500
+# Lines per checkpoint. The journal, not the chunk, bounds what a kill loses,
+# so chunks can be large: a checkpoint (parts, fsyncs, DuckDB rows) cost
+# about 32 ms of CPU whatever its size up to 2,000 lines, 65 us a line at
+# 500 (python -m bench.run_file, docs/benchmarks.md).
+RUN_CHUNK_SIZE = 2000
 STOP_GRACE_SECONDS = 1.5
 LOCAL_OWNER = "local-run"
 
@@ -109,6 +116,13 @@ def infer_endpoint(input_path: Path) -> str:
                     return DEFAULT_ENDPOINT
                 return url if url in UPSTREAM_PATHS else DEFAULT_ENDPOINT
     return DEFAULT_ENDPOINT
+
+
+def run_chunk_size(providers: Sequence[ProviderRecord]) -> int:
+    """The default lines per chunk: `RUN_CHUNK_SIZE`, or more when the
+    providers may have more requests in flight, so that what a kill loses
+    (the requests in flight) is never more than one chunk."""
+    return max(RUN_CHUNK_SIZE, sum(p.max_concurrency for p in providers))
 
 
 def run_settings(options: RunOptions, **overrides: Any) -> Settings:
@@ -180,11 +194,13 @@ class RunWorkerAPI(LocalWorkerAPI):
         providers: Sequence[ProviderRecord],
         interrupted: Callable[[], bool],
         on_chunk: Callable[[int, int], None],
+        journals: Journals | None = None,
     ) -> None:
         super().__init__(ledger, store)
         self._providers = list(providers)
         self._interrupted = interrupted
         self._on_chunk = on_chunk
+        self._journals = journals
 
     def providers(self) -> list[ProviderRecord]:
         return self._providers
@@ -193,6 +209,8 @@ class RunWorkerAPI(LocalWorkerAPI):
         if self._interrupted():  # some of its lines were stopped: the chunk runs again
             return self.ledger.control(self.ledger.batch(batch_id))
         control = self.ledger.record_chunk(batch_id, token, index, **result)
+        if self._journals is not None:  # checkpointed: its lines live in the parts now
+            self._journals.discard(index)
         self._on_chunk(result["completed"], result["failed"])
         return control
 
@@ -279,14 +297,16 @@ class LocalRun:
                 blobs.remove_debris()
                 ledger = BatchLedger(store, blobs, lease_seconds=self.settings.lease_seconds)
                 self._prepare(store, blobs, ledger)
+                journals = Journals(directory / "journal")
                 api = RunWorkerAPI(
                     ledger,
                     store,
                     options.providers,
                     lambda: self.interrupted,
                     self._chunk_recorded,
+                    journals,
                 )
-                status = self._drive(api, display)
+                status = self._drive(api, display, journals)
                 batch = store.get_batch(self.batch_id)
                 assert batch is not None
                 outcome = self._outcome(status, batch, blobs)
@@ -349,16 +369,21 @@ class LocalRun:
         self.progress.recorded += completed + failed
         self.progress.recorded_failed += failed
 
-    def _steps(self) -> Steps:
+    def _steps(self, journals: Journals) -> Steps:
         def validate(*args: Any) -> dict[str, Any]:
             plan = validate_input(*args)
             if plan.get("status") != "failed":
                 self.progress.total = plan.get("total")
             return plan
 
-        return Steps(validate=validate)
+        return Steps(validate=validate, execute=functools.partial(run_chunk, journals=journals))
 
-    def _drive(self, api: RunWorkerAPI, display: Callable[[Progress], Any] | None) -> str:
+    def _drive(
+        self,
+        api: RunWorkerAPI,
+        display: Callable[[Progress], Any] | None,
+        journals: Journals,
+    ) -> str:
         settings = self.settings
 
         async def main() -> str:
@@ -369,7 +394,7 @@ class LocalRun:
                     client,
                     self.batch_id,
                     settings=settings,
-                    steps=self._steps(),
+                    steps=self._steps(journals),
                     stop=self.stop_reason,
                 )
 
