@@ -65,9 +65,7 @@ def add_into(total: Usage, usage: Usage) -> None:
     total["input_tokens"] += usage["input_tokens"]
     total["output_tokens"] += usage["output_tokens"]
     total["total_tokens"] += usage["total_tokens"]
-    total["input_tokens_details"]["cached_tokens"] += usage["input_tokens_details"][
-        "cached_tokens"
-    ]
+    total["input_tokens_details"]["cached_tokens"] += usage["input_tokens_details"]["cached_tokens"]
     total["output_tokens_details"]["reasoning_tokens"] += usage["output_tokens_details"][
         "reasoning_tokens"
     ]
