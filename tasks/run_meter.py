@@ -61,7 +61,7 @@ class Meter:
         if latency is not None and result.status_code is not None:
             stats.latencies.append(latency)
         if result.ok:
-            usage = usage_of(result.body)
+            usage = result.usage if result.usage is not None else usage_of(result.body)
             stats.input_tokens += usage["input_tokens"]
             stats.output_tokens += usage["output_tokens"]
         else:
