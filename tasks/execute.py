@@ -62,20 +62,19 @@ class ChunkResult:
     def succeed(
         self,
         line: bytes,
-        body: dict[str, Any],
+        usage: Usage,
+        model: Any = None,
         info: dict[str, Any] | None = None,
         request: dict[str, Any] | None = None,
-        usage: Usage | None = None,
     ) -> None:
-        """A line answered 2xx. `usage` is the body's, when the caller has it
-        already (`UpstreamResult.usage`); it is summed from `body` otherwise."""
+        """A line answered 2xx: its result line, the usage of its answer and
+        the model that answered (the answer's own body is not kept: a
+        chunk's parsed bodies were most of its memory)."""
         self.output += line
         self.completed += 1
-        if usage is None:
-            usage = usage_of(body)
         add_into(self.usage, usage)
-        if self.model is None and isinstance(body.get("model"), str):
-            self.model = body["model"]
+        if self.model is None and isinstance(model, str):
+            self.model = model
         if info is not None:
             self._note(info, usage, request)
 
@@ -196,8 +195,9 @@ async def execute_lines(
     that ends (not one stopped) is written to it as it ends."""
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
-    bodies: list[dict[str, Any] | None] = [None] * len(lines)
+    # per answered line: its usage and the model that answered (not the body)
     usages: list[Usage | None] = [None] * len(lines)
+    models: list[Any] = [None] * len(lines)
     # per line: provider name, latency of the last attempt (ms), attempts
     sent: list[tuple[str | None, float | None, int]] = [(None, None, 0)] * len(lines)
     done = journal.replay() if journal is not None else {}
@@ -205,8 +205,8 @@ async def execute_lines(
         results[index] = old.line
         sent[index] = (old.provider, old.latency_ms, old.attempts)
         if old.ok:
-            bodies[index] = body = old.body()
-            usages[index] = usage_of(body)
+            body = old.body()
+            usages[index], models[index] = usage_of(body), body.get("model")
     queues: dict[str, tuple[ProviderRecord, list[tuple[int, Route]]]] = {}
     for index, route in enumerate(route_lines(lines, providers)):
         if index in done:
@@ -228,7 +228,7 @@ async def execute_lines(
         return stop_reason() is not None
 
     async def one(index: int, route: Route) -> None:
-        """Send line `index`; keep its result line, and its body if it succeeded."""
+        """Send line `index`; keep its result line, and its usage if it succeeded."""
         custom_id = lines[index]["custom_id"]
         provider = route.provider
         if stop_reason():
@@ -260,9 +260,10 @@ async def execute_lines(
                 "body": result.body,
             }
             line = results[index] = result_line(custom_id, response)
-            if result.ok:
-                bodies[index] = result.body
-                usages[index] = result.usage
+            if result.ok and result.body is not None:
+                body = result.body
+                usages[index] = result.usage if result.usage is not None else usage_of(body)
+                models[index] = body.get("model")
         if journal is not None:
             journal.record(
                 index,
@@ -286,9 +287,10 @@ async def execute_lines(
         )
     )
     outcome = ChunkResult(stopped=stopped)
-    for request, line, body, usage, (provider, latency_ms, attempts) in zip(
-        lines, results, bodies, usages, sent, strict=True
+    for index, (request, usage, model, (provider, latency_ms, attempts)) in enumerate(
+        zip(lines, usages, models, sent, strict=True)
     ):
+        line, results[index] = results[index], b""  # held once: in the output, not here too
         info = {
             "custom_id": request["custom_id"],
             "model": request["body"].get("model"),
@@ -296,8 +298,8 @@ async def execute_lines(
             "latency_ms": latency_ms,
             "attempts": attempts,
         }
-        if body is not None:
-            outcome.succeed(line, body, info, request["body"], usage)
+        if usage is not None:
+            outcome.succeed(line, usage, model, info, request["body"])
         else:
             outcome.fail(line, info)
     return outcome
