@@ -260,10 +260,10 @@ async def execute_lines(
                 "body": result.body,
             }
             line = results[index] = result_line(custom_id, response)
-            if result.ok and result.body is not None:
-                body = result.body
-                usages[index] = result.usage if result.usage is not None else usage_of(body)
-                models[index] = body.get("model")
+            answer = result.body
+            if result.ok and answer is not None:
+                usages[index] = result.usage if result.usage is not None else usage_of(answer)
+                models[index] = answer.get("model")
         if journal is not None:
             journal.record(
                 index,

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.local_run import default_errors_path, default_output_path, infer_endpoint, run_key
+from storage.records import ProviderRecord
+from tasks.local_run import (
+    RUN_CHUNK_SIZE,
+    default_errors_path,
+    default_output_path,
+    infer_endpoint,
+    run_chunk_size,
+    run_key,
+)
 from tasks.run_providers import RunError, resolve_providers
 from tasks.settings import ProviderConfig, Settings
 
@@ -141,3 +149,12 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_the_next_one_finishes(
         checkpointed = [c for c, n in sent_first.items() if sent[c] == n]
         assert len(checkpointed) >= 10  # those were not sent again
         assert not options.state_root.exists()
+
+
+def test_a_chunk_holds_at_least_what_can_be_in_flight() -> None:
+    """A kill loses the requests in flight (the rest is journaled): with
+    more of them than a default chunk, chunks grow, so that stays one chunk."""
+    small = [ProviderRecord("a", "http://a/v1", "", max_concurrency=128)]
+    assert run_chunk_size(small) == RUN_CHUNK_SIZE
+    wide = [ProviderRecord(n, f"http://{n}/v1", "", max_concurrency=1500) for n in "ab"]
+    assert run_chunk_size(wide) == 3000
