@@ -101,6 +101,7 @@ async def run_chunk(
             lambda: control.reason,
             gate=control.gate,
             journal=journal,
+            priority=index,
         )
     finally:
         if journal is not None:

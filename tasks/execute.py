@@ -178,6 +178,7 @@ async def execute_lines(
     stop_reason: Callable[[], str | None],
     gate: Callable[[], Awaitable[None]] | None = None,
     journal: ChunkJournal | None = None,
+    priority: int = 0,
 ) -> ChunkResult:
     """Run every line; each ends as exactly one output or error line, in input order.
 
@@ -192,7 +193,9 @@ async def execute_lines(
     requests until it is resumed (or told to stop). With a `journal`
     (tasks/line_journal.py) the lines an earlier, killed run of this chunk
     finished are taken from it instead of being sent again, and each line
-    that ends (not one stopped) is written to it as it ends."""
+    that ends (not one stopped) is written to it as it ends. `priority` is
+    the chunk's place among the chunks in flight (its index): the client
+    serves lower values first (tasks/limits.py says why)."""
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
     # per answered line: its usage and the model that answered (not the body)
@@ -227,6 +230,13 @@ async def execute_lines(
     def should_stop() -> bool:
         return stop_reason() is not None
 
+    # What `send` takes beyond the line (a client need not know a knob left at its default).
+    extra: dict[str, Any] = {}
+    if gate is not None:
+        extra["gate"] = gate
+    if priority:
+        extra["priority"] = priority
+
     async def one(index: int, route: Route) -> None:
         """Send line `index`; keep its result line, and its usage if it succeeded."""
         custom_id = lines[index]["custom_id"]
@@ -242,7 +252,7 @@ async def execute_lines(
             lambda: encode_body(prepare_body(body, upstream_model)),
             custom_id=custom_id,
             should_stop=should_stop,
-            **({"gate": gate} if gate is not None else {}),
+            **extra,
         )
         crash_point("execute:after_response")
         sent[index] = (provider.name, result.latency_ms, result.attempts)

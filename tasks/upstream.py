@@ -304,13 +304,16 @@ class UpstreamClient:
         custom_id: str | None = None,
         should_stop: Callable[[], bool] | None = None,
         gate: Callable[[], Awaitable[Any]] | None = None,
+        priority: int = 0,
     ) -> UpstreamResult:
         """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says.
 
         `body` may be a function that makes the bytes: it is called once the
         first slot is granted, so the many lines of a chunk that queue behind
         a full window hold no encoded body meanwhile. `gate` is awaited
-        before each attempt (a paused batch waits there, holding no slot)."""
+        before each attempt (a paused batch waits there, holding no slot).
+        `priority` orders the waiters for a slot (tasks/limits.py): the
+        chunk index, so the earliest chunk in flight goes first."""
         loop = asyncio.get_running_loop()
         client, deadlines = (self._client, self._deadlines) if loop is self._loop else (None, None)
         if client is None or deadlines is None:
@@ -333,7 +336,7 @@ class UpstreamClient:
                 if should_stop is not None and should_stop():
                     return _stopped(attempt)
             queued_at = time.monotonic()
-            sent_at = await limiter.acquire()
+            sent_at = await limiter.acquire(priority)
             if sent_at - queued_at >= _STOP_POLL_SECONDS and should_stop and should_stop():
                 limiter.release()  # stopped while it queued behind a pause or a full window
                 return _stopped(attempt)

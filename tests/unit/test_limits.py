@@ -232,6 +232,29 @@ async def test_cancelled_waiter_does_not_keep_a_slot() -> None:
     assert first.cancelled()
 
 
+async def test_the_earliest_chunk_gets_a_freed_slot_first() -> None:
+    """Waiters of chunk 1 queued before those of chunk 0 still go after them,
+    so chunk 0 finishes while chunk 1 keeps the window busy."""
+    limiter = AdaptiveLimiter(ceiling=64, initial=1, clock=FakeClock())
+    await limiter.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, priority: int) -> None:
+        await limiter.acquire(priority)
+        order.append(name)
+
+    waiters = [
+        asyncio.create_task(wait(name, priority))
+        for name, priority in (("1a", 1), ("1b", 1), ("0a", 0), ("0b", 0))
+    ]
+    await settle()
+    for _ in waiters:
+        limiter.release()
+        await settle()
+    assert order == ["0a", "0b", "1a", "1b"]  # by chunk, then in arrival order
+    await asyncio.gather(*waiters)
+
+
 async def test_paused_limiter_grants_nothing_until_the_pause_ends() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimiter(ceiling=64, initial=4, clock=clock)
