@@ -122,7 +122,7 @@ def run_batchgate(mock: MockProcess, source: Path, work: Path, concurrency: int)
     out = work / f"{source.stem}.out.jsonl"
     cmd = [sys.executable, "-m", "gateway.cli", "run", str(source), "-o", str(out)]
     cmd += ["--base-url", f"{mock.url}/v1", "--max-concurrency", str(concurrency), "--quiet"]
-    cmd += ["--state-dir", str(work / "state")] + os.environ.get("BGX_ARGS", "").split()
+    cmd += ["--state-dir", str(work / "state")]
     wall, rss, _ = timed(cmd)
     with open(out, "rb") as handle:
         lines = sum(1 for _ in handle)

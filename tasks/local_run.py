@@ -431,8 +431,6 @@ class LocalRun:
         gc.freeze()
         previous_gc = gc.get_threshold()
         gc.set_threshold(*RUN_GC_THRESHOLDS)
-        if os.environ.get("BGX_GC"):
-            gc.set_threshold(*map(int, os.environ["BGX_GC"].split(",")))
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(supervised())
