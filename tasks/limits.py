@@ -23,7 +23,12 @@ so every pair of chunks ended with the window draining (the last requests
 of both) and refilling (both checkpoints, two new chunks read and parsed):
 at 200 ms latency that was most of `batchgate run`'s gap to a bare loop.
 Served in chunk order, the earlier chunk ends while the next one still has
-lines to keep the window full.
+lines to keep the window full. For that a freed slot is granted to a waiter
+on the next turn of the event loop, not at once: the worker that freed it
+takes its next line first and, if its chunk comes first, keeps the slot
+without queueing (otherwise every slot went to the next chunk's waiters the
+moment it was freed, and the two chunks shared the window as before). That
+also spares the earliest chunk's workers a future and a wake-up per request.
 
 Scope: one limiter per provider per worker process, shared by every chunk of
 the batch that process runs. Each batch runs in its own flow-run process, so
@@ -235,12 +240,15 @@ class AdaptiveLimiter:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._grant_soon = False  # a `_grant` is scheduled for the next loop turn
 
     async def acquire(self, priority: int = 0) -> float:
         """Wait for a slot; among waiters, a lower `priority` value goes first
-        (the chunk index: the earliest chunk in flight)."""
+        (the chunk index: the earliest chunk in flight), and a caller that
+        comes before every waiter takes a free slot at once."""
+        waiters = self._waiters
         if (
-            not self._waiters
+            (not waiters or priority < waiters[0][0])
             and self.in_flight < self.window.limit
             and not self.window.pause_left(self._clock())
         ):
@@ -279,7 +287,15 @@ class AdaptiveLimiter:
         self._give_back()
 
     def _give_back(self) -> None:
+        """Free a slot; waiters get it on the next loop turn (see the module
+        docstring: the caller may take it back first, if it comes first)."""
         self.in_flight -= 1
+        if self._waiters and not self._grant_soon:
+            self._grant_soon = True
+            self._waiters[0][2].get_loop().call_soon(self._granted_soon)
+
+    def _granted_soon(self) -> None:
+        self._grant_soon = False
         self._grant()
 
     def _grant(self) -> None:
