@@ -255,6 +255,25 @@ async def test_the_earliest_chunk_gets_a_freed_slot_first() -> None:
     await asyncio.gather(*waiters)
 
 
+async def test_a_freed_slot_stays_with_the_earlier_chunk_that_takes_it_back() -> None:
+    """The worker of chunk 0 that frees a slot and comes back for its next
+    line keeps it; chunk 1's waiter gets a slot once chunk 0 stops asking."""
+    limiter = AdaptiveLimiter(ceiling=64, initial=1, clock=FakeClock())
+    await limiter.acquire(0)
+    later = asyncio.create_task(limiter.acquire(1))
+    await settle()
+    for _ in range(3):  # chunk 0's next lines, one after another
+        limiter.release()
+        async with asyncio.timeout(1):  # at once, in the same task: no queueing
+            await limiter.acquire(0)
+        await settle()
+        assert not later.done() and limiter.in_flight == 1
+    limiter.release()  # chunk 0 has no more lines
+    await settle()
+    assert later.done() and limiter.in_flight == 1
+    await later
+
+
 async def test_paused_limiter_grants_nothing_until_the_pause_ends() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimiter(ceiling=64, initial=4, clock=clock)
