@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-size",
         type=int,
         default=None,
-        help="lines per checkpoint (default 2000, or the providers' concurrency if larger)",
+        help="lines per checkpoint (default 1000, or the providers' concurrency if larger)",
     )
     parser.add_argument("--parquet", type=Path, help="also write the results table as Parquet")
     parser.add_argument(

@@ -65,10 +65,12 @@ from tasks.worker_api import LocalWorkerAPI
 DEFAULT_ENDPOINT = "/v1/chat/completions"
 STATE_DIR_NAME = ".batchgate-run"
 # Lines per checkpoint. The journal, not the chunk, bounds what a kill loses,
-# so chunks can be large: a checkpoint (parts, fsyncs, DuckDB rows) cost
-# about 32 ms of CPU whatever its size up to 2,000 lines, 65 us a line at
-# 500 (python -m bench.run_file, docs/benchmarks.md).
-RUN_CHUNK_SIZE = 2000
+# so chunks need not be small: a checkpoint (parts, fsyncs, DuckDB rows) costs
+# about 32 ms of CPU whatever its size up to 2,000 lines, 65 us a line at 500.
+# 1,000 (the gateway's default): 2,000 saved 16 us a line more but held 5 MB
+# more in the two chunks in flight, past the 150 MB target at 200,000 lines
+# (153 MB against 148 MB; docs/benchmarks.md).
+RUN_CHUNK_SIZE = 1000
 STOP_GRACE_SECONDS = 1.5
 # The collector's thresholds while a run executes. At the default (700, 10,
 # 10) a 20,000-line run at 0 ms latency made ~1,200 collections, 0.8-1.1 s
