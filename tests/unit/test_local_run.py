@@ -16,6 +16,7 @@ from tasks.local_run import (
     run_chunk_size,
     run_key,
 )
+from tasks.run_meter import ModelStats
 from tasks.run_providers import RunError, resolve_providers
 from tasks.settings import ProviderConfig, Settings
 
@@ -158,3 +159,19 @@ def test_a_chunk_holds_at_least_what_can_be_in_flight() -> None:
     assert run_chunk_size(small) == RUN_CHUNK_SIZE
     wide = [ProviderRecord(n, f"http://{n}/v1", "", max_concurrency=1500) for n in "ab"]
     assert run_chunk_size(wide) == 3000
+
+
+def test_latency_percentiles_within_one_percent_from_flat_memory() -> None:
+    """The run's summary (p50/p95 per model) from 1 %-wide buckets, not a list
+    that grows by a number per line."""
+    stats = ModelStats()
+    latencies = [0.001 * (i % 997 + 1) for i in range(50_000)]  # 1 ms .. 997 ms
+    for seconds in latencies:
+        stats.add_latency(seconds)
+    ordered = sorted(latencies)
+    for share in (0.5, 0.95):
+        exact = ordered[int(share * len(ordered))]
+        got = stats.percentile(share)
+        assert got is not None and exact <= got <= exact * 1.01
+    assert len(stats.latency_buckets) < 800
+    assert ModelStats().percentile(0.5) is None
