@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk-size",
         type=int,
         default=None,
-        help="lines per checkpoint (default 500; a kill loses at most two chunks of work)",
+        help="lines per checkpoint (default 1000, or the providers' concurrency if larger)",
     )
     parser.add_argument("--parquet", type=Path, help="also write the results table as Parquet")
     parser.add_argument(
@@ -78,6 +78,7 @@ def run_command(args: argparse.Namespace) -> int:
         default_errors_path,
         default_output_path,
         infer_endpoint,
+        run_chunk_size,
         run_settings,
     )
     from tasks.run_providers import resolve_providers
@@ -117,6 +118,8 @@ def run_command(args: argparse.Namespace) -> int:
         )
     except RunError as exc:
         return fail(str(exc))
+    if args.chunk_size is None:  # what a kill loses stays under one chunk
+        settings.chunk_size = options.chunk_size = run_chunk_size(options.providers)
 
     mode = "none" if args.quiet else args.progress
     if mode == "auto":

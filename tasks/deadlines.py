@@ -12,8 +12,6 @@ does. A deadline may fire up to `resolution` seconds late.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class Deadlines:
@@ -26,28 +24,14 @@ class Deadlines:
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    @contextmanager
-    def within(self, seconds: float) -> Iterator[None]:
+    def within(self, seconds: float) -> _Within:
         """Raise `TimeoutError` if the block is still running after `seconds`.
 
         Must be entered by the task that runs the block (it is the one
-        cancelled); a cancellation from outside stays a cancellation."""
-        task = asyncio.current_task(self.loop)
-        if task is None:
-            raise RuntimeError("Deadlines.within needs a running task")
-        cancelling = task.cancelling()
-        self._due[task] = self.loop.time() + seconds
-        if self._timer is None:
-            self._timer = self.loop.call_later(min(self.resolution, seconds), self._check)
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task in self._expired and task.uncancel() <= cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            self._due.pop(task, None)
-            self._expired.discard(task)
+        cancelled); a cancellation from outside stays a cancellation. A plain
+        context manager object, not a generator one: it is entered once per
+        upstream attempt."""
+        return _Within(self, seconds)
 
     def _check(self) -> None:
         """Cancel the overdue attempts; run again while any is in flight."""
@@ -68,3 +52,34 @@ class Deadlines:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class _Within:
+    """One attempt's deadline (`Deadlines.within`)."""
+
+    __slots__ = ("deadlines", "seconds", "task", "cancelling")
+
+    def __init__(self, deadlines: Deadlines, seconds: float) -> None:
+        self.deadlines = deadlines
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        deadlines = self.deadlines
+        task = asyncio.current_task(deadlines.loop)
+        if task is None:
+            raise RuntimeError("Deadlines.within needs a running task")
+        self.task = task
+        self.cancelling = task.cancelling()
+        deadlines._due[task] = deadlines.loop.time() + self.seconds
+        if deadlines._timer is None:
+            deadlines._timer = deadlines.loop.call_later(
+                min(deadlines.resolution, self.seconds), deadlines._check
+            )
+
+    def __exit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
+        deadlines, task = self.deadlines, self.task
+        deadlines._due.pop(task, None)
+        expired = task in deadlines._expired
+        deadlines._expired.discard(task)
+        if kind is asyncio.CancelledError and expired and task.uncancel() <= self.cancelling:
+            raise TimeoutError from None

@@ -28,6 +28,7 @@ from storage.records import ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.execute import execute_lines, parse_chunk
 from tasks.ledger import InputUnavailable, LeaseLost
+from tasks.line_journal import Journals
 from tasks.results_report import LineProgress
 from tasks.run_control import RunControl
 from tasks.settings import Settings
@@ -79,8 +80,15 @@ async def run_chunk(
     control: RunControl,
     providers: Sequence[ProviderRecord],
     chunk: dict[str, Any],
+    *,
+    journals: Journals | None = None,
 ) -> dict[str, Any]:
-    """Execute one chunk and post its checkpoint; returns the batch's control."""
+    """Execute one chunk and post its checkpoint; returns the batch's control.
+
+    With `journals` (`batchgate run`), the chunk's finished lines are kept
+    on disk as they finish and an earlier run's are not sent again
+    (tasks/line_journal.py); the caller discards a journal once its chunk
+    is recorded."""
     index = chunk["chunk_index"]
     data = await asyncio.to_thread(api.chunk_input, control.batch_id, index)
     # Workers per provider follow the ceiling as it is now (an admin may have raised it).
@@ -90,14 +98,21 @@ async def run_chunk(
         else p
         for p in providers
     ]
-    result = await execute_lines(
-        parse_chunk(data),
-        control.endpoint,
-        providers,
-        client,
-        lambda: control.reason,
-        gate=control.gate,
-    )
+    journal = journals.open(index) if journals is not None else None
+    try:
+        result = await execute_lines(
+            parse_chunk(data),
+            control.endpoint,
+            providers,
+            client,
+            lambda: control.reason,
+            gate=control.gate,
+            journal=journal,
+            priority=index,
+        )
+    finally:
+        if journal is not None:
+            journal.close()
     control.stopped_lines += result.stopped
     crash_point("execute:before_post")
     # The client's counts since its last post go with this checkpoint; the

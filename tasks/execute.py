@@ -20,10 +20,11 @@ from storage.jsonl import iter_chunk_lines
 from storage.records import USAGE_COUNTS, ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.estimate import input_chars
+from tasks.line_journal import ChunkJournal
 from tasks.results import result_line
 from tasks.routing import UPSTREAM_PATHS, Route, RoutingError, prepare_body, resolve_route
 from tasks.upstream import UpstreamClient, log_failed_line
-from tasks.usage import add_usage, empty_usage, usage_of
+from tasks.usage import Usage, add_into, empty_usage, usage_of
 
 STOP_CODES = {
     "cancelled": ("batch_cancelled", "The batch was cancelled before this request was sent."),
@@ -61,16 +62,19 @@ class ChunkResult:
     def succeed(
         self,
         line: bytes,
-        body: dict[str, Any],
+        usage: Usage,
+        model: Any = None,
         info: dict[str, Any] | None = None,
         request: dict[str, Any] | None = None,
     ) -> None:
+        """A line answered 2xx: its result line, the usage of its answer and
+        the model that answered (the answer's own body is not kept: a
+        chunk's parsed bodies were most of its memory)."""
         self.output += line
         self.completed += 1
-        usage = usage_of(body)
-        self.usage = add_usage(self.usage, usage)
-        if self.model is None and isinstance(body.get("model"), str):
-            self.model = body["model"]
+        add_into(self.usage, usage)
+        if self.model is None and isinstance(model, str):
+            self.model = model
         if info is not None:
             self._note(info, usage, request)
 
@@ -173,6 +177,8 @@ async def execute_lines(
     client: UpstreamClient,
     stop_reason: Callable[[], str | None],
     gate: Callable[[], Awaitable[None]] | None = None,
+    journal: ChunkJournal | None = None,
+    priority: int = 0,
 ) -> ChunkResult:
     """Run every line; each ends as exactly one output or error line, in input order.
 
@@ -184,14 +190,30 @@ async def execute_lines(
     provider's lines from holding up another's.
 
     `gate` is awaited before every attempt: it holds a paused batch's
-    requests until it is resumed (or told to stop)."""
+    requests until it is resumed (or told to stop). With a `journal`
+    (tasks/line_journal.py) the lines an earlier, killed run of this chunk
+    finished are taken from it instead of being sent again, and each line
+    that ends (not one stopped) is written to it as it ends. `priority` is
+    the chunk's place among the chunks in flight (its index): the client
+    serves lower values first (tasks/limits.py says why)."""
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
-    bodies: list[dict[str, Any] | None] = [None] * len(lines)
+    # per answered line: its usage and the model that answered (not the body)
+    usages: list[Usage | None] = [None] * len(lines)
+    models: list[Any] = [None] * len(lines)
     # per line: provider name, latency of the last attempt (ms), attempts
     sent: list[tuple[str | None, float | None, int]] = [(None, None, 0)] * len(lines)
+    done = journal.replay() if journal is not None else {}
+    for index, old in done.items():
+        results[index] = old.line
+        sent[index] = (old.provider, old.latency_ms, old.attempts)
+        if old.ok:
+            body = old.body()
+            usages[index], models[index] = usage_of(body), body.get("model")
     queues: dict[str, tuple[ProviderRecord, list[tuple[int, Route]]]] = {}
     for index, route in enumerate(route_lines(lines, providers)):
+        if index in done:
+            continue
         if isinstance(route, RoutingError):
             results[index] = routing_error_line(lines[index]["custom_id"], route)
         else:
@@ -208,41 +230,59 @@ async def execute_lines(
     def should_stop() -> bool:
         return stop_reason() is not None
 
+    # What `send` takes beyond the line (a client need not know a knob left at its default).
+    extra: dict[str, Any] = {}
+    if gate is not None:
+        extra["gate"] = gate
+    if priority:
+        extra["priority"] = priority
+
     async def one(index: int, route: Route) -> None:
-        """Send line `index`; keep its result line, and its body if it succeeded."""
+        """Send line `index`; keep its result line, and its usage if it succeeded."""
         custom_id = lines[index]["custom_id"]
+        provider = route.provider
         if stop_reason():
             results[index] = stopped_line(custom_id)
-            sent[index] = (route.provider.name, None, 0)
+            sent[index] = (provider.name, None, 0)
             return
         body, upstream_model = lines[index]["body"], route.upstream_model
         result = await client.send(
-            route.provider,
+            provider,
             path,
             lambda: encode_body(prepare_body(body, upstream_model)),
             custom_id=custom_id,
             should_stop=should_stop,
-            **({"gate": gate} if gate is not None else {}),
+            **extra,
         )
         crash_point("execute:after_response")
-        sent[index] = (route.provider.name, result.latency_ms, result.attempts)
+        sent[index] = (provider.name, result.latency_ms, result.attempts)
         if result.status_code is None:
-            results[index] = (
-                stopped_line(custom_id)
-                if result.error_code == "stopped"
-                else result_line(
-                    custom_id, None, code=result.error_code, message=result.error_message
-                )
+            if result.error_code == "stopped":
+                results[index] = stopped_line(custom_id)
+                return  # not journaled: a resumed run sends it
+            line = results[index] = result_line(
+                custom_id, None, code=result.error_code, message=result.error_message
             )
-            return
-        response = {
-            "status_code": result.status_code,
-            "request_id": result.request_id,
-            "body": result.body,
-        }
-        results[index] = result_line(custom_id, response)
-        if result.ok:
-            bodies[index] = result.body
+        else:
+            response = {
+                "status_code": result.status_code,
+                "request_id": result.request_id,
+                "body": result.body,
+            }
+            line = results[index] = result_line(custom_id, response)
+            answer = result.body
+            if result.ok and answer is not None:
+                usages[index] = result.usage if result.usage is not None else usage_of(answer)
+                models[index] = answer.get("model")
+        if journal is not None:
+            journal.record(
+                index,
+                line,
+                ok=result.ok,
+                provider=provider.name,
+                latency_ms=result.latency_ms,
+                attempts=result.attempts,
+            )
 
     async def worker(pending: Iterator[tuple[int, Route]]) -> None:
         for index, route in pending:  # one shared iterator: each line goes to one worker
@@ -257,9 +297,10 @@ async def execute_lines(
         )
     )
     outcome = ChunkResult(stopped=stopped)
-    for request, line, body, (provider, latency_ms, attempts) in zip(
-        lines, results, bodies, sent, strict=True
+    for index, (request, usage, model, (provider, latency_ms, attempts)) in enumerate(
+        zip(lines, usages, models, sent, strict=True)
     ):
+        line, results[index] = results[index], b""  # held once: in the output, not here too
         info = {
             "custom_id": request["custom_id"],
             "model": request["body"].get("model"),
@@ -267,8 +308,8 @@ async def execute_lines(
             "latency_ms": latency_ms,
             "attempts": attempts,
         }
-        if body is not None:
-            outcome.succeed(line, body, info, request["body"])
+        if usage is not None:
+            outcome.succeed(line, usage, model, info, request["body"])
         else:
             outcome.fail(line, info)
     return outcome

@@ -14,8 +14,21 @@ Two layers, so the rules can be tested without a clock or an event loop:
   `x-ratelimit-remaining-*` headers say the budget is spent; and it stops
   growing while the remaining budget is smaller than what is in flight.
 - `AdaptiveLimiter`: the asyncio adapter, a semaphore whose size is the
-  window and which grants nothing while paused. Waiters queue FIFO; one timer
-  (not one sleeper per waiter) ends a pause.
+  window and which grants nothing while paused. Waiters queue by priority,
+  then FIFO; one timer (not one sleeper per waiter) ends a pause.
+
+Priority: the lines of the earliest chunk in flight go first. Two chunks
+that share the window fairly progress at the same rate and end together,
+so every pair of chunks ended with the window draining (the last requests
+of both) and refilling (both checkpoints, two new chunks read and parsed):
+at 200 ms latency that was most of `batchgate run`'s gap to a bare loop.
+Served in chunk order, the earlier chunk ends while the next one still has
+lines to keep the window full. For that a freed slot is granted to a waiter
+on the next turn of the event loop, not at once: the worker that freed it
+takes its next line first and, if its chunk comes first, keeps the slot
+without queueing (otherwise every slot went to the next chunk's waiters the
+moment it was freed, and the two chunks shared the window as before). That
+also spares the earliest chunk's workers a future and a wake-up per request.
 
 Scope: one limiter per provider per worker process, shared by every chunk of
 the batch that process runs. Each batch runs in its own flow-run process, so
@@ -27,10 +40,10 @@ shares (docs/benchmarks.md measures it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
+import itertools
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -222,29 +235,34 @@ class AdaptiveLimiter:
         self.window = Window(ceiling, initial)
         self.in_flight = 0
         self._clock = clock
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # (priority, arrival, future): a heap, lowest priority value first,
+        # FIFO among equals. A cancelled waiter stays until `_grant` pops it.
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._grant_soon = False  # a `_grant` is scheduled for the next loop turn
 
-    async def acquire(self) -> float:
+    async def acquire(self, priority: int = 0) -> float:
+        """Wait for a slot; among waiters, a lower `priority` value goes first
+        (the chunk index: the earliest chunk in flight), and a caller that
+        comes before every waiter takes a free slot at once."""
+        waiters = self._waiters
         if (
-            not self._waiters
+            (not waiters or priority < waiters[0][0])
             and self.in_flight < self.window.limit
             and not self.window.pause_left(self._clock())
         ):
             self.in_flight += 1
             return self._clock()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        heapq.heappush(self._waiters, (priority, next(self._arrivals), future))
         self._grant()
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._give_back()  # granted and cancelled at once: pass the slot on
-            else:
-                with contextlib.suppress(ValueError):  # _grant may have dropped it
-                    self._waiters.remove(future)
-            raise
+            raise  # still queued: cancelled, so `_grant` drops it
         return self._clock()
 
     def set_ceiling(self, ceiling: int) -> None:
@@ -269,7 +287,15 @@ class AdaptiveLimiter:
         self._give_back()
 
     def _give_back(self) -> None:
+        """Free a slot; waiters get it on the next loop turn (see the module
+        docstring: the caller may take it back first, if it comes first)."""
         self.in_flight -= 1
+        if self._waiters and not self._grant_soon:
+            self._grant_soon = True
+            self._waiters[0][2].get_loop().call_soon(self._granted_soon)
+
+    def _granted_soon(self) -> None:
+        self._grant_soon = False
         self._grant()
 
     def _grant(self) -> None:
@@ -282,7 +308,7 @@ class AdaptiveLimiter:
                 self._timer = asyncio.get_running_loop().call_later(wait, self._timer_fired)
             return
         while self._waiters and self.in_flight < self.window.limit:
-            future = self._waiters.popleft()
+            future = heapq.heappop(self._waiters)[2]
             if not future.done():
                 self.in_flight += 1
                 future.set_result(None)

@@ -27,8 +27,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    120.0, 300.0, 600.0)  # fmt: skip
 
 
-_TOKEN_FIELDS = (("input", "prompt_tokens", "input_tokens"),
-                 ("output", "completion_tokens", "output_tokens"))  # fmt: skip
+_TOKEN_KINDS = (("input", "input_tokens"), ("output", "output_tokens"))
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 
@@ -71,18 +70,14 @@ class RunMetrics:
     def retry(self, provider: str) -> None:
         self.retries[provider] = self.retries.get(provider, 0) + 1
 
-    def usage(self, model: str, body: dict[str, Any]) -> None:
-        """Tokens of one successful answer, by the model that answered
-        (chat/completions name them prompt/completion, responses input/output)."""
-        usage = body.get("usage")
-        if type(usage) is not dict:
-            return
+    def add_tokens(self, model: str, usage: dict[str, Any]) -> None:
+        """Tokens of one successful answer, by the model that answered. `usage`
+        is already in the batch's shape (`tasks.usage.usage_of`, computed once
+        per answer as `UpstreamResult.usage`), so the body is not read again."""
         tokens = self.tokens
-        for kind, first, second in _TOKEN_FIELDS:
-            value = usage.get(first)
-            if value is None:
-                value = usage.get(second)
-            if type(value) is int and value:
+        for kind, name in _TOKEN_KINDS:
+            value = usage[name]
+            if value:
                 key = (model, kind)
                 tokens[key] = tokens.get(key, 0) + value
 

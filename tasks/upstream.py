@@ -54,6 +54,7 @@ from storage.records import ProviderRecord
 from tasks.deadlines import Deadlines
 from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
 from tasks.run_metrics import RunMetrics
+from tasks.usage import Usage, usage_of
 
 NON_JSON_BODY: dict[str, Any] = {
     "error": {
@@ -91,6 +92,10 @@ class UpstreamResult:
     attempts: int = 0
     # How long the last attempt's HTTP request took (results table, issue 12).
     latency_ms: float | None = None
+    # The body's usage in the batch's shape (tasks/usage.py), for a 2xx JSON
+    # answer only: computed once here, read by the chunk, the run metrics and
+    # `batchgate run`'s meter instead of each summing the body again.
+    usage: Usage | None = None
 
     @property
     def ok(self) -> bool:
@@ -299,13 +304,16 @@ class UpstreamClient:
         custom_id: str | None = None,
         should_stop: Callable[[], bool] | None = None,
         gate: Callable[[], Awaitable[Any]] | None = None,
+        priority: int = 0,
     ) -> UpstreamResult:
         """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says.
 
         `body` may be a function that makes the bytes: it is called once the
         first slot is granted, so the many lines of a chunk that queue behind
         a full window hold no encoded body meanwhile. `gate` is awaited
-        before each attempt (a paused batch waits there, holding no slot)."""
+        before each attempt (a paused batch waits there, holding no slot).
+        `priority` orders the waiters for a slot (tasks/limits.py): the
+        chunk index, so the earliest chunk in flight goes first."""
         loop = asyncio.get_running_loop()
         client, deadlines = (self._client, self._deadlines) if loop is self._loop else (None, None)
         if client is None or deadlines is None:
@@ -328,7 +336,7 @@ class UpstreamClient:
                 if should_stop is not None and should_stop():
                     return _stopped(attempt)
             queued_at = time.monotonic()
-            sent_at = await limiter.acquire()
+            sent_at = await limiter.acquire(priority)
             if sent_at - queued_at >= _STOP_POLL_SECONDS and should_stop and should_stop():
                 limiter.release()  # stopped while it queued behind a pause or a full window
                 return _stopped(attempt)
@@ -363,9 +371,9 @@ class UpstreamClient:
                         result.error_code,
                         attempt,
                     )
-                if result.ok and result.body is not None:
-                    model = result.body.get("model")
-                    metrics.usage(model if isinstance(model, str) else "unknown", result.body)
+                if result.usage is not None:
+                    model = result.body.get("model") if result.body is not None else None
+                    metrics.add_tokens(model if isinstance(model, str) else "unknown", result.usage)
                 return result
             retry_after = outcome.retry_after
             if retry_after is not None:
@@ -429,10 +437,18 @@ class UpstreamClient:
             parsed = NON_JSON_BODY
             error_code = "invalid_upstream_response"
         request_id = response.headers.get("x-request-id") or client_request_id
+        ok = 200 <= status < 300
         result = UpstreamResult(
-            status, parsed, request_id, error_code, None, attempt, _elapsed_ms(started)
+            status,
+            parsed,
+            request_id,
+            error_code,
+            None,
+            attempt,
+            _elapsed_ms(started),
+            usage_of(parsed) if ok and error_code is None else None,
         )
-        if 200 <= status < 300:
+        if ok:
             return _Attempt(result, False, None, "ok", *budgets_from_raw(response.raw_headers))
         if not is_retryable_status(status):
             return _Attempt(result, False)

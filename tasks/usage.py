@@ -59,25 +59,21 @@ def usage_of(body: Any) -> Usage:
     }
 
 
-def add_usage(a: Usage, b: Usage) -> Usage:
-    return {
-        "input_tokens": a["input_tokens"] + b["input_tokens"],
-        "output_tokens": a["output_tokens"] + b["output_tokens"],
-        "total_tokens": a["total_tokens"] + b["total_tokens"],
-        "input_tokens_details": {
-            "cached_tokens": a["input_tokens_details"]["cached_tokens"]
-            + b["input_tokens_details"]["cached_tokens"]
-        },
-        "output_tokens_details": {
-            "reasoning_tokens": a["output_tokens_details"]["reasoning_tokens"]
-            + b["output_tokens_details"]["reasoning_tokens"]
-        },
-    }
+def add_into(total: Usage, usage: Usage) -> None:
+    """Add `usage` to `total` in place: a chunk sums one answer per line, and
+    a new dict per line was most of what summing cost."""
+    total["input_tokens"] += usage["input_tokens"]
+    total["output_tokens"] += usage["output_tokens"]
+    total["total_tokens"] += usage["total_tokens"]
+    total["input_tokens_details"]["cached_tokens"] += usage["input_tokens_details"]["cached_tokens"]
+    total["output_tokens_details"]["reasoning_tokens"] += usage["output_tokens_details"][
+        "reasoning_tokens"
+    ]
 
 
 def sum_usage(usages: list[Usage | None]) -> Usage:
     total = empty_usage()
     for usage in usages:
         if usage:
-            total = add_usage(total, usage)
+            add_into(total, usage)
     return total

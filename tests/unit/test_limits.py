@@ -232,6 +232,48 @@ async def test_cancelled_waiter_does_not_keep_a_slot() -> None:
     assert first.cancelled()
 
 
+async def test_the_earliest_chunk_gets_a_freed_slot_first() -> None:
+    """Waiters of chunk 1 queued before those of chunk 0 still go after them,
+    so chunk 0 finishes while chunk 1 keeps the window busy."""
+    limiter = AdaptiveLimiter(ceiling=64, initial=1, clock=FakeClock())
+    await limiter.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, priority: int) -> None:
+        await limiter.acquire(priority)
+        order.append(name)
+
+    waiters = [
+        asyncio.create_task(wait(name, priority))
+        for name, priority in (("1a", 1), ("1b", 1), ("0a", 0), ("0b", 0))
+    ]
+    await settle()
+    for _ in waiters:
+        limiter.release()
+        await settle()
+    assert order == ["0a", "0b", "1a", "1b"]  # by chunk, then in arrival order
+    await asyncio.gather(*waiters)
+
+
+async def test_a_freed_slot_stays_with_the_earlier_chunk_that_takes_it_back() -> None:
+    """The worker of chunk 0 that frees a slot and comes back for its next
+    line keeps it; chunk 1's waiter gets a slot once chunk 0 stops asking."""
+    limiter = AdaptiveLimiter(ceiling=64, initial=1, clock=FakeClock())
+    await limiter.acquire(0)
+    later = asyncio.create_task(limiter.acquire(1))
+    await settle()
+    for _ in range(3):  # chunk 0's next lines, one after another
+        limiter.release()
+        async with asyncio.timeout(1):  # at once, in the same task: no queueing
+            await limiter.acquire(0)
+        await settle()
+        assert not later.done() and limiter.in_flight == 1
+    limiter.release()  # chunk 0 has no more lines
+    await settle()
+    assert later.done() and limiter.in_flight == 1
+    await later
+
+
 async def test_paused_limiter_grants_nothing_until_the_pause_ends() -> None:
     clock = FakeClock()
     limiter = AdaptiveLimiter(ceiling=64, initial=4, clock=clock)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks.local_run import default_errors_path, default_output_path, infer_endpoint, run_key
+from storage.records import ProviderRecord
+from tasks.local_run import (
+    RUN_CHUNK_SIZE,
+    default_errors_path,
+    default_output_path,
+    infer_endpoint,
+    run_chunk_size,
+    run_key,
+)
+from tasks.run_meter import ModelStats
 from tasks.run_providers import RunError, resolve_providers
 from tasks.settings import ProviderConfig, Settings
 
@@ -141,3 +150,28 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_the_next_one_finishes(
         checkpointed = [c for c, n in sent_first.items() if sent[c] == n]
         assert len(checkpointed) >= 10  # those were not sent again
         assert not options.state_root.exists()
+
+
+def test_a_chunk_holds_at_least_what_can_be_in_flight() -> None:
+    """A kill loses the requests in flight (the rest is journaled): with
+    more of them than a default chunk, chunks grow, so that stays one chunk."""
+    small = [ProviderRecord("a", "http://a/v1", "", max_concurrency=128)]
+    assert run_chunk_size(small) == RUN_CHUNK_SIZE
+    wide = [ProviderRecord(n, f"http://{n}/v1", "", max_concurrency=1500) for n in "ab"]
+    assert run_chunk_size(wide) == 3000
+
+
+def test_latency_percentiles_within_one_percent_from_flat_memory() -> None:
+    """The run's summary (p50/p95 per model) from 1 %-wide buckets, not a list
+    that grows by a number per line."""
+    stats = ModelStats()
+    latencies = [0.001 * (i % 997 + 1) for i in range(50_000)]  # 1 ms .. 997 ms
+    for seconds in latencies:
+        stats.add_latency(seconds)
+    ordered = sorted(latencies)
+    for share in (0.5, 0.95):
+        exact = ordered[int(share * len(ordered))]
+        got = stats.percentile(share)
+        assert got is not None and exact <= got <= exact * 1.01
+    assert len(stats.latency_buckets) < 800
+    assert ModelStats().percentile(0.5) is None

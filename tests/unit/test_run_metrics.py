@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
 from tasks.run_metrics import LATENCY_BUCKETS, RunMetrics
+from tasks.usage import usage_of
 from tasks.worker_api import LocalWorkerAPI
 from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness, chat, mock  # noqa: F401  (the mock fixture)
@@ -38,8 +39,8 @@ def test_a_report_hands_over_what_was_counted_and_starts_again() -> None:
     run.attempt("openai", 429, 0.001)
     run.attempt("mistral", None, 700.0)
     run.retry("openai")
-    run.usage("gpt-4o-mini", {"usage": {"prompt_tokens": 7, "completion_tokens": 3}})
-    run.usage("resp-model", {"usage": {"input_tokens": 5, "output_tokens": 2}})
+    run.add_tokens("gpt-4o-mini", usage_of({"usage": {"prompt_tokens": 7, "completion_tokens": 3}}))
+    run.add_tokens("resp-model", usage_of({"usage": {"input_tokens": 5, "output_tokens": 2}}))
     report = run.report({"openai": 12})
     assert report is not None and run.report() is None
 
