@@ -60,8 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--mode", choices=(*MODES, "both"), default="served",
-                        help="served: batchgate worker; pool: prefect worker + prefect deploy")  # fmt: skip
+    parser.add_argument(
+        "--mode",
+        choices=(*MODES, "both"),
+        default="served",
+        help="served: batchgate worker; pool: prefect worker + prefect deploy",
+    )
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--runner-limit", type=int, default=2, help="flow runs per host")
@@ -178,7 +182,7 @@ def stack_for(
         extra_env=extra_env,
     ) as stack:
         if stack.deploy_output:
-            print(f"  prefect deploy --all:\n{indent(stack.deploy_output)}", flush=True)
+            print(f"  prefect deploy:\n{indent(stack.deploy_output)}", flush=True)
         yield stack
 
 

@@ -19,6 +19,7 @@ directory hides the data directory from everything the host runs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ PREFIX = "bgscale"
 BRIDGE = f"{PREFIX}0"
 SUBNET = "10.213.0"
 ROOT_ADDRESS = f"{SUBNET}.1"
+LOCK = Path("/run/bgscale.lock")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -136,8 +138,14 @@ def build(count: int) -> list[Host]:
 
 @contextlib.contextmanager
 def network(count: int) -> Iterator[list[Host]]:
-    """The hosts while the block runs; all removed after it, however it ends."""
-    try:
-        yield build(count)
-    finally:
-        teardown()
+    """The hosts while the block runs; all removed after it, however it ends.
+    One harness at a time: a second one would tear down the first's hosts."""
+    with LOCK.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another bench.scale run holds {LOCK}; wait for it") from None
+        try:
+            yield build(count)
+        finally:
+            teardown()

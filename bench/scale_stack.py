@@ -45,6 +45,7 @@ MODES = ("served", "pool")
 # The Prefect work-pool worker asks for runs every 10 s by default: a batch
 # (and a relaunch after a host is lost) would wait that long for its start.
 POOL_QUERY_SECONDS = "2"
+KNOWN_422 = "422 Unprocessable Entity"
 
 
 def worker_argv(mode: str, limit: int) -> list[str]:
@@ -182,16 +183,28 @@ class ScaleStack(GatewayAdmin):
         )
 
     def deploy(self) -> str:
-        """The work pool and both prefect.yaml deployments in one `prefect
-        deploy --all`, as docs/scale-out.md says; its output."""
+        """The work pool and the two prefect.yaml deployments, one `prefect
+        deploy` each (docs/scale-out.md, 3b); what happened, one line each.
+
+        With Prefect 3.8.8 on our FastAPI each `prefect deploy` creates its
+        deployment and then exits 1 on a `422 ... workers/filter` (its
+        "is a worker online?" check sends `limit: null`, which this FastAPI
+        refuses): that one is expected and told apart from real failures."""
         created = self.prefect_cli("work-pool", "create", POOL, "--type", "process")
         if created.returncode != 0:
             raise RuntimeError(f"work-pool create failed:\n{created.stdout}{created.stderr}")
-        deployed = self.prefect_cli("--no-prompt", "deploy", "--all")
-        text = deployed.stdout + deployed.stderr
-        if deployed.returncode != 0:
-            raise RuntimeError(f"prefect deploy --all failed:\n{text}")
-        return text
+        said = []
+        for name in ("process-batch", "retention"):
+            deployed = self.prefect_cli("--no-prompt", "deploy", "--name", name)
+            text = deployed.stdout + deployed.stderr
+            made = "successfully created" in text
+            if deployed.returncode == 0:
+                said.append(f"{name}: created")
+            elif made and KNOWN_422 in text and "workers/filter" in text:
+                said.append(f"{name}: created, then exit 1 on the known 422 (workers/filter)")
+            else:
+                raise RuntimeError(f"prefect deploy --name {name} failed:\n{text}")
+        return "\n".join(said)
 
     def close(self) -> None:
         stop_children([*self.workers.values(), *reversed(self.services)])
