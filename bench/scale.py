@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -67,13 +68,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="served: batchgate worker; pool: prefect worker + prefect deploy",
     )
     parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument(
+        "--pool-query-seconds",
+        type=float,
+        default=None,
+        help="pool: PREFECT_WORKER_QUERY_SECONDS of the workers (default: Prefect's, 10 s)",
+    )
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--runner-limit", type=int, default=2, help="flow runs per host")
-    parser.add_argument("--max-concurrency", type=int, default=8, help="requests per flow run")
-    parser.add_argument("--batches", type=int, default=12, help="spread: batches at once")
-    parser.add_argument("--lines", type=int, default=400, help="spread: lines per batch")
+    parser.add_argument("--max-concurrency", type=int, default=4, help="requests per flow run")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help="spread: batches at once (default: hosts x runner limit, one round on all hosts)",
+    )
+    parser.add_argument("--lines", type=int, default=1000, help="spread: lines per batch")
     parser.add_argument("--fanout-lines", type=int, default=20_000)
-    parser.add_argument("--kill-lines", type=int, default=2400, help="kill/cut: lines per batch")
+    parser.add_argument("--kill-lines", type=int, default=1500, help="kill/cut: lines per batch")
+    parser.add_argument(
+        "--kill-batches", type=int, default=None, help="kill/cut: batches (default: one per host)"
+    )
     parser.add_argument("--kill-after", type=float, default=8.0,
                         help="kill/cut: seconds after every batch started")  # fmt: skip
     return parser.parse_args(argv)
@@ -91,6 +106,7 @@ class Measured:
     peers: dict[str, int]
     problems: list[str]
     repeated: int
+    phases: str
 
     @property
     def rate(self) -> float:
@@ -112,9 +128,9 @@ def start_batches(stack: ScaleStack, file_ids: list[str]) -> list[str]:
 
 def finish(
     stack: ScaleStack, batch_ids: list[str], prefix: str, lines: int, timeout: float
-) -> tuple[list[str], int]:
+) -> tuple[list[str], int, list[Any]]:
     """Wait for every batch to end; the problems found (each custom_id once,
-    counts) and the upstream requests beyond one per line."""
+    counts), the upstream requests beyond one per line, the ended batches."""
     client = stack.client()
     ended = wait_all_terminal(client, batch_ids, timeout=timeout)
     sent = stack.mock_stats()["custom_ids"]
@@ -125,7 +141,22 @@ def finish(
         check = check_batch(client, batch, f"{prefix}{j}", lines, sent)
         problems += [f"{batch.id}: {p}" for p in check.problems]
         repeated += check.repeated
-    return problems, repeated
+    return problems, repeated, ended
+
+
+def phases(ended: list[Any]) -> str:
+    """Median seconds from created to in_progress (the run's start and
+    validation), to finalizing (the lines), to completed (finalize); the
+    batch timestamps are whole seconds."""
+
+    def median(pairs: list[tuple[int | None, int | None]]) -> str:
+        spans = [b - a for a, b in pairs if a is not None and b is not None]
+        return f"{statistics.median(spans):.0f}" if spans else "-"
+
+    start = median([(b.created_at, b.in_progress_at) for b in ended])
+    work = median([(b.in_progress_at, b.finalizing_at) for b in ended])
+    end = median([(b.finalizing_at, b.completed_at) for b in ended])
+    return f"{start} / {work} / {end} s"
 
 
 def measure(stack: ScaleStack, prefix: str, count: int, lines: int) -> Measured:
@@ -134,9 +165,10 @@ def measure(stack: ScaleStack, prefix: str, count: int, lines: int) -> Measured:
     stack.reset_mock()
     started = time.monotonic()
     batch_ids = start_batches(stack, file_ids)
-    problems, repeated = finish(stack, batch_ids, prefix, lines, timeout=3600)
+    problems, repeated, ended = finish(stack, batch_ids, prefix, lines, timeout=3600)
     took = time.monotonic() - started
-    return Measured(count * lines, took, stack.mock_stats()["peers"], problems, repeated)
+    peers = stack.mock_stats()["peers"]
+    return Measured(count * lines, took, peers, problems, repeated, phases(ended))
 
 
 def warm_up(stack: ScaleStack, hosts: list[Host], timeout: float = 300) -> None:
@@ -180,6 +212,7 @@ def stack_for(
         runner_limit=args.runner_limit,
         max_concurrency=args.max_concurrency,
         extra_env=extra_env,
+        pool_query_seconds=args.pool_query_seconds,
     ) as stack:
         if stack.deploy_output:
             print(f"  prefect deploy:\n{indent(stack.deploy_output)}", flush=True)
@@ -213,13 +246,15 @@ def one_vs_all(
                     f"{count} x {lines}",
                     f"{got.seconds:.1f} s",
                     f"{got.rate:.0f}",
+                    got.phases,
                     shares(got.peers, hosts),
                     str(got.repeated),
                     "yes" if not got.problems else "; ".join(got.problems[:3]),
                 ]  # fmt: skip
             )
     ratio = rates[1] / rates[0] if rates[0] else 0.0
-    headers = ["mode", "hosts", "batches", "wall", "lines/s", "share per host (h1/h2/h3)",
+    headers = ["mode", "hosts", "batches", "wall", "lines/s", "median start / lines / finalize",
+               "share per host (h1/h2/h3)",
                "repeated", "each custom_id once"]  # fmt: skip
     return {
         "table": markdown_table(headers, rows),
@@ -230,7 +265,8 @@ def one_vs_all(
 
 
 def spread(hosts: list[Host], mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    return one_vs_all(hosts, mode, args, "spread", args.batches, args.lines)
+    count = args.batches or len(hosts) * args.runner_limit
+    return one_vs_all(hosts, mode, args, "spread", count, args.lines)
 
 
 def fanout(hosts: list[Host], mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -259,7 +295,7 @@ def busiest(stack: ScaleStack, hosts: list[Host], window: float = 2.0) -> Host:
 def lose_host(hosts: list[Host], mode: str, args: argparse.Namespace, how: str) -> dict[str, Any]:
     """One host lost while every host runs a batch: SIGKILL of everything in
     its namespace (`kill`) or its link set down (`cut`)."""
-    count, lines, prefix = len(hosts), args.kill_lines, f"{how}b"
+    count, lines, prefix = args.kill_batches or len(hosts), args.kill_lines, f"{how}b"
     with stack_for(hosts, mode, args) as stack:
         start_workers(stack, hosts)
         file_ids = inputs(stack, prefix, count, lines)
@@ -298,7 +334,7 @@ def lose_host(hosts: list[Host], mode: str, args: argparse.Namespace, how: str) 
             refused = str(stack.refused_internal() - refused_before)
             lost_lease = "yes" if LOST_LEASE_LOG in stack.worker_log(victim) else "no"
             print(f"  link restored: {refused} late internal calls refused", flush=True)
-        problems, repeated = finish(stack, batch_ids, prefix, lines, timeout=1800)
+        problems, repeated, _ = finish(stack, batch_ids, prefix, lines, timeout=1800)
         ended = time.monotonic() - lost_at
     ok = recovery < RECOVERY_TARGET_SECONDS and not problems
     if how == "cut":
@@ -314,6 +350,8 @@ def lose_host(hosts: list[Host], mode: str, args: argparse.Namespace, how: str) 
         "verdict": f"{how}: recovery {recovery:.1f} s (target < {RECOVERY_TARGET_SECONDS:.0f} s) "
         f"{'MET' if ok else 'NOT MET'}",
         "ok": ok,
+        "recovery": recovery,
+        "problems": problems,
     }
 
 

@@ -42,9 +42,6 @@ ADMIN_KEY = "admin-scale-key"
 INTERNAL_TOKEN = "bg-internal-scale-token"
 POOL = "batchgate"
 MODES = ("served", "pool")
-# The Prefect work-pool worker asks for runs every 10 s by default: a batch
-# (and a relaunch after a host is lost) would wait that long for its start.
-POOL_QUERY_SECONDS = "2"
 KNOWN_422 = "422 Unprocessable Entity"
 
 
@@ -68,6 +65,7 @@ class ScaleStack(GatewayAdmin):
         runner_limit: int = 2,
         max_concurrency: int = 8,
         extra_env: Mapping[str, str] | None = None,
+        pool_query_seconds: float | None = None,
     ) -> None:
         assert mode in MODES, mode
         self.hosts = hosts
@@ -76,6 +74,8 @@ class ScaleStack(GatewayAdmin):
         self.runner_limit = runner_limit
         self.max_concurrency = max_concurrency
         self.extra_env = dict(extra_env or {})
+        # How often a work-pool worker asks for runs (Prefect's default: 10 s).
+        self.pool_query_seconds = pool_query_seconds
         self.admin_key = ADMIN_KEY
         self._tmp = tempfile.TemporaryDirectory(prefix="bgscale-")
         self.root = Path(self._tmp.name)
@@ -234,7 +234,8 @@ class ScaleStack(GatewayAdmin):
             env["BATCHGATE_RUNNER_LIMIT"] = str(self.runner_limit)
         else:
             env["BATCHGATE_HOME"] = str(REPO)
-            env["PREFECT_WORKER_QUERY_SECONDS"] = POOL_QUERY_SECONDS
+            if self.pool_query_seconds is not None:
+                env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.pool_query_seconds)
         env.update({k: v for k, v in self.extra_env.items() if k.startswith("BATCHGATE_")})
         return env
 

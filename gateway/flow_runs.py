@@ -137,8 +137,11 @@ async def _open_client() -> PrefectClient:
 # A runner marks a run Pending when it takes it, and the run turns Running
 # seconds later. A runner killed in between leaves it Pending for ever, so an
 # older Pending run counts as dead, not queued (a spare run is harmless: the
-# lease lets only one of them work).
-PENDING_PATIENCE_SECONDS = 90.0
+# lease lets only one of them work). 45 s leaves a slow start a wide margin
+# (seconds normally; the Prefect server's SQLite waits are bounded to 5 s) and
+# keeps a batch whose host died holding a Pending run under a minute
+# (docs/scale-out.md, A host lost mid-batch); it was 90 s.
+PENDING_PATIENCE_SECONDS = 45.0
 
 
 async def flow_run_is_queued(client: PrefectClient, flow_run_id: str) -> bool:
