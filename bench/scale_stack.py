@@ -18,7 +18,6 @@ Two worker modes, the two of docs/scale-out.md:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from bench.scale_net import ROOT_ADDRESS, Host
 from gateway import prefect_server
 from gateway.supervisor import Child, http_status, start_child, stop_child, stop_children
 from tests.live import GatewayAdmin, free_port
-from tests.stack import wait_for
+from tests.stack import prefect_env, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "admin-scale-key"
@@ -95,14 +94,7 @@ class ScaleStack(GatewayAdmin):
     # -- the root namespace ---------------------------------------------------
 
     def base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHGATE_"))}
-        env.update(
-            PREFECT_HOME=str(self.hidden / "prefect"),
-            PREFECT_API_URL=self.api_url,
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PYTHONUNBUFFERED="1",
-        )
-        return env
+        return prefect_env(self.hidden / "prefect", self.api_url)
 
     def gateway_env(self) -> dict[str, str]:
         env = self.base_env()
