@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batches",
         type=int,
         default=None,
-        help="spread: batches at once (default: hosts x runner limit, one round on all hosts)",
+        help="spread: batches at once (default: 2 x hosts x runner limit, two rounds on all)",
     )
     parser.add_argument("--lines", type=int, default=1000, help="spread: lines per batch")
     parser.add_argument("--fanout-lines", type=int, default=20_000)
@@ -266,7 +266,7 @@ def one_vs_all(
 
 
 def spread(hosts: list[Host], mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    count = args.batches or len(hosts) * args.runner_limit
+    count = args.batches or 2 * len(hosts) * args.runner_limit
     return one_vs_all(hosts, mode, args, "spread", count, args.lines)
 
 
