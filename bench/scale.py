@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pool: PREFECT_WORKER_QUERY_SECONDS of the workers (default: Prefect's, 10 s)",
     )
     parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="copy every process's log here, per scenario"
+    )
     parser.add_argument("--runner-limit", type=int, default=2, help="flow runs per host")
     parser.add_argument("--max-concurrency", type=int, default=4, help="requests per flow run")
     parser.add_argument(
@@ -203,7 +206,7 @@ def shares(peers: dict[str, int], hosts: list[Host]) -> str:
 
 @contextlib.contextmanager
 def stack_for(
-    hosts: list[Host], mode: str, args: argparse.Namespace, **extra_env: str
+    hosts: list[Host], mode: str, args: argparse.Namespace, scenario: str, **extra_env: str
 ) -> Iterator[ScaleStack]:
     print(f"starting Prefect server, gateway and mock ({mode} workers) ...", flush=True)
     with ScaleStack(
@@ -214,6 +217,7 @@ def stack_for(
         max_concurrency=args.max_concurrency,
         extra_env=extra_env,
         pool_query_seconds=args.pool_query_seconds,
+        keep_logs=args.logs / f"{mode}-{scenario}" if args.logs else None,
     ) as stack:
         if stack.deploy_output:
             print(f"  prefect deploy:\n{indent(stack.deploy_output)}", flush=True)
@@ -234,7 +238,7 @@ def one_vs_all(
 ) -> dict[str, Any]:  # fmt: skip
     """The same batches on one host, then on every host; a row each and the ratio."""
     rows, rates = [], []
-    with stack_for(hosts, mode, args, **extra_env) as stack:
+    with stack_for(hosts, mode, args, name, **extra_env) as stack:
         for working in (hosts[:1], hosts):
             start_workers(stack, [h for h in working if h.index not in stack.workers])
             print(f"  {name}: {count} x {lines} lines on {len(working)} host(s) ...", flush=True)
@@ -297,7 +301,7 @@ def lose_host(hosts: list[Host], mode: str, args: argparse.Namespace, how: str) 
     """One host lost while every host runs a batch: SIGKILL of everything in
     its namespace (`kill`) or its link set down (`cut`)."""
     count, lines, prefix = args.kill_batches or len(hosts), args.kill_lines, f"{how}b"
-    with stack_for(hosts, mode, args) as stack:
+    with stack_for(hosts, mode, args, how) as stack:
         start_workers(stack, hosts)
         file_ids = inputs(stack, prefix, count, lines)
         stack.reset_mock()

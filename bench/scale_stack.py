@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,7 @@ class ScaleStack(GatewayAdmin):
         max_concurrency: int = 8,
         extra_env: Mapping[str, str] | None = None,
         pool_query_seconds: float | None = None,
+        keep_logs: Path | None = None,
     ) -> None:
         assert mode in MODES, mode
         self.hosts = hosts
@@ -75,6 +77,7 @@ class ScaleStack(GatewayAdmin):
         self.extra_env = dict(extra_env or {})
         # How often a work-pool worker asks for runs (Prefect's default: 10 s).
         self.pool_query_seconds = pool_query_seconds
+        self.keep_logs = keep_logs  # where to copy every log when the stack stops
         self.admin_key = ADMIN_KEY
         self._tmp = tempfile.TemporaryDirectory(prefix="bgscale-")
         self.root = Path(self._tmp.name)
@@ -202,6 +205,10 @@ class ScaleStack(GatewayAdmin):
         stop_children([*self.workers.values(), *reversed(self.services)])
         self.workers.clear()
         self.services.clear()
+        if self.keep_logs is not None:
+            self.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in [*self.hidden.glob("logs/*.log"), *self.root.glob("hosts/*/*.log")]:
+                shutil.copy(log, self.keep_logs / log.name)
         self._tmp.cleanup()
 
     # -- the hosts --------------------------------------------------------------

@@ -72,12 +72,16 @@ def queued(state: str, age: float) -> bool:
     return asyncio.run(flow_run_is_queued(OneRun(state, age), run_id))  # type: ignore[arg-type]
 
 
-def test_a_taken_run_counts_as_queued_for_less_than_a_minute() -> None:
+def test_a_taken_run_counts_as_starting_for_less_than_a_minute() -> None:
     """A run waiting for a runner slot is never replaced; a run a runner took
-    (Pending) is trusted for 45 s, so a batch whose host died holding it
-    resumes within a minute (docs/scale-out.md); a Running one is the lease's business."""
+    (Pending, or Running but its batch not claimed yet) is trusted for 45 s,
+    so a batch whose host died holding it resumes within a minute
+    (docs/scale-out.md), and a run that just started after a long wait for a
+    slot gets no spare run; an ended run is not waited for."""
     assert queued("SCHEDULED", age=3600)
-    assert queued("PENDING", age=PENDING_PATIENCE_SECONDS - 5)
-    assert not queued("PENDING", age=PENDING_PATIENCE_SECONDS + 1)
+    for state in ("PENDING", "RUNNING"):
+        assert queued(state, age=PENDING_PATIENCE_SECONDS - 5)
+        assert not queued(state, age=PENDING_PATIENCE_SECONDS + 1)
     assert PENDING_PATIENCE_SECONDS + 5 < 60  # + one reconciler pass
-    assert not queued("RUNNING", age=1)
+    assert not queued("COMPLETED", age=1)
+    assert not queued("CRASHED", age=1)
