@@ -44,14 +44,21 @@ def launch_reserved_until(settings: Settings) -> float:
     return time.time() + min(LAUNCH_GRACE_SECONDS, max(30, 5 * settings.lease_seconds))
 
 
-async def reserve_launch(state: GatewayState, batch: BatchRecord) -> None:
+async def reserve_launch(state: GatewayState, batch: BatchRecord) -> bool:
     """Give the batch a grace period in which the reconciler leaves it to the
-    flow run being started for it."""
-    await run_in_threadpool(
-        state.store.update_batch,
-        batch.id,
-        lease_token=None,
-        lease_expires_at=launch_reserved_until(state.settings),
+    flow run being started for it. False, and nothing changed, when the
+    batch's lease moved since `batch` was read: a run claimed or renewed it
+    meanwhile (the reconciler waits on Prefect between its read and this
+    write), and wiping that run's token would stop a working run."""
+    return bool(
+        await run_in_threadpool(
+            state.store.update_batch_if_lease,
+            batch.id,
+            batch.lease_token,
+            batch.lease_expires_at,
+            lease_token=None,
+            lease_expires_at=launch_reserved_until(state.settings),
+        )
     )
 
 
@@ -68,9 +75,12 @@ async def start_run(state: GatewayState, batch: BatchRecord) -> None:
         await run_in_threadpool(update, batch.id, flow_run_id=flow_run_id)
 
 
-async def launch(state: GatewayState, batch: BatchRecord) -> None:
-    await reserve_launch(state, batch)
+async def launch(state: GatewayState, batch: BatchRecord) -> bool:
+    """Reserve the batch and start a run for it; False if a run took it first."""
+    if not await reserve_launch(state, batch):
+        return False
     await start_run(state, batch)
+    return True
 
 
 def launch_in_background(state: GatewayState, batch: BatchRecord) -> None:
@@ -111,9 +121,9 @@ async def reconcile_once(state: GatewayState, *, first_pass: bool = False) -> in
             and await state.flow_runs.is_queued(batch.flow_run_id)
         ):
             continue
-        log.info("batch %s has no live run; starting one", batch.id)
-        await launch(state, batch)
-        started += 1
+        if await launch(state, batch):
+            log.info("batch %s had no live run; started one", batch.id)
+            started += 1
     return started
 
 
