@@ -195,6 +195,8 @@ def warm_up(stack: ScaleStack, hosts: list[Host], timeout: float = 300) -> None:
 def start_workers(stack: ScaleStack, hosts: list[Host]) -> None:
     for host in hosts:
         print(f"  {host.name} ({host.address}): {stack.data_dir_check(host)}", flush=True)
+        names = " ".join(sorted(stack.worker_env(host)))  # names only: the token is a secret
+        print(f"  {host.name} worker environment: {names}", flush=True)
         stack.start_worker(host)
     warm_up(stack, [h for h in stack.hosts if h.index in stack.workers])
 
