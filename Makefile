@@ -10,7 +10,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo $(PYTHON) -m uv)
 RUN := $(UV) run --no-sync
 
-.PHONY: env up test lint format bench soak
+.PHONY: env up test lint format bench soak scale
 
 env:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -42,3 +42,10 @@ bench: env
 # results are written into docs/reliability.md.
 soak: env
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(RUN) pytest -q -p no:cacheprovider -m soak
+
+# Three test hosts on this machine (network namespaces, root only): batches
+# spread over them, one large batch, a host SIGKILLed and one cut off
+# (bench/scale.py; docs/scale-out.md). ARGS passes flags, e.g.
+# `make scale ARGS="--only kill --mode pool"`.
+scale: env
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(RUN) python -m bench.scale $(ARGS)

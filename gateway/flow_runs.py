@@ -31,7 +31,8 @@ class FlowRunStarter(Protocol):
         """True once flow runs can be created."""
 
     async def is_queued(self, flow_run_id: str) -> bool:
-        """True while the run waits for a runner slot and should not be replaced."""
+        """True while the run waits for a runner slot or is still starting, and
+        should not be replaced."""
 
     async def aclose(self) -> None:
         """Release what the starter holds (the gateway is stopping)."""
@@ -134,20 +135,29 @@ async def _open_client() -> PrefectClient:
     return client
 
 
-# A runner marks a run Pending when it takes it, and the run turns Running
-# seconds later. A runner killed in between leaves it Pending for ever, so an
-# older Pending run counts as dead, not queued (a spare run is harmless: the
-# lease lets only one of them work).
-PENDING_PATIENCE_SECONDS = 90.0
+# A runner marks a run Pending when it takes it; the run turns Running a
+# second later and claims its batch a moment after that. A runner killed in
+# between leaves the run Pending (or Running) for ever, so a run taken longer
+# ago than this counts as dead, not starting (a spare run is harmless: the
+# lease lets only one of them work). 45 s leaves a slow start a wide margin
+# (seconds normally; the Prefect server's SQLite waits are bounded to 5 s) and
+# keeps a batch whose host died holding an unclaimed run under a minute
+# (docs/scale-out.md, A host lost mid-batch); it was 90 s, Pending only.
+PENDING_PATIENCE_SECONDS = 45.0
 
 
 async def flow_run_is_queued(client: PrefectClient, flow_run_id: str) -> bool:
-    """True while a flow run waits for a runner slot (Scheduled, or recently Pending)."""
+    """True while a flow run waits for a runner slot (Scheduled) or is still
+    starting (Pending or Running for less than the patience).
+
+    Asked only for a batch no run has claimed: without the Running case, a
+    run that waited for a slot longer than the launch grace got a spare run
+    started in the second between its start and its claim."""
     from datetime import UTC, datetime
 
     run = await client.read_flow_run(UUID(flow_run_id))
     state = run.state
-    if state is None or state.type.value not in {"SCHEDULED", "PENDING"}:
+    if state is None or state.type.value not in {"SCHEDULED", "PENDING", "RUNNING"}:
         return False
     if state.type.value == "SCHEDULED" or state.timestamp is None:
         return True

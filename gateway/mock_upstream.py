@@ -19,7 +19,8 @@ many OpenAI-compatible servers that send none.
 Observability for tests: `GET /stats` counts requests per route, 429s and
 5xx sent, requests in flight (and the most ever), and requests per
 `X-Batchgate-Custom-Id` header - all attempts, and those answered 2xx - so a
-test can prove that no line was sent twice. `GET /stats/client-request-ids`
+test can prove that no line was sent twice - and per client address (`peers`:
+which test host sent them, bench/scale.py). `GET /stats/client-request-ids`
 lists, per custom id, the `X-Client-Request-Id` of each attempt in arrival
 order (apart from `/stats`, which benchmarks poll often). `POST /stats/reset`
 clears them all; `POST /stats/reset-max-in-flight` starts the in-flight
@@ -180,6 +181,9 @@ class MockState:
         self.max_in_flight = 0
         self.custom_ids: Counter[str] = Counter()
         self.custom_ids_ok: Counter[str] = Counter()
+        # Model requests per client address: which test host sent them
+        # (the scale-out harness gives each host its own address).
+        self.peers: Counter[str] = Counter()
         self.client_request_ids: dict[str, list[str]] = {}
 
     def take_token(self) -> float | None:
@@ -229,6 +233,7 @@ class MockState:
             "custom_ids": dict(self.custom_ids),
             "custom_ids_ok": dict(self.custom_ids_ok),
             "duplicates_ok": sorted(k for k, n in self.custom_ids_ok.items() if n > 1),
+            "peers": dict(self.peers),
         }
 
 
@@ -441,6 +446,8 @@ async def _answer(
     custom_id = headers.get("x-batchgate-custom-id")
     if custom_id is not None:
         state.custom_ids[custom_id] += 1
+    if request.client is not None:
+        state.peers[request.client.host] += 1
     client_request_id = headers.get("x-client-request-id")
     if client_request_id is not None:
         state.client_request_ids.setdefault(custom_id or "", []).append(client_request_id)

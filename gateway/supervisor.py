@@ -244,7 +244,9 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 # ---------------------------------------------------------------- processes
 
 
-def start_child(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Child:
+def start_child(
+    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
+) -> Child:
     """Start a child in its own session (so one killpg reaches its whole tree),
     with stdout and stderr appended to its log file."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -255,6 +257,7 @@ def start_child(name: str, argv: list[str], env: Mapping[str, str], log_dir: Pat
         popen = subprocess.Popen(
             argv,
             env=dict(env),
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -518,6 +518,18 @@ class MetadataStore:
     def update_batch(self, batch_id: str, **fields: Any) -> int:
         return self._update("batches", "id = ?", [batch_id], fields)
 
+    def update_batch_if_lease(
+        self, batch_id: str, token: str | None, expires_at: float | None, **fields: Any
+    ) -> bool:
+        """Compare-and-set on the lease: apply `fields` only while the batch's
+        lease is still (`token`, `expires_at`), so a run that claimed or
+        renewed it since the caller read it keeps it."""
+        where = (
+            "id = ? AND lease_token IS NOT DISTINCT FROM ? "
+            "AND lease_expires_at IS NOT DISTINCT FROM ?"
+        )
+        return bool(self._update("batches", where, [batch_id, token, expires_at], fields))
+
     def transition_batch(self, batch_id: str, from_statuses: Iterable[str], **fields: Any) -> bool:
         """Compare-and-set: apply `fields` only while the status is one of
         `from_statuses`, so a concurrent cancel or outside change wins."""

@@ -42,6 +42,19 @@ def wait_for(
         time.sleep(0.2)
 
 
+def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
+    """Our environment without any PREFECT_ or BATCHGATE_ setting of the
+    outer shell, pointed at one Prefect server and home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHGATE_"))}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
 class PrefectServer:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -50,12 +63,8 @@ class PrefectServer:
         self.child: Child | None = None
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHGATE_"))}
+        env = prefect_env(self.root / "prefect", self.api_url)
         env.update(
-            PREFECT_HOME=str(self.root / "prefect"),
-            PREFECT_API_URL=self.api_url,
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PYTHONUNBUFFERED="1",
             # schedule runs promptly, so the retention test sees its interval
             PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
         )

@@ -27,8 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchgate.gateway")
 
 # How long a freshly started flow run has to claim its batch before the
-# reconciler may start another one.
-LAUNCH_GRACE_SECONDS = 120
+# reconciler may start another one. Creating the run took up to 13 s on a busy
+# Prefect server, and a taken run claims within seconds of its start; a run
+# still waiting for a runner slot (Scheduled) is kept by `is_queued` whatever
+# its age. Past the grace a spare run may start, which is harmless: the lease
+# lets only one run work. It also bounds how long a batch waits when the host
+# that took its run is lost before the claim (docs/scale-out.md, A host lost
+# mid-batch): 120 s made that up to ~2 minutes, 45 s keeps it under one.
+LAUNCH_GRACE_SECONDS = 45
 
 
 def launch_reserved_until(settings: Settings) -> float:
@@ -38,14 +44,21 @@ def launch_reserved_until(settings: Settings) -> float:
     return time.time() + min(LAUNCH_GRACE_SECONDS, max(30, 5 * settings.lease_seconds))
 
 
-async def reserve_launch(state: GatewayState, batch: BatchRecord) -> None:
+async def reserve_launch(state: GatewayState, batch: BatchRecord) -> bool:
     """Give the batch a grace period in which the reconciler leaves it to the
-    flow run being started for it."""
-    await run_in_threadpool(
-        state.store.update_batch,
-        batch.id,
-        lease_token=None,
-        lease_expires_at=launch_reserved_until(state.settings),
+    flow run being started for it. False, and nothing changed, when the
+    batch's lease moved since `batch` was read: a run claimed or renewed it
+    meanwhile (the reconciler waits on Prefect between its read and this
+    write), and wiping that run's token would stop a working run."""
+    return bool(
+        await run_in_threadpool(
+            state.store.update_batch_if_lease,
+            batch.id,
+            batch.lease_token,
+            batch.lease_expires_at,
+            lease_token=None,
+            lease_expires_at=launch_reserved_until(state.settings),
+        )
     )
 
 
@@ -62,9 +75,12 @@ async def start_run(state: GatewayState, batch: BatchRecord) -> None:
         await run_in_threadpool(update, batch.id, flow_run_id=flow_run_id)
 
 
-async def launch(state: GatewayState, batch: BatchRecord) -> None:
-    await reserve_launch(state, batch)
+async def launch(state: GatewayState, batch: BatchRecord) -> bool:
+    """Reserve the batch and start a run for it; False if a run took it first."""
+    if not await reserve_launch(state, batch):
+        return False
     await start_run(state, batch)
+    return True
 
 
 def launch_in_background(state: GatewayState, batch: BatchRecord) -> None:
@@ -105,9 +121,9 @@ async def reconcile_once(state: GatewayState, *, first_pass: bool = False) -> in
             and await state.flow_runs.is_queued(batch.flow_run_id)
         ):
             continue
-        log.info("batch %s has no live run; starting one", batch.id)
-        await launch(state, batch)
-        started += 1
+        if await launch(state, batch):
+            log.info("batch %s had no live run; started one", batch.id)
+            started += 1
     return started
 
 

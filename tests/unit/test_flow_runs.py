@@ -4,11 +4,14 @@ first calls, closed with the app; an unreachable server means "not ready"."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gateway.flow_runs import PrefectFlowRuns
+from gateway.flow_runs import PENDING_PATIENCE_SECONDS, PrefectFlowRuns, flow_run_is_queued
 from tasks.settings import load_settings
 
 UNREACHABLE = "http://127.0.0.1:9/api"  # the discard port: nothing answers
@@ -50,3 +53,35 @@ def test_an_unreachable_server_is_not_ready_and_nothing_is_queued(tmp_path: Path
 
     with temporary_settings({PREFECT_API_URL: UNREACHABLE}):
         assert asyncio.run(scenario()) == (False, False)
+
+
+class OneRun:
+    """A Prefect client that knows one flow run, in `state` since `age` seconds."""
+
+    def __init__(self, state: str, age: float) -> None:
+        since = datetime.now(UTC) - timedelta(seconds=age)
+        self.run = SimpleNamespace(state=SimpleNamespace(type=SimpleNamespace(value=state),
+                                                         timestamp=since))  # fmt: skip
+
+    async def read_flow_run(self, flow_run_id: Any) -> Any:
+        return self.run
+
+
+def queued(state: str, age: float) -> bool:
+    run_id = "00000000-0000-0000-0000-000000000001"
+    return asyncio.run(flow_run_is_queued(OneRun(state, age), run_id))  # type: ignore[arg-type]
+
+
+def test_a_taken_run_counts_as_starting_for_less_than_a_minute() -> None:
+    """A run waiting for a runner slot is never replaced; a run a runner took
+    (Pending, or Running but its batch not claimed yet) is trusted for 45 s,
+    so a batch whose host died holding it resumes within a minute
+    (docs/scale-out.md), and a run that just started after a long wait for a
+    slot gets no spare run; an ended run is not waited for."""
+    assert queued("SCHEDULED", age=3600)
+    for state in ("PENDING", "RUNNING"):
+        assert queued(state, age=PENDING_PATIENCE_SECONDS - 5)
+        assert not queued(state, age=PENDING_PATIENCE_SECONDS + 1)
+    assert PENDING_PATIENCE_SECONDS + 5 < 60  # + one reconciler pass
+    assert not queued("COMPLETED", age=1)
+    assert not queued("CRASHED", age=1)

@@ -54,7 +54,7 @@ def test_a_new_batch_is_stored_reserved_so_a_reconciler_pass_leaves_it(tmp_path:
 
     stored = state.store.get_batch(batch.id)
     assert stored is not None and stored.lease_token is None
-    assert (stored.lease_expires_at or 0) > time.time() + 60  # the launch grace
+    assert (stored.lease_expires_at or 0) > time.time() + 30  # the launch grace (45 s here)
     assert asyncio.run(reconcile_once(state)) == 1  # the earlier, unreserved batch only
     assert state.flow_runs.started == [earlier.id]
 
@@ -72,6 +72,35 @@ def test_first_pass_after_a_restart_starts_reserved_but_unclaimed_batches(
     assert asyncio.run(reconcile_once(state, first_pass=True)) == 1
     assert state.flow_runs.started == [reserved.id]
     assert leased.id not in state.flow_runs.started  # a live run's lease holds on every pass
+
+
+class ClaimedWhileAsked(CountingFlowRuns):
+    """Its run claims the batch while the reconciler asks Prefect about it."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.state = state
+
+    async def is_queued(self, flow_run_id: str) -> bool:
+        for batch in self.state.store.live_batches():
+            self.state.store.update_batch(
+                batch.id, lease_token="claimed", lease_expires_at=time.time() + 30
+            )
+        return False  # Running: no longer queued
+
+
+def test_a_run_that_claims_while_the_reconciler_looks_keeps_its_lease(tmp_path: Path) -> None:
+    """The reconciler reads a batch as unclaimed, waits on Prefect, then
+    reserves it for a new run; a claim in between must win (wiping the token
+    stopped the working run and sent its chunk's lines again)."""
+    state = gateway_state(tmp_path)
+    state.flow_runs = ClaimedWhileAsked(state)
+    batch = stored_batch(state, lease_expires_at=time.time() - 1, flow_run_id="run-1")
+
+    assert asyncio.run(reconcile_once(state)) == 0
+    assert state.flow_runs.started == []
+    kept = state.store.get_batch(batch.id)
+    assert kept is not None and kept.lease_token == "claimed"
 
 
 def test_lease_is_live_until_it_lapses() -> None:
