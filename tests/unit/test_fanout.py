@@ -15,7 +15,7 @@ import pytest
 
 from storage import control as control_store
 from storage.metadata import now
-from tasks.drive import Steps, drive_batch, help_batch
+from tasks.drive import Steps, drive_batch, help_batch, shared_chunk_size
 from tasks.ledger import BatchLedger, LeaseLost
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import LocalWorkerAPI
@@ -172,6 +172,14 @@ async def test_a_batch_fanned_out_to_three_runs_has_every_line_once(h: Harness) 
     assert set(by_run) == {"run-main", "helper-1", "helper-2"}, by_run
     assert sum(t.result() for t in helpers.tasks) == by_run["helper-1"] + by_run["helper-2"]
     assert h.stats()["routes"]["/v1/chat/completions"] == 120  # no line sent twice
+
+
+def test_a_fanned_out_batch_is_cut_into_chunks_as_many_times_smaller() -> None:
+    """So the last chunks, which leave the other runs idle, are short."""
+    assert shared_chunk_size(1000, 1) == 1000
+    assert shared_chunk_size(1000, 3) == 334
+    assert shared_chunk_size(1000, 100) == 50
+    assert shared_chunk_size(10, 3) == 10  # never below a small plan's own size
 
 
 async def test_a_cancel_reaches_the_helpers_and_every_line_is_in_one_file(h: Harness) -> None:
