@@ -202,7 +202,8 @@ class ScaleStack(GatewayAdmin):
         return "\n".join(said)
 
     def close(self) -> None:
-        stop_children([*self.workers.values(), *reversed(self.services)])
+        workers = list(self.workers.values())
+        stop_children([*workers, *reversed(self.services)], first=workers)
         self.workers.clear()
         self.services.clear()
         if self.keep_logs is not None:

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -45,8 +45,7 @@ PROGRESS_EVERY = 10.0
 LOG_TAIL_LINES = 30
 DEPLOYMENTS = ("process-batch/process-batch", "retention/retention")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Stopped before the others: see stop_children.
-STOP_FIRST = frozenset({"runner"})
+# The share of the stop timeout the first wave may use (see stop_children).
 FIRST_WAVE_SHARE = 0.6
 
 
@@ -277,19 +276,20 @@ def stop_child(child: Child, timeout: float = STOP_TIMEOUT) -> None:
     stop_children([child], timeout)
 
 
-def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
+def stop_children(
+    children: list[Child], timeout: float = STOP_TIMEOUT, *, first: Sequence[Child] = ()
+) -> None:
     """Stop all `children` within one `timeout` for all of them (one after the
     other, a loaded machine took 28 s for three children).
 
-    The runner goes first, while the gateway and the Prefect server still
-    answer: its flow runs report their end to both, and against a server
-    that is already gone Prefect's client retries for longer than the whole
-    timeout. The others then stop together."""
+    `first` (runners) go before the rest, while the gateway and the Prefect
+    server still answer: their flow runs report their end to both, and
+    against a server that is already gone Prefect's client retries for
+    longer than the whole timeout (a CI run: "runner did not stop within
+    10 s"). They may use most of the time, never all of it."""
     start = time.monotonic()
-    first = [c for c in children if c.name in STOP_FIRST]
-    rest = [c for c in children if c.name not in STOP_FIRST]
-    # The first wave may use most of the time, never all of it.
-    waves = ((first, start + timeout * FIRST_WAVE_SHARE), (rest, start + timeout))
+    rest = [c for c in children if c not in first]
+    waves = ((list(first), start + timeout * FIRST_WAVE_SHARE), (rest, start + timeout))
     for wave, deadline in waves:
         if wave:
             _stop_wave(wave, deadline)
@@ -627,7 +627,7 @@ def up(args: argparse.Namespace) -> int:
             signal.signal(sig, _ignore)
         if children:
             print("stopping ...", flush=True)
-        stop_children(list(reversed(children)))
+        stop_children(list(reversed(children)), first=[c for c in children if c.name == "runner"])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if children:

@@ -190,8 +190,8 @@ def test_the_runner_stops_while_the_prefect_server_still_answers(tmp_path: Path)
     """Ctrl-C right after a batch completed found its flow run still
     reporting to Prefect; with the server stopped at the same moment, the
     run's client retried past the stop timeout (a CI run said "runner did
-    not stop within 10 s"). The runner now stops first: here it takes 2 s
-    to stop and checks, as it does, that the server is still there."""
+    not stop within 10 s"). Runners now stop first: here one takes 2 s to
+    stop and checks, as it does, that the server is still there."""
     server_port = free_port()
     server = start_child(
         "prefect-server",
@@ -215,7 +215,7 @@ def test_the_runner_stops_while_the_prefect_server_still_answers(tmp_path: Path)
         runner = start_child("runner", [sys.executable, "-c", runner_script], os.environ, tmp_path)
         time.sleep(0.5)  # the runner's handler is in place
         started = time.monotonic()
-        stop_children([runner, server])
+        stop_children([runner, server], first=[runner])
         assert time.monotonic() - started < 8
     finally:
         stop_children([server])
