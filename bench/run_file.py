@@ -259,8 +259,8 @@ def rss_section(points: list[tuple[int, Run]], concurrency: int) -> Section:
         notes=[
             "The input is streamed (validated in 1 MiB blocks, executed a chunk at a time, two "
             "chunks of 1,000 lines in flight) and the output assembled from per-chunk parts on "
-            "disk; the validator's set of custom_ids is freed before the first request; what "
-            "grows with lines is the meter's latency array (8 bytes a line)."
+            "disk; the validator's set of custom_ids is freed before the first request; the "
+            "meter keeps latencies in fixed buckets, so nothing kept grows a line at a time."
         ],
     )
 
