@@ -25,6 +25,7 @@ from gateway.supervisor import (
     CrashLoop,
     RestartPolicy,
     Supervisor,
+    http_status,
     make_plan,
     prefect_server_env,
     runner_env,
@@ -211,7 +212,10 @@ def test_the_runner_stops_while_the_prefect_server_still_answers(tmp_path: Path)
         "while True: time.sleep(1)\n"
     )
     try:
-        wait_port(server_port)
+        deadline = time.monotonic() + 10
+        while http_status(f"http://127.0.0.1:{server_port}/") != 200:
+            assert time.monotonic() < deadline, "the fake server did not start"
+            time.sleep(0.05)
         runner = start_child("runner", [sys.executable, "-c", runner_script], os.environ, tmp_path)
         time.sleep(0.5)  # the runner's handler is in place
         started = time.monotonic()
@@ -222,17 +226,6 @@ def test_the_runner_stops_while_the_prefect_server_still_answers(tmp_path: Path)
     assert report.read_text() == "answered", (tmp_path / "runner.log").read_text()
     assert runner.popen.returncode == 0
     assert server.popen.returncode == -signal.SIGTERM
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"nothing listens on {port}"
-            time.sleep(0.05)
 
 
 def test_a_crash_loop_gives_up_naming_the_child_and_its_exit_code(tmp_path: Path) -> None:
