@@ -1,9 +1,9 @@
 """The upstream client: one request line -> one provider response, with retries.
 
-aiohttp directly: httpx's own pool collapses under many concurrent
-connections (DESIGN "Choices already checked"), and httpx's API on the
-aiohttp transport cost as much CPU per request as aiohttp itself (profiled:
-batchgate reached 0.35x the plain aiohttp loop at 0 ms latency with it). One
+The HTTP is tasks/http1.py, a lean keep-alive client on httptools: httpx's
+own pool collapses under many concurrent connections (DESIGN "Choices
+already checked"), and aiohttp, used before it, spent three times its CPU
+per request, which bounds the engine at 0 ms provider latency. One
 `UpstreamClient` per worker process shares one connection pool, and a
 limiter per provider keeps at most `max_concurrency` requests in flight to
 it. The slot is held for one attempt only, never across a backoff
@@ -41,17 +41,19 @@ import asyncio
 import email.utils
 import logging
 import random
+import string
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from storage.ids import new_http_request_id
 from storage.records import ProviderRecord
 from tasks.deadlines import Deadlines
+from tasks.http1 import InvalidRequestError, Pool
 from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
 from tasks.run_metrics import RunMetrics
 from tasks.usage import Usage, usage_of
@@ -216,7 +218,7 @@ class UpstreamClient:
         # they win over the `max_concurrency` of the records a run started with.
         self._ceilings: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: aiohttp.ClientSession | None = None
+        self._client: Pool | None = None
         self._deadlines: Deadlines | None = None
         # Counts for the gateway's /metrics, handed over with each chunk post.
         self.metrics = RunMetrics()
@@ -227,20 +229,15 @@ class UpstreamClient:
         windows = {name: lim.window.limit for name, lim in self._limiters.items()}
         return self.metrics.report(windows)
 
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> tuple[aiohttp.ClientSession, Deadlines]:
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> tuple[Pool, Deadlines]:
         """Pool and limiters for the running loop.
 
-        aiohttp sessions and limiters belong to one event loop; a caller that
-        runs each chunk under its own `asyncio.run` gets fresh ones instead of
-        a crash (the old pool died with its loop).
+        Connections and limiters belong to one event loop; a caller that runs
+        each chunk under its own `asyncio.run` gets fresh ones instead of a
+        crash (the old pool died with its loop).
         """
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, keepalive_timeout=30.0
-        )
-        # The deadline is ours (tasks/deadlines.py, around each attempt), not aiohttp's.
-        self._client = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False
-        )
+        # The deadline is ours (tasks/deadlines.py, around each attempt).
+        self._client = Pool(max_connections=self._max_connections)
         self._limiters = {}
         self._deadlines = Deadlines(loop)
         self._loop = loop
@@ -323,7 +320,7 @@ class UpstreamClient:
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         if custom_id is not None:
-            headers["X-Batchgate-Custom-Id"] = custom_id
+            headers["X-Batchgate-Custom-Id"] = header_safe(custom_id)
         limiter = self.limiter(provider)
         debug = log.isEnabledFor(logging.DEBUG)
 
@@ -343,7 +340,7 @@ class UpstreamClient:
             attempt += 1
             if not isinstance(body, bytes):
                 body = body()
-            # aiohttp copies the headers into each request, so one dict serves all attempts.
+            # Each request encodes the headers anew, so one dict serves all attempts.
             client_request_id = headers["X-Client-Request-Id"] = new_http_request_id()
             try:
                 outcome = await self._attempt(
@@ -385,7 +382,7 @@ class UpstreamClient:
 
     async def _attempt(
         self,
-        client: aiohttp.ClientSession,
+        client: Pool,
         deadlines: Deadlines,
         url: str,
         headers: dict[str, str],
@@ -398,23 +395,21 @@ class UpstreamClient:
         started = time.monotonic()
         try:
             with deadlines.within(self.timeout):
-                async with client.post(url, data=body, headers=headers) as response:
-                    content = await response.read()
-        except (aiohttp.InvalidURL, ValueError) as exc:
-            message = f"invalid provider URL {url!r}: {exc}"
+                response = await client.post(url, headers, body)
+        except InvalidRequestError as exc:
             return _Attempt(
                 UpstreamResult(
                     None,
                     None,
                     client_request_id,
                     "connection_error",
-                    message,
+                    f"cannot send to the provider: {exc}",
                     attempt,
                     _elapsed_ms(started),
                 ),
                 False,
             )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             code = _transport_error_code(exc)
             message = (
                 f"upstream request timed out after {self.timeout:g} s"
@@ -431,7 +426,7 @@ class UpstreamClient:
             )
 
         status = response.status
-        parsed = parse_body(content)
+        parsed = parse_body(response.body)
         error_code = None
         if parsed is None:
             parsed = NON_JSON_BODY
@@ -468,6 +463,19 @@ class UpstreamClient:
             if should_stop():
                 return True
         return False
+
+
+# What a custom_id may hold and still go out as a header value as it is.
+_HEADER_SAFE = frozenset(string.ascii_letters + string.digits + string.punctuation + " ")
+
+
+def header_safe(custom_id: str) -> str:
+    """The custom_id as the `X-Batchgate-Custom-Id` header value: as it is if
+    plain printable ASCII, else percent-encoded (a line break would end the
+    header block, and not every server reads UTF-8 headers)."""
+    if _HEADER_SAFE.issuperset(custom_id):
+        return custom_id
+    return quote(custom_id, safe=string.punctuation.replace("%", "") + " ")
 
 
 def _elapsed_ms(started: float) -> float:
