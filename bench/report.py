@@ -146,6 +146,7 @@ KEPT_SECTIONS = (
     ("<!-- rate-limits:start -->", "<!-- rate-limits:end -->"),
     ("<!-- results-table:start -->", "<!-- results-table:end -->"),
     ("<!-- run-file:start -->", "<!-- run-file:end -->"),  # bench/run_file.py
+    ("<!-- http-clients:start -->", "<!-- http-clients:end -->"),  # bench/http_clients.py
 )
 
 
@@ -163,3 +164,15 @@ def write_report(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else ""
     path.write_text(keep_sections(old, text))
+
+
+def write_block(path: Path, start: str, end: str, block: str) -> None:
+    """Put `block` (which begins with `start` and ends with `end`) in place of
+    the file's block between those markers, or at its end."""
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)

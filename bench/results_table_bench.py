@@ -27,6 +27,8 @@ from pathlib import Path
 
 import orjson
 
+from bench.report import write_block
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
@@ -184,13 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(section)
         if args.write:
-            old = DOCS.read_text()
-            if START in old and END in old:
-                head, rest = old.split(START, 1)
-                text = head + section + rest.split(END, 1)[1]
-            else:
-                text = old.rstrip() + "\n\n" + section + "\n"
-            DOCS.write_text(text)
+            write_block(DOCS, START, END, section)
     return 0
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.report import Run, Section, mb, ratio, render_section, seconds
+from bench.report import Run, Section, mb, ratio, render_section, seconds, write_block
 from bench.system import RssSampler
 from bench.workload import write_input
 from gateway.supervisor import http_status
@@ -303,13 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + block)
     output = args.output or (None if args.quick else DOCS)
     if output is not None:
-        old = output.read_text() if output.exists() else ""
-        if START in old and END in old:
-            head, rest = old.split(START, 1)
-            new = head + block + rest.split(END, 1)[1]
-        else:
-            new = old.rstrip() + "\n\n" + block + "\n"
-        output.write_text(new)
+        write_block(output, START, END, block)
         print(f"wrote {output}")
     return 0 if all(s.passed is not False for s in sections) else 1
 

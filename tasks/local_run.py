@@ -76,7 +76,7 @@ STOP_GRACE_SECONDS = 1.5
 # 10) a 20,000-line run at 0 ms latency made ~1,200 collections, 0.8-1.1 s
 # of CPU (~45 us a line, measured with gc.callbacks): each request leaves
 # a few dozen containers alive for a moment (parsed lines and answers,
-# aiohttp's per-request objects). Almost none are cycles, so refcounting
+# the HTTP client's per-request objects). Almost none are cycles, so refcounting
 # frees them; a collection every 100,000 allocations finds the rare cycle
 # and costs ~0.03 s a run.
 RUN_GC_THRESHOLDS = (100_000, 20, 20)
