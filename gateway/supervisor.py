@@ -31,6 +31,7 @@ import httpx
 import psutil
 from pydantic import ValidationError
 
+from flows.serve import SERVED_DEPLOYMENTS
 from gateway import prefect_server
 from gateway.auth import load_or_create_secret
 from tasks.settings import Settings, load_settings
@@ -43,7 +44,6 @@ LEFTOVER_TIMEOUT = 3.0
 POLL_INTERVAL = 0.25
 PROGRESS_EVERY = 10.0
 LOG_TAIL_LINES = 30
-DEPLOYMENTS = ("process-batch/process-batch", "retention/retention")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The share of the stop timeout the first wave may use (see stop_children).
 FIRST_WAVE_SHARE = 0.6
@@ -446,11 +446,11 @@ def http_status(url: str) -> int | None:
 
 
 def deployments_registered(plan: Plan) -> bool:
-    """Both deployments exist on the Prefect server (the runner registers them
-    one after the other, and /health only needs the first)."""
+    """Every served deployment exists on the Prefect server (the runner
+    registers them one after the other, and /health only needs the first)."""
     return all(
         http_status(f"{plan.prefect_api_url}/deployments/name/{name}") == 200
-        for name in DEPLOYMENTS
+        for name in SERVED_DEPLOYMENTS
     )
 
 
