@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
+from flows.serve import PROCESS_BATCH_DEPLOYMENT
 from storage.records import BatchRecord
 from tasks.settings import Settings
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchgate.gateway")
 
-DEPLOYMENT = "process-batch/process-batch"
+DEPLOYMENT = f"{PROCESS_BATCH_DEPLOYMENT}/{PROCESS_BATCH_DEPLOYMENT}"
 
 
 class FlowRunStarter(Protocol):
@@ -80,6 +81,7 @@ class PrefectFlowRuns:
             opened.cancel()
 
     async def start_batch(self, batch: BatchRecord) -> str | None:
+        client = await self._prefect()  # imports Prefect off the event loop first
         from prefect.deployments import run_deployment
 
         tags = [f"endpoint:{batch.endpoint}"]
@@ -87,7 +89,7 @@ class PrefectFlowRuns:
             tags.append(f"model:{batch.model}")
         flow_run = await run_deployment(
             name=DEPLOYMENT,
-            client=await self._prefect(),
+            client=client,
             parameters={"batch_id": batch.id},
             timeout=0,
             flow_run_name=batch.id,
@@ -127,7 +129,17 @@ def launch_key(batch: BatchRecord) -> str:
     return f"{batch.id}:after:{batch.flow_run_id or 'none'}"
 
 
+def _import_prefect() -> None:
+    """Prefect's client and deployment modules take a second or more to
+    import; in a thread, the gateway's event loop keeps answering meanwhile
+    (the first `batches.create` and the reconciler's first look used to hold
+    every request for that long)."""
+    import prefect.client.orchestration  # noqa: F401
+    import prefect.deployments  # noqa: F401
+
+
 async def _open_client() -> PrefectClient:
+    await asyncio.to_thread(_import_prefect)
     from prefect.client.orchestration import get_client
 
     client = get_client()
