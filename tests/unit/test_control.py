@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.metrics import GatewayMetrics
 from storage import control as control_store
 from storage.metadata import MetadataStore
 from tasks.budgets import budget_reached, cost_of, period_end, period_start, price_for, spend_of
@@ -223,6 +224,8 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
     # A mock answer to "hi N" costs 14 or 15 tokens: about 48 lines fit.
     budget = 700
     control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=budget))
+    metrics = GatewayMetrics(h.store.batch_status_counts)
+    h.ledger.on_chunk = metrics.add_chunk
     batch_id = h.add_batch([chat(i) for i in range(100)])
     batch = await h.run(batch_id)
     assert batch.status == "failed"
@@ -238,6 +241,15 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
     assert {e["error"]["code"] for e in errors} == {"budget_exceeded"}
     assert len(errors) == batch.failed
     assert not h.stats()["duplicates_ok"]
+    # /metrics counts the lines no request was sent for too: its lines
+    # counters match the batch's request counts.
+    lines = {
+        s.labels["outcome"]: s.value
+        for s in metrics.registry.collect()
+        for s in s.samples
+        if s.name == "batchgate_lines_total"
+    }
+    assert lines == {"completed": batch.completed, "failed": batch.failed}
 
 
 def test_a_cost_budget_counts_dollars_from_the_price_table(h: Harness) -> None:
