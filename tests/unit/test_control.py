@@ -27,7 +27,7 @@ from tasks.estimate import (
 )
 from tasks.limits import AdaptiveLimiter
 from tasks.run_control import RunControl
-from tasks.settings import PriceConfig
+from tasks.settings import PriceConfig, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tests.servers import ThreadedServer
@@ -77,6 +77,19 @@ def test_cost_counts_cached_input_at_its_own_price_and_finds_prefixed_models() -
     # no cached price: cached input costs the input price
     assert cost_of("plain", 1_000_000, 0, 500_000, PRICES) == pytest.approx(1.0)
     assert cost_of("unknown", 10**6, 10**6, 0, PRICES) == 0.0
+
+
+def test_prices_are_read_from_the_config_file_s_prices_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "batchgate.toml"
+    config.write_text(
+        '[[prices]]\nmodel = "gpt-4o-mini"\ninput_per_million = 0.15\n'
+        "output_per_million = 0.60\ncached_input_per_million = 0.075\n\n"
+        '[[prices]]\nmodel = "plain"\ninput_per_million = 1\noutput_per_million = 2\n'
+    )
+    monkeypatch.setenv("BATCHGATE_CONFIG", str(config))
+    assert load_settings(data_dir=tmp_path).prices == PRICES
 
 
 def test_spend_of_a_chunk_sums_models_and_a_budget_is_reached_at_equality() -> None:
