@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,52 @@ def test_estimate_uses_the_learned_ratio_else_the_default_and_prices_it() -> Non
     assert estimate["lines"] == 11
     expected = (2000 * 0.15 + 100 * 0.60) / 1e6 + plain["estimated_input_tokens"] * 1.0 / 1e6
     assert estimate["estimated_cost_usd"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_tiktoken_counts_only_with_its_encoding_on_disk_and_never_downloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tiktoken is optional: a stand-in module plays it. Its encoding of
+    gpt-4o-mini is on disk; that of "plain" would be fetched from the
+    internet (tiktoken.load.read_file), which the estimate refuses."""
+    import types
+
+    from storage.records import ProviderRecord
+    from tasks import estimate as estimate_module
+
+    fetched: list[str] = []
+    load = types.ModuleType("tiktoken.load")
+    load.read_file = fetched.append  # type: ignore[attr-defined]
+    fake = types.ModuleType("tiktoken")
+    fake.load = load  # type: ignore[attr-defined]
+
+    class Words:
+        def encode(self, text: str) -> list[str]:
+            return text.split()
+
+    def encoding_for_model(model: str) -> Words:
+        if model != "gpt-4o-mini":
+            load.read_file(f"https://example.invalid/{model}.tiktoken")  # type: ignore[attr-defined]
+        return Words()
+
+    fake.encoding_for_model = encoding_for_model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    monkeypatch.setitem(sys.modules, "tiktoken.load", load)
+    estimate_module._tiktoken_encoding.cache_clear()
+    try:
+        providers = [
+            ProviderRecord(name="openai", base_url="http://x", api_key="", is_default=True)
+        ]
+        tally = EstimateTally(providers)
+        for line in (chat(1), chat(2), chat(3, model="plain")):
+            tally.observe(line)
+        rows = {r["model"]: r for r in tally.result({}, PRICES)["models"]}
+    finally:
+        estimate_module._tiktoken_encoding.cache_clear()
+    assert fetched == []
+    mini, plain = rows["gpt-4o-mini"], rows["plain"]
+    assert (mini["token_source"], mini["estimated_input_tokens"]) == ("tiktoken", 4)  # "hi N" x2
+    assert plain["token_source"] == "default"
 
 
 def test_validation_shows_only_valid_lines_to_the_estimate() -> None:
