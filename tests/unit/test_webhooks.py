@@ -189,3 +189,48 @@ async def test_shutdown_cuts_a_hanging_delivery_short_and_keeps_it_for_the_next_
     finally:
         state.store.close()
         server.close()
+
+
+async def test_a_receiver_that_never_answers_holds_back_no_other_endpoint(
+    tmp_path: Path,
+) -> None:
+    """Endpoint A accepts the connection and never answers (60 s timeout);
+    an event for endpoint B that comes after still arrives at once."""
+    import asyncio
+
+    from gateway.app import build_state
+    from gateway.loops import webhooks as loop
+    from tasks.settings import Settings
+    from tests.webhook_receiver import Receiver
+
+    accepted = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    receiver = Receiver().start()
+    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
+    state = build_state(settings, flow_runs=object())  # type: ignore[arg-type]
+    store = state.store
+    store.create_webhook_endpoint(f"http://127.0.0.1:{port}/h", ["batch.failed"], None)
+    receiver.secret = store.create_webhook_endpoint(receiver.url, ["batch.expired"], None).secret
+    try:
+        async with loop.running(state):
+            store.transition_batch(
+                _batch(store, None), ["in_progress"], status="failed", failed_at=1
+            )
+            await asyncio.wait_for(accepted.wait(), 10)
+            expired = _batch(store, None)
+            store.transition_batch(expired, ["in_progress"], status="expired", expired_at=1)
+            began = time.monotonic()
+            while not receiver.for_batch(expired):
+                assert time.monotonic() - began < 5, "held back by the hanging receiver"
+                await asyncio.sleep(0.05)
+        assert receiver.bad_signatures == 0
+    finally:
+        receiver.stop()
+        store.close()
+        server.close()
