@@ -4,19 +4,26 @@ should hear it, with a secret nobody can read from the database file."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import standardwebhooks
 
+from gateway.app import build_state
+from gateway.loops import webhooks as webhook_loop
+from gateway.state import GatewayState
 from storage.ids import new_batch_id
 from storage.metadata import MetadataStore
 from storage.secrets import SecretKeys, new_key
+from tasks.settings import Settings
 from tasks.webhooks import event_payload, next_attempt, retry_delay, signed_headers
 from tests.records import batch_record
+from tests.webhook_receiver import Receiver
 
 
 @pytest.fixture
@@ -154,83 +161,77 @@ def test_retention_prunes_old_settled_deliveries_and_keeps_pending_ones(
     assert [d.batch_id for d in store.due_webhook_deliveries(time.time() + 1)] == [waiting]
 
 
+@contextlib.asynccontextmanager
+async def hanging_endpoint() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A receiver that takes the connection and never answers: its URL, and
+    an event set once a delivery reached it."""
+    accepted = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/h", accepted
+    finally:
+        server.close()
+
+
+def loop_state(tmp_path: Path) -> GatewayState:
+    """A gateway's state for the delivery loop alone: quick polls, a 60 s timeout."""
+    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
+    return build_state(settings, flow_runs=object())  # type: ignore[arg-type]
+
+
 async def test_shutdown_cuts_a_hanging_delivery_short_and_keeps_it_for_the_next_start(
     tmp_path: Path,
 ) -> None:
     """A receiver that never answers must not hold the gateway's shutdown,
     and the loop must not be cut inside a DuckDB call (the store closes next)."""
-    import asyncio
-
-    from gateway.app import build_state
-    from gateway.loops import webhooks as loop
-    from tasks.settings import Settings
-
-    accepted = asyncio.Event()
-
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set()
-        await asyncio.sleep(3600)
-
-    server = await asyncio.start_server(hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
-    state = build_state(settings, flow_runs=object())  # type: ignore[arg-type]
-    state.store.create_webhook_endpoint(f"http://127.0.0.1:{port}/h", ["batch.failed"], None)
-    state.store.transition_batch(
-        _batch(state.store, None), ["in_progress"], status="failed", failed_at=1
-    )
+    state = loop_state(tmp_path)
+    store = state.store
     try:
-        async with loop.running(state):
-            await asyncio.wait_for(accepted.wait(), 10)
-            began = time.monotonic()
-        assert time.monotonic() - began < 5  # not the 60 s delivery timeout
-        (pending,) = state.store.due_webhook_deliveries(time.time() + 1)
+        async with hanging_endpoint() as (url, accepted):
+            store.create_webhook_endpoint(url, ["batch.failed"], None)
+            store.transition_batch(
+                _batch(store, None), ["in_progress"], status="failed", failed_at=1
+            )
+            async with webhook_loop.running(state):
+                await asyncio.wait_for(accepted.wait(), 10)
+                began = time.monotonic()
+            assert time.monotonic() - began < 5  # not the 60 s delivery timeout
+        (pending,) = store.due_webhook_deliveries(time.time() + 1)
         assert pending.attempts == 0  # nothing recorded: sent again after a restart
     finally:
-        state.store.close()
-        server.close()
+        store.close()
 
 
 async def test_a_receiver_that_never_answers_holds_back_no_other_endpoint(
     tmp_path: Path,
 ) -> None:
-    """Endpoint A accepts the connection and never answers (60 s timeout);
-    an event for endpoint B that comes after still arrives at once."""
-    import asyncio
-
-    from gateway.app import build_state
-    from gateway.loops import webhooks as loop
-    from tasks.settings import Settings
-    from tests.webhook_receiver import Receiver
-
-    accepted = asyncio.Event()
-
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set()
-        await asyncio.sleep(3600)
-
-    server = await asyncio.start_server(hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    receiver = Receiver().start()
-    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
-    state = build_state(settings, flow_runs=object())  # type: ignore[arg-type]
+    """Endpoint A takes the connection and never answers (60 s timeout); an
+    event for endpoint B that comes after still arrives at once."""
+    state = loop_state(tmp_path)
     store = state.store
-    store.create_webhook_endpoint(f"http://127.0.0.1:{port}/h", ["batch.failed"], None)
-    receiver.secret = store.create_webhook_endpoint(receiver.url, ["batch.expired"], None).secret
+    receiver = Receiver().start()
     try:
-        async with loop.running(state):
-            store.transition_batch(
-                _batch(store, None), ["in_progress"], status="failed", failed_at=1
-            )
-            await asyncio.wait_for(accepted.wait(), 10)
-            expired = _batch(store, None)
-            store.transition_batch(expired, ["in_progress"], status="expired", expired_at=1)
-            began = time.monotonic()
-            while not receiver.for_batch(expired):
-                assert time.monotonic() - began < 5, "held back by the hanging receiver"
-                await asyncio.sleep(0.05)
+        async with hanging_endpoint() as (url, accepted):
+            store.create_webhook_endpoint(url, ["batch.failed"], None)
+            hook = store.create_webhook_endpoint(receiver.url, ["batch.expired"], None)
+            receiver.secret = hook.secret
+            async with webhook_loop.running(state):
+                store.transition_batch(
+                    _batch(store, None), ["in_progress"], status="failed", failed_at=1
+                )
+                await asyncio.wait_for(accepted.wait(), 10)
+                expired = _batch(store, None)
+                store.transition_batch(expired, ["in_progress"], status="expired", expired_at=1)
+                began = time.monotonic()
+                while not receiver.for_batch(expired):
+                    assert time.monotonic() - began < 5, "held back by the hanging receiver"
+                    await asyncio.sleep(0.05)
         assert receiver.bad_signatures == 0
     finally:
         receiver.stop()
         store.close()
-        server.close()
