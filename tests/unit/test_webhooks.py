@@ -59,11 +59,17 @@ def test_a_terminal_status_queues_one_event_per_matching_endpoint(store: Metadat
     assert {d.secret for d in due} == {mine.secret, everyone.secret}  # opened to sign
 
 
-def test_a_lost_compare_and_set_queues_nothing(store: MetadataStore) -> None:
+def test_a_lost_compare_and_set_queues_nothing_and_a_cancel_queues_its_event(
+    store: MetadataStore,
+) -> None:
     store.create_webhook_endpoint("http://127.0.0.1:1/all", ["batch.cancelled"], None)
     batch_id = _batch(store, "key_a", status="completed")
     assert not store.transition_batch(batch_id, ["cancelling"], status="cancelled")
     assert store.due_webhook_deliveries(time.time() + 1) == []
+    cancelled = _batch(store, "key_a", status="cancelling")
+    assert store.transition_batch(cancelled, ["cancelling"], status="cancelled", cancelled_at=1)
+    (due,) = store.due_webhook_deliveries(time.time() + 1)
+    assert (due.batch_id, due.type) == (cancelled, "batch.cancelled")
 
 
 def test_the_secret_is_sealed_at_rest_and_never_listed(tmp_path: Path) -> None:
