@@ -21,7 +21,7 @@ from storage.ids import new_batch_id
 from storage.metadata import MetadataStore
 from storage.secrets import SecretKeys, new_key
 from tasks.settings import Settings
-from tasks.webhooks import event_payload, next_attempt, retry_delay, signed_headers
+from tasks.webhooks import EVENT_TYPES, event_payload, next_attempt, retry_delay, signed_headers
 from tests.records import batch_record
 from tests.webhook_receiver import Receiver
 
@@ -126,18 +126,22 @@ def test_rotation_re_seals_webhook_secrets(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_signed_event_verifies_with_the_sdk_and_standard_webhooks() -> None:
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_a_signed_event_verifies_with_the_sdk_and_standard_webhooks(event_type: str) -> None:
     from storage.ids import new_webhook_secret
 
     secret = new_webhook_secret()
-    body = event_payload("evt_1", "batch.completed", 1700000000, "batch_1")
+    body = event_payload("evt_1", event_type, 1700000000, "batch_1")
     headers = signed_headers(secret, "evt_1", body, time.time())
     event = openai.OpenAI(api_key="unused", webhook_secret=secret).webhooks.unwrap(body, headers)
-    assert (event.type, event.id, event.data.id, event.object) == (
-        "batch.completed",
+    # The SDK parses each type into its own model (BatchFailedWebhookEvent, ...).
+    assert type(event).__name__ == "Batch" + event_type.split(".")[1].title() + "WebhookEvent"
+    assert (event.type, event.id, event.data.id, event.object, event.created_at) == (
+        event_type,
         "evt_1",
         "batch_1",
         "event",
+        1700000000,
     )
     assert standardwebhooks.Webhook(secret).verify(body, headers)["created_at"] == 1700000000
     with pytest.raises(openai.InvalidWebhookSignatureError):
