@@ -134,15 +134,18 @@ def test_metrics_during_and_after_a_batch_match_the_provider_s_counts(
         during: list[dict] = []
         # Scrapes taken while the batch's counts stood still (the same just
         # before and just after): the line counters must equal them exactly.
+        # The pause before the scrape lets the metrics hear a checkpoint that
+        # committed just before the first read (they hear it after its commit).
         steady: list[tuple[Any, dict]] = []
         deadline = time.monotonic() + 120
         while (first := client.batches.retrieve(batch_id)).status not in {"completed", "failed"}:
+            time.sleep(0.05)
             during.append(scrape(stack))
             second = client.batches.retrieve(batch_id)
             if second.status == "in_progress" and first.request_counts == second.request_counts:
                 steady.append((second.request_counts, during[-1]))
             assert time.monotonic() < deadline
-            time.sleep(0.2)
+            time.sleep(0.15)
         (batch,) = wait_all_terminal(client, [batch_id], 30)
     finally:
         stack.mock_config(latency_ms=0, rate_429=0)
