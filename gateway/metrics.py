@@ -4,7 +4,8 @@ Three sources meet here:
 - Flow runs count their upstream requests in plain ints (tasks/run_metrics.py)
   and post them with each chunk checkpoint; `add_chunk` adds a report when
   the ledger accepts the checkpoint, so each is counted once, wherever the
-  run executed. Lines completed / failed come from the same checkpoints.
+  run executed. Lines completed / failed come from the same checkpoints, and
+  from finalize for lines never sent (they add up to `request_counts`).
 - What the gateway knows itself: batches by status (asked of DuckDB at
   scrape time), webhook deliveries, and the latency of its own HTTP routes
   (`HttpMetricsMiddleware`).
@@ -62,7 +63,10 @@ class _RunCollector(Collector):
             tokens, window = dict(runs.tokens), dict(runs.window)
             lines = dict(m.lines)
         family = CounterMetricFamily(
-            "batchgate_lines", "Batch lines finished, by outcome.", labels=["outcome"]
+            "batchgate_lines",
+            "Batch lines finished, by outcome (failed: also the lines a cancel, expiry or "
+            "budget stop left unsent).",
+            labels=["outcome"],
         )
         for outcome, n in sorted(lines.items()):
             family.add_metric([outcome], n)

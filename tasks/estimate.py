@@ -21,6 +21,7 @@ How input tokens are counted, best first:
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,11 @@ def max_output_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+# Estimates run in the gateway's thread pool: one at a time swaps tiktoken's
+# downloader, so no thread restores another's stand-in as the original.
+_TIKTOKEN_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=64)
 def _tiktoken_encoding(model: str) -> Any:
     """An offline tiktoken encoding for `model`, or None. Never downloads:
@@ -74,19 +80,19 @@ def _tiktoken_encoding(model: str) -> Any:
         import tiktoken
         import tiktoken.load as tiktoken_load
 
-        original = tiktoken_load.read_file
-
         def offline(blobpath: str) -> bytes:  # refuse the download tiktoken would make
             raise OSError(f"not cached: {blobpath}")
 
-        tiktoken_load.read_file = offline
-        try:
+        with _TIKTOKEN_LOCK:
+            original = tiktoken_load.read_file
+            tiktoken_load.read_file = offline
             try:
-                return tiktoken.encoding_for_model(model.split("/")[-1])
-            except KeyError:
-                return tiktoken.get_encoding("o200k_base")
-        finally:
-            tiktoken_load.read_file = original
+                try:
+                    return tiktoken.encoding_for_model(model.split("/")[-1])
+                except KeyError:
+                    return tiktoken.get_encoding("o200k_base")
+            finally:
+                tiktoken_load.read_file = original
     except Exception:
         return None
 

@@ -154,6 +154,8 @@ class BatchLedger:
     ) -> None:
         """`on_chunk(completed, failed, metrics)` hears each accepted
         checkpoint once (the gateway's metrics); a repeated post is not heard.
+        Finalize tells it too, once, of the lines that never ran (as failed,
+        with no metrics), so its line counts add up to `request_counts`.
         `fanout_runs`: how many flow runs may work one batch (its own run and
         helpers, `BATCHGATE_FANOUT_RUNS`); the batch's run learns it at claim."""
         self.store = store
@@ -515,7 +517,7 @@ class BatchLedger:
         if not chunks:
             raise RuntimeError("no execution plan was recorded")
         out_id, err_id = derived_file_id(batch.id, "output"), derived_file_id(batch.id, "error")
-        completed = failed = 0
+        completed = failed = unrun = 0
         ranges: list[tuple[int, int, int, int, int]] = []
         meta_name = derived_blob_name(batch.id, "meta")
         with (
@@ -531,7 +533,7 @@ class BatchLedger:
                     completed += chunk.completed
                     failed += chunk.failed
                 else:
-                    failed += self._write_unrun(batch, chunk, outcome, err)
+                    unrun += self._write_unrun(batch, chunk, outcome, err)
                 self._copy_meta(batch, chunk, meta)
                 ranges.append((chunk.chunk_index, out_start, out.tell(), err_start, err.tell()))
         # Before the parts go: a live reader switches from parts to these ranges.
@@ -542,6 +544,7 @@ class BatchLedger:
             if batch.output_expires_after_seconds
             else None
         )
+        failed += unrun
         files = {"output": (out_id, completed), "error": (err_id, failed)}
         ids: dict[str, str | None] = {}
         for kind, (file_id, count) in files.items():
@@ -588,6 +591,10 @@ class BatchLedger:
                 self.store.update_file(file_id, deleted_at=at)
                 self.blobs.delete(file_id)
             self.blobs.delete(meta_name)
+        elif unrun and self.on_chunk is not None:
+            # Lines no request was sent for (cancel, expiry, budget) fail
+            # here, not in a checkpoint: heard once, with the transition.
+            self.on_chunk(0, unrun, None)
         crash_point("ledger:finalize_after_transition")
         self._remove_parts(batch.id)
 

@@ -11,13 +11,15 @@ and before the record sends again, with the same `webhook-id` (the event
 id) for the receiver to dedupe on.
 
 It runs on the gateway's event loop beside the API but never in a batch's
-path: a slow or dead receiver delays only its own deliveries.
+path. Each delivery is a task of its own that a pass starts and does not
+wait for, so a slow or dead receiver delays only its own deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,18 +37,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchgate.webhooks")
 
-# Due rows taken per pass; a full pass goes on at once instead of sleeping.
+# Deliveries in flight at most; due rows beyond it start as others end.
 BATCH = 64
 
 
 class Posts:
-    """The HTTP posts in flight, so shutdown can cut them short without
-    interrupting the loop's DuckDB calls: a DuckDB call runs in a thread that
-    cancelling its task does not stop, and the store closes right after."""
+    """The deliveries and HTTP posts in flight, so shutdown can cut the posts
+    short without interrupting the loop's DuckDB calls: a DuckDB call runs in
+    a thread that cancelling its task does not stop, and the store closes
+    right after."""
 
     def __init__(self) -> None:
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Future[httpx.Response]] = set()
+        # One task per outbox row on its way, by (event id, endpoint id): a
+        # pass starts the due rows not already here and does not wait for them.
+        self.deliveries: dict[tuple[str, str], asyncio.Task[str]] = {}
+        # Rows whose delivery ended while a pass was reading the outbox: that
+        # read may predate their record, so the pass leaves them to the next.
+        self.ended: set[tuple[str, str]] = set()
+        # Set when a delivery ends after a pass that left due rows behind (no room).
+        self.room = asyncio.Event()
 
     async def post(self, client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response:
         if self.stopping.is_set():  # a pass that began before the stop sends nothing more
@@ -121,10 +132,32 @@ async def deliver(
 
 
 async def deliver_due(state: GatewayState, client: httpx.AsyncClient, posts: Posts) -> int:
-    """Send every due delivery once (concurrently); how many were due."""
-    due = await run_in_threadpool(state.store.due_webhook_deliveries, time.time(), BATCH)
-    await asyncio.gather(*(deliver(state, client, item, posts) for item in due))
-    return len(due)
+    """Start a delivery for each due row not already on its way, at most
+    BATCH in flight; how many started. It does not wait for them: a receiver
+    that holds its answer until the timeout holds only its own deliveries."""
+    on_way = len(posts.deliveries)
+    if on_way >= BATCH:
+        return 0
+    posts.ended.clear()
+    due = await run_in_threadpool(state.store.due_webhook_deliveries, time.time(), BATCH + on_way)
+    busy = posts.deliveries.keys() | posts.ended
+    fresh = [d for d in due if (d.event_id, d.endpoint_id) not in busy]
+    left_behind = len(fresh) > BATCH - on_way
+    for item in fresh[: BATCH - on_way]:
+        key = (item.event_id, item.endpoint_id)
+        task = asyncio.create_task(deliver(state, client, item, posts))
+        posts.deliveries[key] = task
+        task.add_done_callback(functools.partial(_ended, posts, key, left_behind))
+    return min(len(fresh), BATCH - on_way)
+
+
+def _ended(posts: Posts, key: tuple[str, str], left_behind: bool, task: asyncio.Task) -> None:
+    posts.deliveries.pop(key, None)
+    posts.ended.add(key)
+    if left_behind:
+        posts.room.set()  # due rows wait for room: the next pass need not wait a poll
+    if not task.cancelled() and task.exception() is not None:
+        log.error("webhook delivery failed", exc_info=task.exception())
 
 
 @contextlib.asynccontextmanager
@@ -136,13 +169,22 @@ async def running(state: GatewayState) -> AsyncIterator[None]:
 
     async def loop(client: httpx.AsyncClient) -> None:
         while not posts.stopping.is_set():
+            posts.room.clear()
             try:
-                if await deliver_due(state, client, posts) >= BATCH:
-                    continue
+                await deliver_due(state, client, posts)
             except Exception:
                 log.exception("webhook delivery pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(posts.stopping.wait(), settings.webhook_poll_seconds)
+            stop, room = (
+                asyncio.ensure_future(posts.stopping.wait()),
+                asyncio.ensure_future(posts.room.wait()),
+            )
+            await asyncio.wait(
+                {stop, room},
+                timeout=settings.webhook_poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stop.cancel()
+            room.cancel()
 
     timeout = httpx.Timeout(settings.webhook_timeout_seconds)
     async with httpx.AsyncClient(
@@ -156,3 +198,4 @@ async def running(state: GatewayState) -> AsyncIterator[None]:
             # never cancel the loop inside a DuckDB call.
             posts.stop()
             await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*posts.deliveries.values(), return_exceptions=True)

@@ -19,6 +19,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mock_upstream import _reply as mock_reply
 from gateway.mock_upstream import count_tokens
@@ -225,6 +226,18 @@ def _flow_run_logs(stack: Stack, batch_id: str) -> list[str]:
     return [entry["message"] for entry in logs]
 
 
+def _lease_renewals(stack: Stack) -> float:
+    """Lease renewals the gateway has answered (its own HTTP metrics)."""
+    text = stack.admin("GET", "/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "batchgate_http_request_duration_seconds_count"
+        and sample.labels["route"] == "/internal/batches/{batch_id}/renew"
+    )
+
+
 def _wait(check: Any, what: str, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while not (found := check()):
@@ -257,8 +270,11 @@ def test_pause_resume_and_a_lowered_ceiling_act_on_a_running_batch(
         }
         time.sleep(0.5 + 0.5)  # one heartbeat, then the requests in flight finish
         sent = stack.mock_stats()["total"]
+        renewed = _lease_renewals(stack)
         time.sleep(5)
         assert stack.mock_stats()["total"] == sent, "a paused batch sent requests"
+        # The paused run goes on renewing its lease (a 0.5 s heartbeat).
+        assert _lease_renewals(stack) - renewed >= 5, "a paused run stopped its heartbeat"
         assert sent < count
         assert client.batches.retrieve(batch_id).status == "in_progress"
         progress = _wait(

@@ -132,11 +132,20 @@ def test_metrics_during_and_after_a_batch_match_the_provider_s_counts(
     try:
         batch_id = create_batch(client, upload(client, tmp_path, chat_lines("m", 300)))
         during: list[dict] = []
+        # Scrapes taken while the batch's counts stood still (the same just
+        # before and just after): the line counters must equal them exactly.
+        # The pause before the scrape lets the metrics hear a checkpoint that
+        # committed just before the first read (they hear it after its commit).
+        steady: list[tuple[Any, dict]] = []
         deadline = time.monotonic() + 120
-        while client.batches.retrieve(batch_id).status not in {"completed", "failed"}:
+        while (first := client.batches.retrieve(batch_id)).status not in {"completed", "failed"}:
+            time.sleep(0.05)
             during.append(scrape(stack))
+            second = client.batches.retrieve(batch_id)
+            if second.status == "in_progress" and first.request_counts == second.request_counts:
+                steady.append((second.request_counts, during[-1]))
             assert time.monotonic() < deadline
-            time.sleep(0.3)
+            time.sleep(0.15)
         (batch,) = wait_all_terminal(client, [batch_id], 30)
     finally:
         stack.mock_config(latency_ms=0, rate_429=0)
@@ -162,6 +171,13 @@ def test_metrics_during_and_after_a_batch_match_the_provider_s_counts(
     # During the run: the batch was live in the gauge, and counters only grew.
     live = [total(s, "batchgate_batches", status="in_progress") for s in during]
     assert max(live, default=0) >= 1, live
+    for counts_then, sample in steady:
+        for outcome in ("completed", "failed"):
+            grown = total(sample, "batchgate_lines_total", outcome=outcome) - total(
+                before, "batchgate_lines_total", outcome=outcome
+            )
+            assert grown == getattr(counts_then, outcome), (outcome, counts_then, grown)
+    assert any(0 < c.completed < 300 for c, _ in steady), [c for c, _ in steady]
     counts = [total(s, "batchgate_upstream_requests_total") for s in during]
     assert counts == sorted(counts) and counts[-1] <= total(
         after, "batchgate_upstream_requests_total"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.metrics import GatewayMetrics
 from storage import control as control_store
 from storage.metadata import MetadataStore
 from tasks.budgets import budget_reached, cost_of, period_end, period_start, price_for, spend_of
@@ -26,7 +28,7 @@ from tasks.estimate import (
 )
 from tasks.limits import AdaptiveLimiter
 from tasks.run_control import RunControl
-from tasks.settings import PriceConfig
+from tasks.settings import PriceConfig, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tests.servers import ThreadedServer
@@ -76,6 +78,19 @@ def test_cost_counts_cached_input_at_its_own_price_and_finds_prefixed_models() -
     # no cached price: cached input costs the input price
     assert cost_of("plain", 1_000_000, 0, 500_000, PRICES) == pytest.approx(1.0)
     assert cost_of("unknown", 10**6, 10**6, 0, PRICES) == 0.0
+
+
+def test_prices_are_read_from_the_config_file_s_prices_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "batchgate.toml"
+    config.write_text(
+        '[[prices]]\nmodel = "gpt-4o-mini"\ninput_per_million = 0.15\n'
+        "output_per_million = 0.60\ncached_input_per_million = 0.075\n\n"
+        '[[prices]]\nmodel = "plain"\ninput_per_million = 1\noutput_per_million = 2\n'
+    )
+    monkeypatch.setenv("BATCHGATE_CONFIG", str(config))
+    assert load_settings(data_dir=tmp_path).prices == PRICES
 
 
 def test_spend_of_a_chunk_sums_models_and_a_budget_is_reached_at_equality() -> None:
@@ -148,6 +163,52 @@ def test_estimate_uses_the_learned_ratio_else_the_default_and_prices_it() -> Non
     assert estimate["lines"] == 11
     expected = (2000 * 0.15 + 100 * 0.60) / 1e6 + plain["estimated_input_tokens"] * 1.0 / 1e6
     assert estimate["estimated_cost_usd"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_tiktoken_counts_only_with_its_encoding_on_disk_and_never_downloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tiktoken is optional: a stand-in module plays it. Its encoding of
+    gpt-4o-mini is on disk; that of "plain" would be fetched from the
+    internet (tiktoken.load.read_file), which the estimate refuses."""
+    import types
+
+    from storage.records import ProviderRecord
+    from tasks import estimate as estimate_module
+
+    fetched: list[str] = []
+    load = types.ModuleType("tiktoken.load")
+    load.read_file = fetched.append  # type: ignore[attr-defined]
+    fake = types.ModuleType("tiktoken")
+    fake.load = load  # type: ignore[attr-defined]
+
+    class Words:
+        def encode(self, text: str) -> list[str]:
+            return text.split()
+
+    def encoding_for_model(model: str) -> Words:
+        if model != "gpt-4o-mini":
+            load.read_file(f"https://example.invalid/{model}.tiktoken")  # type: ignore[attr-defined]
+        return Words()
+
+    fake.encoding_for_model = encoding_for_model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    monkeypatch.setitem(sys.modules, "tiktoken.load", load)
+    estimate_module._tiktoken_encoding.cache_clear()
+    try:
+        providers = [
+            ProviderRecord(name="openai", base_url="http://x", api_key="", is_default=True)
+        ]
+        tally = EstimateTally(providers)
+        for line in (chat(1), chat(2), chat(3, model="plain")):
+            tally.observe(line)
+        rows = {r["model"]: r for r in tally.result({}, PRICES)["models"]}
+    finally:
+        estimate_module._tiktoken_encoding.cache_clear()
+    assert fetched == []
+    mini, plain = rows["gpt-4o-mini"], rows["plain"]
+    assert (mini["token_source"], mini["estimated_input_tokens"]) == ("tiktoken", 4)  # "hi N" x2
+    assert plain["token_source"] == "default"
 
 
 def test_validation_shows_only_valid_lines_to_the_estimate() -> None:
@@ -223,6 +284,8 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
     # A mock answer to "hi N" costs 14 or 15 tokens: about 48 lines fit.
     budget = 700
     control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=budget))
+    metrics = GatewayMetrics(h.store.batch_status_counts)
+    h.ledger.on_chunk = metrics.add_chunk
     batch_id = h.add_batch([chat(i) for i in range(100)])
     batch = await h.run(batch_id)
     assert batch.status == "failed"
@@ -238,6 +301,15 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
     assert {e["error"]["code"] for e in errors} == {"budget_exceeded"}
     assert len(errors) == batch.failed
     assert not h.stats()["duplicates_ok"]
+    # /metrics counts the lines no request was sent for too: its lines
+    # counters match the batch's request counts.
+    lines = {
+        s.labels["outcome"]: s.value
+        for s in metrics.registry.collect()
+        for s in s.samples
+        if s.name == "batchgate_lines_total"
+    }
+    assert lines == {"completed": batch.completed, "failed": batch.failed}
 
 
 def test_a_cost_budget_counts_dollars_from_the_price_table(h: Harness) -> None:

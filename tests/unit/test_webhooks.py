@@ -4,19 +4,26 @@ should hear it, with a secret nobody can read from the database file."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import standardwebhooks
 
+from gateway.app import build_state
+from gateway.loops import webhooks as webhook_loop
+from gateway.state import GatewayState
 from storage.ids import new_batch_id
 from storage.metadata import MetadataStore
 from storage.secrets import SecretKeys, new_key
-from tasks.webhooks import event_payload, next_attempt, retry_delay, signed_headers
+from tasks.settings import Settings
+from tasks.webhooks import EVENT_TYPES, event_payload, next_attempt, retry_delay, signed_headers
 from tests.records import batch_record
+from tests.webhook_receiver import Receiver
 
 
 @pytest.fixture
@@ -52,11 +59,17 @@ def test_a_terminal_status_queues_one_event_per_matching_endpoint(store: Metadat
     assert {d.secret for d in due} == {mine.secret, everyone.secret}  # opened to sign
 
 
-def test_a_lost_compare_and_set_queues_nothing(store: MetadataStore) -> None:
+def test_a_lost_compare_and_set_queues_nothing_and_a_cancel_queues_its_event(
+    store: MetadataStore,
+) -> None:
     store.create_webhook_endpoint("http://127.0.0.1:1/all", ["batch.cancelled"], None)
     batch_id = _batch(store, "key_a", status="completed")
     assert not store.transition_batch(batch_id, ["cancelling"], status="cancelled")
     assert store.due_webhook_deliveries(time.time() + 1) == []
+    cancelled = _batch(store, "key_a", status="cancelling")
+    assert store.transition_batch(cancelled, ["cancelling"], status="cancelled", cancelled_at=1)
+    (due,) = store.due_webhook_deliveries(time.time() + 1)
+    assert (due.batch_id, due.type) == (cancelled, "batch.cancelled")
 
 
 def test_the_secret_is_sealed_at_rest_and_never_listed(tmp_path: Path) -> None:
@@ -113,18 +126,22 @@ def test_rotation_re_seals_webhook_secrets(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_signed_event_verifies_with_the_sdk_and_standard_webhooks() -> None:
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_a_signed_event_verifies_with_the_sdk_and_standard_webhooks(event_type: str) -> None:
     from storage.ids import new_webhook_secret
 
     secret = new_webhook_secret()
-    body = event_payload("evt_1", "batch.completed", 1700000000, "batch_1")
+    body = event_payload("evt_1", event_type, 1700000000, "batch_1")
     headers = signed_headers(secret, "evt_1", body, time.time())
     event = openai.OpenAI(api_key="unused", webhook_secret=secret).webhooks.unwrap(body, headers)
-    assert (event.type, event.id, event.data.id, event.object) == (
-        "batch.completed",
+    # The SDK parses each type into its own model (BatchFailedWebhookEvent, ...).
+    assert type(event).__name__ == "Batch" + event_type.split(".")[1].title() + "WebhookEvent"
+    assert (event.type, event.id, event.data.id, event.object, event.created_at) == (
+        event_type,
         "evt_1",
         "batch_1",
         "event",
+        1700000000,
     )
     assert standardwebhooks.Webhook(secret).verify(body, headers)["created_at"] == 1700000000
     with pytest.raises(openai.InvalidWebhookSignatureError):
@@ -154,17 +171,10 @@ def test_retention_prunes_old_settled_deliveries_and_keeps_pending_ones(
     assert [d.batch_id for d in store.due_webhook_deliveries(time.time() + 1)] == [waiting]
 
 
-async def test_shutdown_cuts_a_hanging_delivery_short_and_keeps_it_for_the_next_start(
-    tmp_path: Path,
-) -> None:
-    """A receiver that never answers must not hold the gateway's shutdown,
-    and the loop must not be cut inside a DuckDB call (the store closes next)."""
-    import asyncio
-
-    from gateway.app import build_state
-    from gateway.loops import webhooks as loop
-    from tasks.settings import Settings
-
+@contextlib.asynccontextmanager
+async def hanging_endpoint() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A receiver that takes the connection and never answers: its URL, and
+    an event set once a delivery reached it."""
     accepted = asyncio.Event()
 
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -172,20 +182,66 @@ async def test_shutdown_cuts_a_hanging_delivery_short_and_keeps_it_for_the_next_
         await asyncio.sleep(3600)
 
     server = await asyncio.start_server(hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
-    state = build_state(settings, flow_runs=object())  # type: ignore[arg-type]
-    state.store.create_webhook_endpoint(f"http://127.0.0.1:{port}/h", ["batch.failed"], None)
-    state.store.transition_batch(
-        _batch(state.store, None), ["in_progress"], status="failed", failed_at=1
-    )
     try:
-        async with loop.running(state):
-            await asyncio.wait_for(accepted.wait(), 10)
-            began = time.monotonic()
-        assert time.monotonic() - began < 5  # not the 60 s delivery timeout
-        (pending,) = state.store.due_webhook_deliveries(time.time() + 1)
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/h", accepted
+    finally:
+        server.close()
+
+
+def loop_state(tmp_path: Path) -> GatewayState:
+    """A gateway's state for the delivery loop alone: quick polls, a 60 s timeout."""
+    settings = Settings(data_dir=tmp_path, webhook_poll_seconds=0.05, webhook_timeout_seconds=60)
+    return build_state(settings, flow_runs=object())  # type: ignore[arg-type]
+
+
+async def test_shutdown_cuts_a_hanging_delivery_short_and_keeps_it_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A receiver that never answers must not hold the gateway's shutdown,
+    and the loop must not be cut inside a DuckDB call (the store closes next)."""
+    state = loop_state(tmp_path)
+    store = state.store
+    try:
+        async with hanging_endpoint() as (url, accepted):
+            store.create_webhook_endpoint(url, ["batch.failed"], None)
+            store.transition_batch(
+                _batch(store, None), ["in_progress"], status="failed", failed_at=1
+            )
+            async with webhook_loop.running(state):
+                await asyncio.wait_for(accepted.wait(), 10)
+                began = time.monotonic()
+            assert time.monotonic() - began < 5  # not the 60 s delivery timeout
+        (pending,) = store.due_webhook_deliveries(time.time() + 1)
         assert pending.attempts == 0  # nothing recorded: sent again after a restart
     finally:
-        state.store.close()
-        server.close()
+        store.close()
+
+
+async def test_a_receiver_that_never_answers_holds_back_no_other_endpoint(
+    tmp_path: Path,
+) -> None:
+    """Endpoint A takes the connection and never answers (60 s timeout); an
+    event for endpoint B that comes after still arrives at once."""
+    state = loop_state(tmp_path)
+    store = state.store
+    receiver = Receiver().start()
+    try:
+        async with hanging_endpoint() as (url, accepted):
+            store.create_webhook_endpoint(url, ["batch.failed"], None)
+            hook = store.create_webhook_endpoint(receiver.url, ["batch.expired"], None)
+            receiver.secret = hook.secret
+            async with webhook_loop.running(state):
+                store.transition_batch(
+                    _batch(store, None), ["in_progress"], status="failed", failed_at=1
+                )
+                await asyncio.wait_for(accepted.wait(), 10)
+                expired = _batch(store, None)
+                store.transition_batch(expired, ["in_progress"], status="expired", expired_at=1)
+                began = time.monotonic()
+                while not receiver.for_batch(expired):
+                    assert time.monotonic() - began < 5, "held back by the hanging receiver"
+                    await asyncio.sleep(0.05)
+        assert receiver.bad_signatures == 0
+    finally:
+        receiver.stop()
+        store.close()
