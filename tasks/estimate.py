@@ -5,12 +5,14 @@ streams through the very validator a batch uses (`tasks/validate.py`).
 
 How input tokens are counted, best first:
 
-1. learned: characters per token of this model, from the usage of finished
+1. tiktoken, if it is importable and its encodings are on disk already
+   (never downloaded; batchgate does not depend on it), plus the message
+   overhead of OpenAI's counting rule for chat (`MESSAGE_OVERHEAD` per
+   message, `REPLY_PRIMING` per request).
+2. learned: characters per token of this model, from the usage of finished
    chunks (the gateway adds up each chunk's input characters and input
    tokens per model, `storage/control.py`). It is the provider's own count,
-   message overheads included, so it beats a generic tokenizer.
-2. tiktoken, if it is importable and its encodings are on disk already
-   (never downloaded; batchgate does not depend on it).
+   message overheads included, and works for any model of any provider.
 3. the default of DEFAULT_CHARS_PER_TOKEN characters per token, the usual
    rule of thumb for English text on OpenAI's tokenizers.
 
@@ -33,6 +35,11 @@ from tasks.routing import RoutingError, resolve_route
 DEFAULT_CHARS_PER_TOKEN = 4.0
 TEXT_FIELDS = ("messages", "input", "prompt", "instructions")
 MAX_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# OpenAI's rule for counting a chat request's tokens (its cookbook, "How to
+# count tokens with tiktoken"): 3 per message plus about 1 for the role, and 3
+# to prime the reply.
+MESSAGE_OVERHEAD = 4
+REPLY_PRIMING = 3
 
 
 def _text_parts(value: Any, out: list[str]) -> None:
@@ -47,13 +54,28 @@ def _text_parts(value: Any, out: list[str]) -> None:
                 _text_parts(value[key], out)
 
 
-def input_chars(body: Mapping[str, Any]) -> int:
-    """Characters of the text a request body sends (token ids and images not counted)."""
+def text_parts(body: Mapping[str, Any]) -> list[str]:
+    """The texts a request body sends (token ids and images left out)."""
     parts: list[str] = []
     for name in TEXT_FIELDS:
         if name in body:
             _text_parts(body[name], parts)
-    return sum(len(p) for p in parts)
+    return parts
+
+
+def input_chars(body: Mapping[str, Any]) -> int:
+    """Characters of the text a request body sends."""
+    return sum(len(p) for p in text_parts(body))
+
+
+def tokenizer_count(encoding: Any, body: Mapping[str, Any]) -> int:
+    """Input tokens by a tokenizer: the texts, and for chat OpenAI's overhead
+    of each message (its role and separators) and of priming the reply."""
+    tokens = len(encoding.encode("\n".join(text_parts(body))))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        tokens += MESSAGE_OVERHEAD * len(messages) + REPLY_PRIMING
+    return tokens
 
 
 def max_output_tokens(body: Mapping[str, Any]) -> int | None:
@@ -133,7 +155,7 @@ class EstimateTally:
         group.chars += chars
         encoding = _tiktoken_encoding(model) if model else None
         if encoding is not None:
-            group.tiktoken_tokens += len(encoding.encode(_joined_text(body)))
+            group.tiktoken_tokens += tokenizer_count(encoding, body)
         limit = max_output_tokens(body)
         if limit is None:
             group.lines_without_max_output += 1
@@ -144,14 +166,6 @@ class EstimateTally:
         self, learned: Mapping[str, tuple[int, int, int]], prices: Iterable[Price]
     ) -> dict[str, Any]:
         return estimate_object(list(self.groups.values()), learned, list(prices))
-
-
-def _joined_text(body: Mapping[str, Any]) -> str:
-    parts: list[str] = []
-    for name in TEXT_FIELDS:
-        if name in body:
-            _text_parts(body[name], parts)
-    return "\n".join(parts)
 
 
 def chars_per_token(model: str | None, learned: Mapping[str, tuple[int, int, int]]) -> float | None:
@@ -168,10 +182,10 @@ def estimate_group(
     group: ModelTally, learned: Mapping[str, tuple[int, int, int]], prices: Sequence[Price]
 ) -> dict[str, Any]:
     ratio = chars_per_token(group.model, learned)
-    if ratio is not None:
-        tokens, source = round(group.chars / ratio), "learned"
-    elif group.tiktoken_tokens:
+    if group.tiktoken_tokens:
         tokens, source = group.tiktoken_tokens, "tiktoken"
+    elif ratio is not None:
+        tokens, source = round(group.chars / ratio), "learned"
     else:
         tokens, source = round(group.chars / DEFAULT_CHARS_PER_TOKEN), "default"
     max_out = group.max_output if group.lines_without_max_output == 0 else None

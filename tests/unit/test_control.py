@@ -203,12 +203,19 @@ def test_tiktoken_counts_only_with_its_encoding_on_disk_and_never_downloads(
         for line in (chat(1), chat(2), chat(3, model="plain")):
             tally.observe(line)
         rows = {r["model"]: r for r in tally.result({}, PRICES)["models"]}
+        # A tokenizer on disk wins over a ratio learned from finished batches.
+        learned = {"gpt-4o-mini": (1000, 100, 1), "plain": (1000, 100, 1)}
+        rows_learned = {r["model"]: r for r in tally.result(learned, PRICES)["models"]}
     finally:
         estimate_module._tiktoken_encoding.cache_clear()
     assert fetched == []
     mini, plain = rows["gpt-4o-mini"], rows["plain"]
-    assert (mini["token_source"], mini["estimated_input_tokens"]) == ("tiktoken", 4)  # "hi N" x2
+    # "hi N" x2 (2 words each), and OpenAI's overhead of one message and the reply
+    overhead = estimate_module.MESSAGE_OVERHEAD + estimate_module.REPLY_PRIMING
+    assert (mini["token_source"], mini["estimated_input_tokens"]) == ("tiktoken", 4 + 2 * overhead)
     assert plain["token_source"] == "default"
+    assert rows_learned["gpt-4o-mini"]["token_source"] == "tiktoken"
+    assert rows_learned["plain"]["token_source"] == "learned"
 
 
 def test_validation_shows_only_valid_lines_to_the_estimate() -> None:
