@@ -218,11 +218,13 @@ def test_no_successes_means_no_output_file(client: openai.OpenAI, tmp_path: Path
 def test_rate_limits_and_5xx_are_retried(
     stack: Stack, client: openai.OpenAI, tmp_path: Path
 ) -> None:
+    # Each 429's Retry-After (1 s) pauses the provider: the batch takes about a
+    # second per round of requests, so it is kept small.
     stack.mock_config(rate_429=0.2, failure_rate=0.1, retry_after=1)
-    batch = run_batch(client, upload(client, tmp_path, [chat_line(i) for i in range(300)]))
+    batch = run_batch(client, upload(client, tmp_path, [chat_line(i) for i in range(120)]))
     stats = stack.mock_stats()
     assert batch.status == "completed"
-    assert batch.request_counts.completed == 300 and batch.request_counts.failed == 0
+    assert batch.request_counts.completed == 120 and batch.request_counts.failed == 0
     assert stats["status_429"] > 0 and stats["status_5xx"] > 0
     assert stats["duplicates_ok"] == []
 
