@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     mock = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
-    from gateway.mock_upstream import add_arguments
+    from gateway.mock_config import add_arguments
 
     add_arguments(mock)
     mock.set_defaults(func=_cmd_mock_upstream)
