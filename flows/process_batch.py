@@ -34,6 +34,7 @@ from tasks.drive import (  # noqa: F401
     run_chunk,
     validate_input,
 )
+from tasks.ledger import LedgerError
 from tasks.results_report import LineProgress, summary_markdown, summary_rows
 from tasks.settings import load_settings
 from tasks.upstream import UpstreamClient
@@ -44,7 +45,19 @@ log = logging.getLogger("batchgate.worker")
 
 # -- the Prefect adapters ------------------------------------------------------
 
-_TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """A task's `retry_condition_fn`: not when the gateway refused the work
+    (the lease went to another run, the batch or its input is gone). Asking
+    again gets the same refusal, two retry delays later."""
+    return not isinstance(getattr(state, "data", None), LedgerError)
+
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+    "retry_condition_fn": worth_retrying,
+}
 
 validate_task = task(name="validate", **_TASK_OPTIONS)(validate_input)
 finalize_task = task(name="finalize", retries=2, retry_delay_seconds=2, **_TASK_OPTIONS)(
