@@ -26,6 +26,7 @@ cancelled half-way closes its connection, which is then in an unknown state.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 import zlib
@@ -41,6 +42,8 @@ USER_AGENT = "batchgate"
 # idle keep-alive connections (often after 5-75 s), and one dropped just as a
 # request goes out costs that request an attempt.
 KEEPALIVE_SECONDS = 15.0
+# How long a host's looked-up addresses are used before a new lookup.
+DNS_SECONDS = 60.0
 
 
 class HTTPClientError(OSError):
@@ -235,6 +238,11 @@ class _Connection(asyncio.Protocol):
         return self.response()
 
 
+async def _lookup(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(family, address) for family, _, _, _, address in infos]
+
+
 @dataclass
 class Pool:
     """Kept-alive connections to every origin this process sends to.
@@ -249,6 +257,9 @@ class Pool:
     tls: ssl.SSLContext | None = None
     _idle: dict[tuple[str, str, int], list[_Connection]] = field(init=False, default_factory=dict)
     _origins: dict[str, Origin] = field(init=False, default_factory=dict)
+    _dns: dict[tuple[str, int], tuple[float, asyncio.Future[Any]]] = field(
+        init=False, default_factory=dict
+    )
     _slots: asyncio.Semaphore | None = field(init=False, default=None)
     _closed: bool = field(init=False, default=False)
 
@@ -302,10 +313,33 @@ class Pool:
                 self.tls = ssl.create_default_context()
             options = {"ssl": self.tls, "server_hostname": origin.host}
         # Refused, unresolvable, a certificate not trusted: all OSErrors.
-        _, connection = await loop.create_connection(
-            _Connection, origin.host, origin.port, **options
-        )
-        return connection
+        failure: OSError | None = None
+        for family, address in await self._addresses(origin):
+            try:
+                _, connection = await loop.create_connection(
+                    _Connection, address[0], address[1], family=family, **options
+                )
+                return connection
+            except OSError as exc:  # that address does not answer: the next one may
+                failure = exc
+        raise failure or HTTPClientError(f"{origin.host} has no address")
+
+    async def _addresses(self, origin: Origin) -> list[tuple[int, tuple[Any, ...]]]:
+        """The origin's addresses, looked up once per `DNS_SECONDS` by one
+        lookup that concurrent connects share: the first burst of a batch
+        opens a connection per request in flight, and a lookup each would
+        queue them all on the loop's small thread pool."""
+        key = (origin.host, origin.port)
+        cached = self._dns.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return await asyncio.shield(cached[1])
+        lookup = asyncio.ensure_future(_lookup(origin.host, origin.port))
+        self._dns[key] = (time.monotonic() + DNS_SECONDS, lookup)
+        try:
+            return await asyncio.shield(lookup)
+        except OSError:
+            self._dns.pop(key, None)  # a failed lookup is tried again by the next connect
+            raise
 
     async def close(self) -> None:
         self._closed = True

@@ -247,3 +247,26 @@ async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
         await trusting.close()
     finally:
         tcp.close()
+
+
+async def test_a_host_is_looked_up_once_for_a_burst_of_new_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tasks import http1
+
+    lookups: list[str] = []
+    real = http1._lookup
+
+    async def counted(host: str, port: int) -> list[tuple[int, tuple[object, ...]]]:
+        lookups.append(host)
+        return await real(host, port)
+
+    monkeypatch.setattr(http1, "_lookup", counted)
+    server = Server(fixed(b"{}"))
+    pool = Pool()
+    async with server as url:
+        by_name = url.replace("127.0.0.1", "localhost")  # may list ::1 first: it is refused
+        answers = await asyncio.gather(*(pool.post(by_name, {}, b"{}") for _ in range(20)))
+    await pool.close()
+    assert [a.status for a in answers] == [200] * 20 and server.connections == 20
+    assert lookups == ["localhost"]
