@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from flows.process_batch import Steps, drive_batch, finalize_batch
+from storage import control as control_store
 from tasks import live_results
 from tasks.ledger import derived_blob_name, derived_file_id
 from tasks.results_report import LineProgress, summary_markdown, summary_rows
@@ -39,12 +40,6 @@ def chat(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
 @pytest.fixture
 def harness(tmp_path: Path, mock: ThreadedServer) -> Iterator[Harness]:  # noqa: F811
     yield Harness(tmp_path, mock.url, chunk_size=4, chunk_parallelism=3)
-
-
-def read_all(h: Harness, batch_id: str, after: int = 0) -> tuple[int, bytes]:
-    page = live_results.results_page(h.store, batch_id, after, live_results.KINDS)
-    data = b"".join(live_results.page_blocks(h.store, h.blobs, batch_id, page))
-    return page.cursor, data
 
 
 def test_cursor_follows_chunks_across_finalize(harness: Harness) -> None:
@@ -73,8 +68,8 @@ def test_cursor_follows_chunks_across_finalize(harness: Harness) -> None:
     assert len(page.rows) == 6 and held["parts"]  # every chunk readable from its parts
     assert not any(".c0" in n for n in h.blobs.names())  # parts are gone now
     streamed = b"".join(live_results.page_blocks(h.store, h.blobs, batch_id, page))
-    cursor, rest = read_all(h, batch_id, page.cursor)
-    assert rest == b"" and cursor == page.cursor
+    cursor, rest = h.read_live(batch_id, page.cursor)
+    assert rest == [] and cursor == page.cursor
     final = h.blobs.path(derived_file_id(batch_id, "output")).read_bytes()
     final += h.blobs.path(derived_file_id(batch_id, "error")).read_bytes()
     got = [ln for ln in streamed.split(b"\n") if ln]
@@ -226,3 +221,78 @@ def test_table_reads_a_provider_value_of_another_type_as_null(tmp_path: Path) ->
     table = pl.read_parquet(tmp_path / "t.parquet")
     assert table["embedding"].to_list() == [[0.5], None]
     assert table["input_tokens"].to_list() == [2, 3] and table["ok"].all()
+
+
+def test_live_results_of_a_batch_failed_after_it_ran(harness: Harness) -> None:
+    """`failed` after execution started (a budget stopped it): the lines
+    that ran and the lines it never sent, each once (cancelled and expired
+    are in tests/unit/test_pipeline.py)."""
+    h = harness
+    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=60))
+    batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(40)])))
+    assert batch.status == "failed" and batch.completed > 0 and batch.failed > 0
+    assert sorted(h.read_live(batch.id)[1]) == sorted(h.final_lines(batch))
+
+
+def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
+    """Text from chat, completions and responses bodies, the embedding from
+    embeddings, usage under either naming, error codes from batchgate or
+    the provider, in input (meta) order: one typed schema for all."""
+
+    def ok(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"custom_id": custom_id, "response": {"status_code": 200, "body": body}}
+
+    chat_usage = {
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 1},
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    }
+    message = {"role": "assistant", "content": "hi"}
+    responses_body = {
+        "status": "completed",
+        "output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "ab"}] * 2},
+        ],
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": 6,
+            "input_tokens_details": {"cached_tokens": 2},
+            "output_tokens_details": {"reasoning_tokens": 4},
+        },
+    }
+    output = [
+        ok("chat", {"choices": [{"message": message, "finish_reason": "stop"}], "usage": chat_usage}),
+        ok("comp", {"choices": [{"text": "yo", "finish_reason": "length"}]}),
+        ok("resp", responses_body),
+        ok("emb", {"data": [{"embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": 7}}),
+    ]
+    provider_error = {"error": {"message": "boom", "code": None}}
+    errors = [
+        {"custom_id": "e500", "response": {"status_code": 500, "body": provider_error}},
+        {"custom_id": "exp", "response": None, "error": {"code": "batch_expired", "message": "x"}},
+    ]
+    order = ["exp", "chat", "comp", "e500", "resp", "emb"]
+    meta = [{"custom_id": c, "model": "m", "latency_ms": 1.5, "attempts": 1} for c in order]
+    for name, rows in (("out", output), ("err", errors), ("meta", meta)):
+        (tmp_path / name).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    build_table(tmp_path / "meta", tmp_path / "out", tmp_path / "err", tmp_path / "t.parquet")
+    table = pl.read_parquet(tmp_path / "t.parquet")
+    assert table.schema == pl.Schema(TABLE_SCHEMA)
+    assert table["line"].to_list() == [1, 2, 3, 4, 5, 6]
+    rows = {r["custom_id"]: r for r in table.to_dicts()}
+    assert [rows[c]["text"] for c in order] == [None, "hi", "yo", None, "abab", None]
+    assert rows["emb"]["embedding"] == [0.1, 0.2] and rows["chat"]["embedding"] is None
+    assert [rows[c]["finish_reason"] for c in ("chat", "comp", "resp")] == [
+        "stop",
+        "length",
+        "completed",
+    ]
+    tokens = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+    assert [rows["chat"][t] for t in tokens] == [3, 2, 1, 1]
+    assert [rows["resp"][t] for t in tokens] == [5, 6, 2, 4]
+    assert rows["emb"]["input_tokens"] == 7
+    assert [rows[c]["ok"] for c in order] == [False, True, True, False, True, True]
+    assert (rows["e500"]["error_code"], rows["e500"]["error_message"]) == ("500", "boom")
+    assert (rows["exp"]["error_code"], rows["exp"]["status_code"]) == ("batch_expired", None)
