@@ -248,7 +248,7 @@ def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
         "prompt_tokens_details": {"cached_tokens": 1},
         "completion_tokens_details": {"reasoning_tokens": 1},
     }
-    message = {"role": "assistant", "content": "hi"}
+    choice = {"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
     responses_body = {
         "status": "completed",
         "output": [
@@ -263,7 +263,7 @@ def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
         },
     }
     output = [
-        ok("chat", {"choices": [{"message": message, "finish_reason": "stop"}], "usage": chat_usage}),
+        ok("chat", {"choices": [choice], "usage": chat_usage}),
         ok("comp", {"choices": [{"text": "yo", "finish_reason": "length"}]}),
         ok("resp", responses_body),
         ok("emb", {"data": [{"embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": 7}}),
