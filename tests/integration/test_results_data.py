@@ -109,11 +109,10 @@ def live_read(
     ]
     read: list[bytes] = []
     before_end = 0
-    cursor = None
+    cursor = ""  # as the README's loop starts
     deadline = time.monotonic() + 300
     while True:
-        params = {"after": cursor} if cursor else {}
-        response = results_page(client, batch.id, **params)
+        response = results_page(client, batch.id, after=cursor)
         assert response.status_code == 200, response.text
         page = lines_of(response.content)
         complete = response.headers["batchgate-results-complete"] == "true"

@@ -163,7 +163,10 @@ def test_summary_aggregates_per_model_and_provider() -> None:
     rows = summary_rows(summary)
     assert [r["group"] for r in rows].count("model") == 2
     report = summary_markdown({**summary, "batch_id": "batch_x", "status": "completed"})
-    assert "## Per model" in report and "| unknown_provider | 1 |" in report
+    # compact rows and the errors by model, so the report fits the Prefect UI's page
+    assert "| a | 3 (2 / 1) | 3 / 7 | 1 / 0 | 20 / 29 / 30 | 3 |" in report
+    assert "| (not sent) | 1 (0 / 1) | 0 / 0 | 0 / 0 | - | 0 |" in report
+    assert "| 500 | 1 | a: 1 |" in report and "| unknown_provider | 1 | b: 1 |" in report
     assert "/v1/batches/batch_x/results?format=parquet" in report
 
 
