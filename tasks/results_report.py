@@ -132,8 +132,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"retries {n('retries')})",
         f"- tokens: input {n('input_tokens')}, output {n('output_tokens')}, "
         f"cached {n('cached_tokens')}, reasoning {n('reasoning_tokens')}",
-        f"- wall time: {n('wall_time_seconds')} s, "
-        f"{summary.get('requests_per_second')} requests/s",
+        f"- wall time: {n('wall_time_seconds')} s, {summary.get('requests_per_second')} requests/s",
         "",
         "## Per model",
         "",
