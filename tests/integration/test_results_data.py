@@ -348,6 +348,10 @@ def test_admin_usage_by_key_and_model(stack: Stack, tmp_path: Path) -> None:
         f"{stack.url}/admin/usage?group_by=colour", headers=stack.admin_headers(), timeout=30
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+    bad_since = httpx.get(
+        f"{stack.url}/admin/usage?since=last-week", headers=stack.admin_headers(), timeout=30
+    )
+    assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     forbidden = httpx.get(
         f"{stack.url}/admin/usage", headers={"Authorization": f"Bearer {keys['usage-a']}"}
     )
