@@ -226,13 +226,16 @@ def test_table_reads_a_provider_value_of_another_type_as_null(tmp_path: Path) ->
     assert table["input_tokens"].to_list() == [2, 3] and table["ok"].all()
 
 
-def test_live_results_of_a_batch_failed_after_it_ran(harness: Harness) -> None:
+def test_live_results_of_a_batch_failed_after_it_ran(
+    tmp_path: Path,
+    mock: ThreadedServer,  # noqa: F811
+) -> None:
     """`failed` after execution started (a budget stopped it): the lines
     that ran and the lines it never sent, each once (cancelled and expired
     are in tests/unit/test_pipeline.py)."""
-    h = harness
+    h = Harness(tmp_path, mock.url, chunk_size=10, chunk_parallelism=2)
     control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=60))
-    batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(40)])))
+    batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(50)])))
     assert batch.status == "failed" and batch.completed > 0 and batch.failed > 0
     assert sorted(h.read_live(batch.id)[1]) == sorted(h.final_lines(batch))
 
