@@ -140,6 +140,10 @@ def test_live_results_equal_the_final_files_line_for_line(
     errors = lines_of(client.files.content(batch.error_file_id).content)
     read = live_read["read"]
     assert len(read) == len(set(read)) == 5000  # no line twice
+    # OpenAI's line format: the per-line latency and attempts live elsewhere
+    parsed = [orjson.loads(line) for line in output + errors]
+    assert {tuple(sorted(x)) for x in parsed} == {("custom_id", "error", "id", "response")}
+    assert {tuple(sorted(x["response"])) for x in parsed} == {("body", "request_id", "status_code")}
     assert collections.Counter(read) == collections.Counter(output + errors)
     # kind filters, and a cursor past the end gives nothing new
     only_errors = lines_of(results_page(client, batch.id, kind="error").content)
