@@ -169,6 +169,13 @@ class LineProgress:
     at_start: int = 0  # done before this run started (a resumed batch)
     started: float = field(default_factory=time.monotonic)
 
+    def begin(self, total: int, done: int) -> None:
+        """Execution starts: the rate counts from here, not from the flow
+        run's start (claim and validation would make it read low and the
+        ETA long), and lines done before (a resumed batch) are not in it."""
+        self.total, self.done, self.at_start = total, done, done
+        self.started = time.monotonic()
+
     def rate(self, now: float | None = None) -> float | None:
         elapsed = (time.monotonic() if now is None else now) - self.started
         ran = self.done - self.at_start

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from flows.process_batch import Steps, drive_batch, finalize_batch
 from storage import control as control_store
 from tasks import live_results
+from tasks.drive import _progress_of
 from tasks.ledger import derived_blob_name, derived_file_id
 from tasks.results_report import LineProgress, summary_markdown, summary_rows
 from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
@@ -192,6 +194,28 @@ def test_progress_line() -> None:
     assert progress.describe(now=10.0) == "100 / 1000 lines"
     progress.done = 500
     assert progress.describe(now=10.0) == "500 / 1000 lines, 40.0 requests/s, ETA 12 s"
+
+
+def test_progress_rate_counts_from_the_start_of_execution() -> None:
+    """The line counts are made when the flow run starts; the rate and ETA
+    count from when its chunks start, after claim and validation."""
+
+    made = time.monotonic() - 30  # the flow run began 30 s ago
+
+    async def begin() -> LineProgress:
+        steps = Steps(lines=LineProgress(started=made))
+        chunks = [{"line_count": 10, "done": True}, {"line_count": 30, "done": False}]
+        progress, lines = _progress_of(steps, chunks)
+        await progress.close()
+        assert lines is not None
+        return lines
+
+    lines = asyncio.run(begin())
+    assert (lines.total, lines.done, lines.at_start) == (40, 10, 10)
+    assert lines.started >= made + 30
+    lines.done = 25
+    described = lines.describe(now=lines.started + 5.0)
+    assert described == "25 / 40 lines, 3.0 requests/s, ETA 5 s"
 
 
 def test_retention_drops_derived_results_with_the_result_files(harness: Harness) -> None:
