@@ -262,6 +262,20 @@ def test_live_results_of_a_batch_failed_after_it_ran(
     batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(50)])))
     assert batch.status == "failed" and batch.completed > 0 and batch.failed > 0
     assert sorted(h.read_live(batch.id)[1]) == sorted(h.final_lines(batch))
+    # its table: every input line in order, the unsent ones with 0 attempts
+    parquet = tmp_path / "t.parquet"
+    build_table(
+        h.blobs.path(derived_blob_name(batch.id, "meta")),
+        h.blobs.path(derived_file_id(batch.id, "output")),
+        h.blobs.path(derived_file_id(batch.id, "error")),
+        parquet,
+    )
+    table = pl.read_parquet(parquet)
+    assert table["custom_id"].to_list() == [f"r-{i}" for i in range(50)]
+    unsent = table.filter(~pl.col("ok"))
+    assert unsent.height == batch.failed and set(unsent["error_code"]) == {"budget_exceeded"}
+    assert set(unsent["attempts"]) == {0} and unsent["provider"].null_count() == batch.failed
+    assert summarize(table)["ran"] == batch.completed
 
 
 def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
