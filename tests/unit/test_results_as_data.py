@@ -17,6 +17,8 @@ import pytest
 
 from flows.process_batch import Steps, drive_batch, finalize_batch
 from storage import control as control_store
+from storage.metadata import now
+from storage.records import BatchRecord
 from tasks import live_results
 from tasks.drive import _progress_of
 from tasks.ledger import derived_blob_name, derived_file_id
@@ -25,6 +27,7 @@ from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
 from tasks.retention import delete_file, sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
 from tasks.upstream import UpstreamClient
+from tests.live import asgi_client, inprocess_app
 from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness
 from tests.unit.test_pipeline import mock as mock  # noqa: F401  (the module fixture)
@@ -340,3 +343,35 @@ def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
     assert [rows[c]["ok"] for c in order] == [False, True, True, False, True, True]
     assert (rows["e500"]["error_code"], rows["e500"]["error_message"]) == ("500", "boom")
     assert (rows["exp"]["error_code"], rows["exp"]["status_code"]) == ("batch_expired", None)
+
+
+async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -> None:
+    """Once an ended batch's output file was deleted (or expired), its lines,
+    table and summary are gone too: a 404 envelope, not an empty answer or a
+    table that shows every line as never answered."""
+    app = inprocess_app(tmp_path / "d")
+    state = app.state.gateway
+    key = state.store.create_api_key("test")
+    state.store.insert_batch(
+        BatchRecord(
+            id="batch_gone",
+            api_key_id=key[0].id,
+            endpoint="/v1/chat/completions",
+            input_file_id="file-in",
+            completion_window="24h",
+            status="completed",
+            created_at=now(),
+            completed_at=now(),
+            output_file_id="file-deleted-output",
+        )
+    )
+    async with asgi_client(app, key[1]) as client:
+        for path, params in [
+            ("/v1/batches/batch_gone/results", {}),
+            ("/v1/batches/batch_gone/results", {"format": "parquet"}),
+            ("/v1/batches/batch_gone/summary", {}),
+        ]:
+            response = await client.get(path, params=params)
+            assert response.status_code == 404, (path, params, response.text)
+            assert response.json()["error"]["code"] == "results_unavailable"
+    state.store.close()
