@@ -126,7 +126,8 @@ def _retry_input(state: GatewayState, key: ApiKeyRecord, parent: BatchRecord, co
     no_failures = APIError(
         409, f"Batch {parent.id} has no failed lines to retry.", code="no_failed_lines"
     )
-    if not parent.error_file_id or not state.blobs.exists(parent.error_file_id):
+    require_result_files(state.blobs, parent)
+    if not parent.error_file_id:
         raise no_failures
     wanted = failed_custom_ids(state.blobs.iter_bytes(parent.error_file_id), codes)
     if not wanted:

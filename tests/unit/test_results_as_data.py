@@ -363,6 +363,7 @@ async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -
             created_at=now(),
             completed_at=now(),
             output_file_id="file-deleted-output",
+            error_file_id="file-deleted-errors",
         )
     )
     async with asgi_client(app, key[1]) as client:
@@ -370,8 +371,10 @@ async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -
             ("/v1/batches/batch_gone/results", {}),
             ("/v1/batches/batch_gone/results", {"format": "parquet"}),
             ("/v1/batches/batch_gone/summary", {}),
+            ("/v1/batches/batch_gone/retry", {}),
         ]:
-            response = await client.get(path, params=params)
+            method = "POST" if path.endswith("/retry") else "GET"
+            response = await client.request(method, path, params=params)
             assert response.status_code == 404, (path, params, response.text)
             assert response.json()["error"]["code"] == "results_unavailable"
     state.store.close()
