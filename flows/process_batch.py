@@ -34,7 +34,7 @@ from tasks.drive import (  # noqa: F401
     run_chunk,
     validate_input,
 )
-from tasks.results_report import LineProgress, summary_markdown, summary_rows
+from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.settings import load_settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI, WorkerAPI
@@ -175,7 +175,7 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
         await acreate_table_artifact(
             table=summary_rows(found) or [{"group": "-", "name": "no lines"}],
             key=artifact_key(batch_id, "analytics"),
-            description=f"Per model and per provider: {batch_id}",
+            description=f"Per model and per provider. {summary_headline(found)}",
         )
         await acreate_markdown_artifact(
             markdown=summary_markdown(found),

@@ -117,22 +117,36 @@ def _error_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _counts(summary: dict[str, Any]) -> dict[str, str]:
+    """The summary's batch-wide counts as the report shows them."""
+    names = (*USAGE_COUNTS, "retries", "wall_time_seconds")
+    return {name: _figure(summary.get(name)) for name in names}
+
+
+def summary_headline(summary: dict[str, Any]) -> str:
+    """The batch's own figures in one line, for the table artifact's
+    description: its rows are per model and per provider."""
+    n = _counts(summary)
+    return (
+        f"{summary.get('batch_id', '')} {summary.get('status')}: {n['lines']} lines "
+        f"({n['succeeded']} ok, {n['failed']} failed) in {n['wall_time_seconds']} s, "
+        f"{summary.get('requests_per_second')} requests/s"
+    )
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The report: totals, the per-model and per-provider table, the error
     breakdown, and how to download the results."""
     batch_id = summary.get("batch_id", "")
-
-    def n(name: str) -> str:
-        return _figure(summary.get(name))
-
+    n = _counts(summary)
     lines = [
         f"# Batch {batch_id}: {summary.get('status')}",
         "",
-        f"- lines: {n('lines')} (succeeded {n('succeeded')}, failed {n('failed')}, "
-        f"retries {n('retries')})",
-        f"- tokens: input {n('input_tokens')}, output {n('output_tokens')}, "
-        f"cached {n('cached_tokens')}, reasoning {n('reasoning_tokens')}",
-        f"- wall time: {n('wall_time_seconds')} s, {summary.get('requests_per_second')} requests/s",
+        f"- lines: {n['lines']} (succeeded {n['succeeded']}, failed {n['failed']}, "
+        f"retries {n['retries']})",
+        f"- tokens: input {n['input_tokens']}, output {n['output_tokens']}, "
+        f"cached {n['cached_tokens']}, reasoning {n['reasoning_tokens']}",
+        f"- wall time: {n['wall_time_seconds']} s, {summary.get('requests_per_second')} requests/s",
         "",
         "## Per model",
         "",

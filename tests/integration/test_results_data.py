@@ -23,7 +23,7 @@ import pytest
 
 from flows.process_batch import artifact_key
 from tasks.ledger import derived_blob_name
-from tasks.results_report import summary_rows
+from tasks.results_report import summary_headline, summary_rows
 from tasks.results_table import TABLE_SCHEMA
 from tests.integration.test_batches_e2e import _artifacts, chat_line, run_batch, upload
 from tests.stack import PrefectServer, Stack
@@ -227,9 +227,10 @@ def test_summary_per_model_and_provider(
         time.sleep(0.5)
     assert "| unknown_provider | 100 |" in report[0]["data"]
     assert f"/v1/batches/{batch.id}/results?format=parquet" in report[0]["data"]
-    table = _artifacts(stack, artifact_key(batch.id, "analytics"))[0]["data"]
-    rows = orjson.loads(table) if isinstance(table, str) else table
+    analytics = _artifacts(stack, artifact_key(batch.id, "analytics"))[0]
+    rows = orjson.loads(analytics["data"])
     assert rows == summary_rows(summary)  # the artifact holds what the API answers
+    assert analytics["description"].endswith(summary_headline(summary))  # rate, wall time
     # the progress artifact counts lines, with the rate and an ETA
     progress = _artifacts(stack, artifact_key(batch.id, "progress"))[0]
     assert re.search(r" 5000 / 5000 lines, [0-9.]+ requests/s, ETA \d+ s", progress["description"])

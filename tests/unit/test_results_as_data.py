@@ -22,7 +22,7 @@ from storage.records import BatchRecord
 from tasks import live_results
 from tasks.drive import _progress_of
 from tasks.ledger import derived_blob_name, derived_file_id
-from tasks.results_report import LineProgress, summary_markdown, summary_rows
+from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
 from tasks.retention import delete_file, sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
@@ -167,7 +167,11 @@ def test_summary_aggregates_per_model_and_provider() -> None:
     ]
     rows = summary_rows(summary)
     assert [r["group"] for r in rows].count("model") == 2
-    report = summary_markdown({**summary, "batch_id": "batch_x", "status": "completed"})
+    figures = {"batch_id": "batch_x", "status": "completed", "wall_time_seconds": 2}
+    report = summary_markdown({**summary, **figures, "requests_per_second": 1.5})
+    assert summary_headline({**summary, **figures, "requests_per_second": 1.5}) == (
+        "batch_x completed: 4 lines (2 ok, 2 failed) in 2 s, 1.5 requests/s"
+    )
     # compact rows and the errors by model, so the report fits the Prefect UI's page
     assert "| a | 3 (2 / 1) | 3 / 7 | 1 / 0 | 20 / 29 / 30 | 3 |" in report
     assert "| (not sent) | 1 (0 / 1) | 0 / 0 | 0 / 0 | - | 0 |" in report
