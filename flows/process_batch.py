@@ -173,7 +173,7 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
         if not found:
             return
         await acreate_table_artifact(
-            table=summary_rows(found) or [{"group": "-", "name": "no lines"}],
+            table=summary_rows(found) or [{"group": "batch", "name": "no lines"}],
             key=artifact_key(batch_id, "analytics"),
             description=f"Per model and per provider. {summary_headline(found)}",
         )

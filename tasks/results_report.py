@@ -19,8 +19,14 @@ GROUP_COLUMNS = (
 )
 
 
+# A group with no name: a line without a model, or never sent to a provider.
+# Words, not "-": the Prefect UI renders table cells as markdown, where a
+# lone "-" is a list bullet.
+UNNAMED = {"model": "(none)", "provider": "(not sent)"}
+
+
 def _errors_text(errors: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{e['code']}: {e['count']}" for e in errors) or "-"
+    return ", ".join(f"{e['code']}: {e['count']}" for e in errors) or "none"
 
 
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -31,7 +37,7 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "group": group,
-                    "name": item.get(group) or "-",
+                    "name": item.get(group) or UNNAMED[group],
                     **{c: item.get(c) for c in GROUP_COLUMNS},
                     "top_errors": _errors_text(item.get("top_errors") or []),
                 }
@@ -76,7 +82,6 @@ REPORT_COLUMNS = (
     "latency ms p50 / p95 / max",
     "retries",
 )
-UNNAMED = {"model": "-", "provider": "(not sent)"}
 
 
 def _report_rows(summary: dict[str, Any], group: str) -> list[dict[str, Any]]:

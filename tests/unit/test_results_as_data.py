@@ -167,6 +167,11 @@ def test_summary_aggregates_per_model_and_provider() -> None:
     ]
     rows = summary_rows(summary)
     assert [r["group"] for r in rows].count("model") == 2
+    # no lone "-" in a cell: the Prefect UI renders it as a list bullet
+    providers = {r["name"]: r for r in rows if r["group"] == "provider"}
+    assert set(providers) == {"p", "q", "(not sent)"}
+    assert providers["(not sent)"]["top_errors"] == "unknown_provider: 1"
+    assert next(r for r in rows if r["name"] == "p")["top_errors"] == "none"
     figures = {"batch_id": "batch_x", "status": "completed", "wall_time_seconds": 2}
     report = summary_markdown({**summary, **figures, "requests_per_second": 1.5})
     assert summary_headline({**summary, **figures, "requests_per_second": 1.5}) == (
