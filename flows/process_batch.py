@@ -35,7 +35,7 @@ from tasks.drive import (  # noqa: F401
     validate_input,
 )
 from tasks.ledger import LedgerError
-from tasks.results_report import LineProgress, summary_markdown, summary_rows
+from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.settings import load_settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI, WorkerAPI
@@ -186,9 +186,9 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
         if not found:
             return
         await acreate_table_artifact(
-            table=summary_rows(found) or [{"group": "-", "name": "no lines"}],
+            table=summary_rows(found) or [{"group": "batch", "name": "no lines"}],
             key=artifact_key(batch_id, "analytics"),
-            description=f"Per model and per provider: {batch_id}",
+            description=f"Per model and per provider. {summary_headline(found)}",
         )
         await acreate_markdown_artifact(
             markdown=summary_markdown(found),

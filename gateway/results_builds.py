@@ -32,6 +32,20 @@ def is_built(blobs: BlobStore, batch_id: str) -> bool:
     return all(blobs.exists(derived_blob_name(batch_id, kind)) for kind in BUILT)
 
 
+def require_result_files(blobs: BlobStore, batch: BatchRecord) -> None:
+    """An ended batch's results come from its output and error files; once
+    one was deleted (by its owner, or on expiry) they are gone, and a table
+    built now would show its lines as never answered."""
+    gone = [f for f in (batch.output_file_id, batch.error_file_id) if f and not blobs.exists(f)]
+    if gone:
+        raise APIError(
+            404,
+            f"The results of {batch.id} are no longer available: {', '.join(gone)} was "
+            "deleted or has expired.",
+            code="results_unavailable",
+        )
+
+
 def build_command(blobs: BlobStore, batch_id: str) -> list[str]:
     """The child process that writes the table, its CSV and the summary."""
     return [
@@ -58,6 +72,7 @@ async def ensure_built(blobs: BlobStore, batch: BatchRecord) -> None:
         async with lock:
             if is_built(blobs, batch.id):
                 return
+            require_result_files(blobs, batch)
             process = await asyncio.create_subprocess_exec(
                 *build_command(blobs, batch.id),
                 stdout=asyncio.subprocess.DEVNULL,

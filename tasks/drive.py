@@ -349,8 +349,10 @@ def _progress_of(
     progress = ProgressReporter(steps.progress, len(chunks))
     lines = steps.lines
     if lines is not None:
-        lines.total = sum(c["line_count"] for c in chunks)
-        lines.done = lines.at_start = sum(c["line_count"] for c in chunks if c["done"])
+        lines.begin(
+            total=sum(c["line_count"] for c in chunks),
+            done=sum(c["line_count"] for c in chunks if c["done"]),
+        )
     progress.set(sum(1 for c in chunks if c["done"]))
     return progress, lines
 

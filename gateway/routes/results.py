@@ -16,7 +16,7 @@ from starlette.routing import Route
 from gateway.auth import require_admin, require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background
-from gateway.results_builds import ensure_built, read_summary
+from gateway.results_builds import ensure_built, read_summary, require_result_files
 from gateway.routes.batches import _record_batch
 from gateway.state import GatewayState, gateway_state
 from storage import ids
@@ -92,6 +92,8 @@ async def _live(request: Request, batch: BatchRecord) -> Response:
     # The status is read first: once a batch has ended every chunk is stamped,
     # so an answer read after that holds all that is left.
     ended = batch.is_terminal
+    if ended:
+        require_result_files(state.blobs, batch)
     page = await run_in_threadpool(live_results.results_page, state.store, batch.id, after, kinds)
     blocks = live_results.page_blocks(state.store, state.blobs, batch.id, page)
     return StreamingResponse(
@@ -124,7 +126,8 @@ def _retry_input(state: GatewayState, key: ApiKeyRecord, parent: BatchRecord, co
     no_failures = APIError(
         409, f"Batch {parent.id} has no failed lines to retry.", code="no_failed_lines"
     )
-    if not parent.error_file_id or not state.blobs.exists(parent.error_file_id):
+    require_result_files(state.blobs, parent)
+    if not parent.error_file_id:
         raise no_failures
     wanted = failed_custom_ids(state.blobs.iter_bytes(parent.error_file_id), codes)
     if not wanted:

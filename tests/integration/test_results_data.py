@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.process_batch import artifact_key
+from tasks.ledger import derived_blob_name
+from tasks.results_report import summary_headline, summary_rows
 from tasks.results_table import TABLE_SCHEMA
 from tests.integration.test_batches_e2e import _artifacts, chat_line, run_batch, upload
 from tests.stack import PrefectServer, Stack
+from tests.unit.test_http_conventions import schema_errors
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -98,14 +102,17 @@ def live_read(
         endpoint="/v1/chat/completions",
         completion_window="24h",
     )
-    early = raw(stack, key, "GET", f"/batches/{batch.id}/summary")
+    early = [
+        raw(stack, key, "GET", f"/batches/{batch.id}/summary"),
+        raw(stack, key, "GET", f"/batches/{batch.id}/results", format="parquet"),
+        raw(stack, key, "POST", f"/batches/{batch.id}/retry"),
+    ]
     read: list[bytes] = []
     before_end = 0
-    cursor = None
+    cursor = ""  # as the README's loop starts
     deadline = time.monotonic() + 300
     while True:
-        params = {"after": cursor} if cursor else {}
-        response = results_page(client, batch.id, **params)
+        response = results_page(client, batch.id, after=cursor)
         assert response.status_code == 200, response.text
         page = lines_of(response.content)
         complete = response.headers["batchgate-results-complete"] == "true"
@@ -133,6 +140,10 @@ def test_live_results_equal_the_final_files_line_for_line(
     errors = lines_of(client.files.content(batch.error_file_id).content)
     read = live_read["read"]
     assert len(read) == len(set(read)) == 5000  # no line twice
+    # OpenAI's line format: the per-line latency and attempts live elsewhere
+    parsed = [orjson.loads(line) for line in output + errors]
+    assert {tuple(sorted(x)) for x in parsed} == {("custom_id", "error", "id", "response")}
+    assert {tuple(sorted(x["response"])) for x in parsed} == {("body", "request_id", "status_code")}
     assert collections.Counter(read) == collections.Counter(output + errors)
     # kind filters, and a cursor past the end gives nothing new
     only_errors = lines_of(results_page(client, batch.id, kind="error").content)
@@ -180,14 +191,24 @@ def test_results_table_reads_in_polars_pyarrow_and_duckdb(
     assert csv.headers["content-type"].startswith("text/csv")
     assert pl.read_csv(io.BytesIO(csv.content)).height == 5000
 
+    # built once and stored: asking again serves the same blob, not a rebuilt one
+    stored = stack.root / "data" / "blobs" / derived_blob_name(batch.id, "parquet")
+    before = stored.stat()
+    again = httpx.get(url, params={"format": "parquet"}, headers=auth, timeout=60).content
+    after = stored.stat()
+    assert again == data
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
 
 def test_summary_per_model_and_provider(
     stack: Stack, client: openai.OpenAI, live_read: dict[str, Any]
 ) -> None:
-    early = live_read["early"]
-    assert early.status_code == 409 and early.json()["error"]["code"] == "batch_not_finished"
+    for early in live_read["early"]:  # summary, table and retry of a running batch
+        assert early.status_code == 409, early.text
+        assert early.json()["error"]["code"] == "batch_not_finished"
     batch = live_read["batch"]
     summary = client.get(f"/batches/{batch.id}/summary", cast_to=httpx.Response).json()
+    assert not schema_errors("BatchSummary", summary)
     assert summary["object"] == "batch.summary" and summary["status"] == "completed"
     assert (summary["lines"], summary["succeeded"], summary["failed"]) == (5000, 4900, 100)
     by_model = {m["model"]: m for m in summary["by_model"]}
@@ -205,11 +226,15 @@ def test_summary_per_model_and_provider(
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert "| unknown_provider | 100 |" in report[0]["data"]
-    table = _artifacts(stack, artifact_key(batch.id, "analytics"))[0]["data"]
-    rows = orjson.loads(table) if isinstance(table, str) else table
-    assert {"group": "model", "name": "gpt-4o-mini"}.items() <= next(
-        r for r in rows if r["name"] == "gpt-4o-mini"
-    ).items()
+    assert f"/v1/batches/{batch.id}/results?format=parquet" in report[0]["data"]
+    analytics = _artifacts(stack, artifact_key(batch.id, "analytics"))[0]
+    rows = analytics["data"]
+    rows = orjson.loads(rows) if isinstance(rows, str) else rows
+    assert rows == summary_rows(summary)  # the artifact holds what the API answers
+    assert analytics["description"].endswith(summary_headline(summary))  # rate, wall time
+    # the progress artifact counts lines, with the rate and an ETA
+    progress = _artifacts(stack, artifact_key(batch.id, "progress"))[0]
+    assert re.search(r" 5000 / 5000 lines, [0-9.]+ requests/s, ETA \d+ s", progress["description"])
 
 
 def test_bad_requests_get_error_envelopes(
@@ -234,6 +259,14 @@ def test_bad_requests_get_error_envelopes(
     none_failed = raw(stack, key, "POST", f"/batches/{batch_id}/retry", codes="429")
     assert none_failed.status_code == 409
     assert none_failed.json()["error"]["code"] == "no_failed_lines"
+    # a retry's batch is an ordinary batch: the SDK retrieves and cancels it
+    child = raw(stack, key, "POST", f"/batches/{batch_id}/retry", codes="unknown_provider")
+    assert child.status_code == 200, child.text
+    sdk = stack.client(key)
+    assert sdk.batches.retrieve(child.json()["id"]).metadata == {
+        "batchgate_parent_batch_id": batch_id
+    }
+    assert sdk.batches.cancel(child.json()["id"]).status in ("cancelling", "cancelled")
 
 
 def test_retry_only_the_failures(stack: Stack, client: openai.OpenAI, tmp_path: Path) -> None:
@@ -250,8 +283,15 @@ def test_retry_only_the_failures(stack: Stack, client: openai.OpenAI, tmp_path: 
     assert response.status_code == 200, response.text
     child = response.json()
     assert child["metadata"]["batchgate_parent_batch_id"] == parent.id
+    # exactly the failed lines' requests, as uploaded, in input order
+    failed = {
+        orjson.loads(x)["custom_id"]
+        for x in lines_of(client.files.content(parent.error_file_id).content)
+    }
+    parent_input = lines_of(client.files.content(parent.input_file_id).content)
     child_input = lines_of(client.files.content(child["input_file_id"]).content)
-    assert len(child_input) == parent.request_counts.failed
+    assert len(failed) == parent.request_counts.failed
+    assert child_input == [x for x in parent_input if orjson.loads(x)["custom_id"] in failed]
     deadline = time.monotonic() + 180
     while (done := client.batches.retrieve(child["id"])).status not in ("completed", "failed"):
         assert time.monotonic() < deadline
@@ -288,7 +328,9 @@ def test_admin_usage_by_key_and_model(stack: Stack, tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.3)
     ids = {k["name"]: k["id"] for k in stack.admin("GET", "/admin/keys").json()["data"]}
-    report = stack.admin("GET", "/admin/usage?group_by=key,model,day").json()
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    report = stack.admin("GET", f"/admin/usage?group_by=key,model,day&since={today}").json()
+    assert not schema_errors("UsageReport", report)
     rows = {
         (r["key"], r["model"]): r
         for r in report["data"]
@@ -303,7 +345,7 @@ def test_admin_usage_by_key_and_model(stack: Stack, tmp_path: Path) -> None:
         row = rows[(ids[name], model)]
         assert (row["lines"], row["succeeded"], row["failed"]) == (count, count, 0)
         assert row["input_tokens"] > 0 and row["output_tokens"] > 0
-        assert row["day"] == time.strftime("%Y-%m-%d", time.gmtime())
+        assert row["day"] == today
     by_provider = stack.admin("GET", "/admin/usage?group_by=provider").json()["data"]
     assert {"openai", "mistral"} <= {r["provider"] for r in by_provider}
     later = stack.admin("GET", "/admin/usage?group_by=key&since=2999-01-01").json()
@@ -312,6 +354,10 @@ def test_admin_usage_by_key_and_model(stack: Stack, tmp_path: Path) -> None:
         f"{stack.url}/admin/usage?group_by=colour", headers=stack.admin_headers(), timeout=30
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+    bad_since = httpx.get(
+        f"{stack.url}/admin/usage?since=last-week", headers=stack.admin_headers(), timeout=30
+    )
+    assert bad_since.status_code == 400 and bad_since.json()["error"]["param"] == "since"
     forbidden = httpx.get(
         f"{stack.url}/admin/usage", headers={"Authorization": f"Bearer {keys['usage-a']}"}
     )

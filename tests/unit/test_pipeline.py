@@ -19,6 +19,7 @@ from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ProviderRecord
 from storage.secrets import SecretKeys, new_key
+from tasks import live_results
 from tasks.ledger import BatchLedger, LeaseLost
 from tasks.retention import sweep
 from tasks.settings import Settings
@@ -89,6 +90,22 @@ class Harness:
 
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.mock_url}/stats").json()
+
+    def read_live(self, batch_id: str, after: int = 0) -> tuple[int, list[bytes]]:
+        """What `GET /v1/batches/{id}/results?after=` streams now: the cursor
+        to pass next and the lines (the route adds nothing but HTTP)."""
+        page = live_results.results_page(self.store, batch_id, after, live_results.KINDS)
+        data = b"".join(live_results.page_blocks(self.store, self.blobs, batch_id, page))
+        return page.cursor, data.splitlines()
+
+    def final_lines(self, batch: BatchRecord) -> list[bytes]:
+        """The output and error files' lines, as stored."""
+        return [
+            line
+            for file_id in (batch.output_file_id, batch.error_file_id)
+            if file_id
+            for line in self.blobs.path(file_id).read_bytes().splitlines()
+        ]
 
 
 @pytest.fixture
@@ -194,12 +211,15 @@ async def test_cancel_mid_run_keeps_partial_results(h: Harness) -> None:
     h.settings.chunk_parallelism = 1
     batch_id = h.add_batch([chat(i) for i in range(200)])
 
+    live: dict[str, Any] = {}
+
     async def cancel_soon() -> None:
         while (b := h.store.get_batch(batch_id)) and b.completed < 10:
             await asyncio.sleep(0.02)
         h.store.transition_batch(
             batch_id, ["in_progress"], status="cancelling", cancelling_at=now()
         )
+        live["cursor"], live["read"] = h.read_live(batch_id)  # read while `cancelling`
 
     canceller = asyncio.create_task(cancel_soon())
     batch = await h.run(batch_id)
@@ -207,6 +227,10 @@ async def test_cancel_mid_run_keeps_partial_results(h: Harness) -> None:
     assert batch.status == "cancelled" and batch.cancelled_at
     out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
     assert 10 <= len(out) < 200
+    # live results: what was read while cancelling plus what followed its
+    # cursor once cancelled are the final files' lines, each once (issue 12)
+    _, rest = h.read_live(batch_id, live["cursor"])
+    assert len(live["read"]) >= 10 and sorted(live["read"] + rest) == sorted(h.final_lines(batch))
     assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(200))
     assert {x["error"]["code"] for x in err} == {"batch_cancelled"}
     assert (batch.completed, batch.failed) == (len(out), len(err))
@@ -222,6 +246,8 @@ async def test_expiry_stops_the_run(h: Harness) -> None:
     assert len(out) > 0 and len(err) > 0
     assert {x["error"]["code"] for x in err} == {"batch_expired"}
     assert len({x["custom_id"] for x in out + err}) == 300
+    # live results of an expired batch: every final line, each once (issue 12)
+    assert sorted(h.read_live(batch_id)[1]) == sorted(h.final_lines(batch))
 
 
 async def test_resume_skips_finished_chunks(h: Harness) -> None:

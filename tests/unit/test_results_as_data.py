@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,18 @@ import polars as pl
 import pytest
 
 from flows.process_batch import Steps, drive_batch, finalize_batch
+from storage import control as control_store
+from storage.metadata import now
+from storage.records import BatchRecord
 from tasks import live_results
+from tasks.drive import _progress_of
 from tasks.ledger import derived_blob_name, derived_file_id
-from tasks.results_report import LineProgress, summary_markdown, summary_rows
+from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
 from tasks.retention import delete_file, sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
 from tasks.upstream import UpstreamClient
+from tests.live import asgi_client, inprocess_app
 from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness
 from tests.unit.test_pipeline import mock as mock  # noqa: F401  (the module fixture)
@@ -39,12 +45,6 @@ def chat(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
 @pytest.fixture
 def harness(tmp_path: Path, mock: ThreadedServer) -> Iterator[Harness]:  # noqa: F811
     yield Harness(tmp_path, mock.url, chunk_size=4, chunk_parallelism=3)
-
-
-def read_all(h: Harness, batch_id: str, after: int = 0) -> tuple[int, bytes]:
-    page = live_results.results_page(h.store, batch_id, after, live_results.KINDS)
-    data = b"".join(live_results.page_blocks(h.store, h.blobs, batch_id, page))
-    return page.cursor, data
 
 
 def test_cursor_follows_chunks_across_finalize(harness: Harness) -> None:
@@ -73,8 +73,8 @@ def test_cursor_follows_chunks_across_finalize(harness: Harness) -> None:
     assert len(page.rows) == 6 and held["parts"]  # every chunk readable from its parts
     assert not any(".c0" in n for n in h.blobs.names())  # parts are gone now
     streamed = b"".join(live_results.page_blocks(h.store, h.blobs, batch_id, page))
-    cursor, rest = read_all(h, batch_id, page.cursor)
-    assert rest == b"" and cursor == page.cursor
+    cursor, rest = h.read_live(batch_id, page.cursor)
+    assert rest == [] and cursor == page.cursor
     final = h.blobs.path(derived_file_id(batch_id, "output")).read_bytes()
     final += h.blobs.path(derived_file_id(batch_id, "error")).read_bytes()
     got = [ln for ln in streamed.split(b"\n") if ln]
@@ -167,8 +167,20 @@ def test_summary_aggregates_per_model_and_provider() -> None:
     ]
     rows = summary_rows(summary)
     assert [r["group"] for r in rows].count("model") == 2
-    report = summary_markdown({**summary, "batch_id": "batch_x", "status": "completed"})
-    assert "## Per model" in report and "| unknown_provider | 1 |" in report
+    # no lone "-" in a cell: the Prefect UI renders it as a list bullet
+    providers = {r["name"]: r for r in rows if r["group"] == "provider"}
+    assert set(providers) == {"p", "q", "(not sent)"}
+    assert providers["(not sent)"]["top_errors"] == "unknown_provider: 1"
+    assert next(r for r in rows if r["name"] == "p")["top_errors"] == "none"
+    figures = {"batch_id": "batch_x", "status": "completed", "wall_time_seconds": 2}
+    report = summary_markdown({**summary, **figures, "requests_per_second": 1.5})
+    assert summary_headline({**summary, **figures, "requests_per_second": 1.5}) == (
+        "batch_x completed: 4 lines (2 ok, 2 failed) in 2 s, 1.5 requests/s"
+    )
+    # compact rows and the errors by model, so the report fits the Prefect UI's page
+    assert "| a | 3 (2 / 1) | 3 / 7 | 1 / 0 | 20 / 29 / 30 | 3 |" in report
+    assert "| (not sent) | 1 (0 / 1) | 0 / 0 | 0 / 0 | - | 0 |" in report
+    assert "| 500 | 1 | a: 1 |" in report and "| unknown_provider | 1 | b: 1 |" in report
     assert "/v1/batches/batch_x/results?format=parquet" in report
 
 
@@ -194,6 +206,28 @@ def test_progress_line() -> None:
     assert progress.describe(now=10.0) == "100 / 1000 lines"
     progress.done = 500
     assert progress.describe(now=10.0) == "500 / 1000 lines, 40.0 requests/s, ETA 12 s"
+
+
+def test_progress_rate_counts_from_the_start_of_execution() -> None:
+    """The line counts are made when the flow run starts; the rate and ETA
+    count from when its chunks start, after claim and validation."""
+
+    made = time.monotonic() - 30  # the flow run began 30 s ago
+
+    async def begin() -> LineProgress:
+        steps = Steps(lines=LineProgress(started=made))
+        chunks = [{"line_count": 10, "done": True}, {"line_count": 30, "done": False}]
+        progress, lines = _progress_of(steps, chunks)
+        await progress.close()
+        assert lines is not None
+        return lines
+
+    lines = asyncio.run(begin())
+    assert (lines.total, lines.done, lines.at_start) == (40, 10, 10)
+    assert lines.started >= made + 30
+    lines.done = 25
+    described = lines.describe(now=lines.started + 5.0)
+    assert described == "25 / 40 lines, 3.0 requests/s, ETA 5 s"
 
 
 def test_retention_drops_derived_results_with_the_result_files(harness: Harness) -> None:
@@ -226,3 +260,130 @@ def test_table_reads_a_provider_value_of_another_type_as_null(tmp_path: Path) ->
     table = pl.read_parquet(tmp_path / "t.parquet")
     assert table["embedding"].to_list() == [[0.5], None]
     assert table["input_tokens"].to_list() == [2, 3] and table["ok"].all()
+
+
+def test_live_results_of_a_batch_failed_after_it_ran(
+    tmp_path: Path,
+    mock: ThreadedServer,  # noqa: F811
+) -> None:
+    """`failed` after execution started (a budget stopped it): the lines
+    that ran and the lines it never sent, each once (cancelled and expired
+    are in tests/unit/test_pipeline.py)."""
+    h = Harness(tmp_path, mock.url, chunk_size=10, chunk_parallelism=2)
+    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=60))
+    batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(50)])))
+    assert batch.status == "failed" and batch.completed > 0 and batch.failed > 0
+    assert sorted(h.read_live(batch.id)[1]) == sorted(h.final_lines(batch))
+    # its table: every input line in order, the unsent ones with 0 attempts
+    parquet = tmp_path / "t.parquet"
+    build_table(
+        h.blobs.path(derived_blob_name(batch.id, "meta")),
+        h.blobs.path(derived_file_id(batch.id, "output")),
+        h.blobs.path(derived_file_id(batch.id, "error")),
+        parquet,
+    )
+    table = pl.read_parquet(parquet)
+    assert table["custom_id"].to_list() == [f"r-{i}" for i in range(50)]
+    unsent = table.filter(~pl.col("ok"))
+    assert unsent.height == batch.failed and set(unsent["error_code"]) == {"budget_exceeded"}
+    assert set(unsent["attempts"]) == {0} and unsent["provider"].null_count() == batch.failed
+    assert summarize(table)["ran"] == batch.completed
+
+
+def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
+    """Text from chat, completions and responses bodies, the embedding from
+    embeddings, usage under either naming, error codes from batchgate or
+    the provider, in input (meta) order: one typed schema for all."""
+
+    def ok(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"custom_id": custom_id, "response": {"status_code": 200, "body": body}}
+
+    chat_usage = {
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 1},
+        "completion_tokens_details": {"reasoning_tokens": 1},
+    }
+    choice = {"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    responses_body = {
+        "status": "completed",
+        "output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "ab"}] * 2},
+        ],
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": 6,
+            "input_tokens_details": {"cached_tokens": 2},
+            "output_tokens_details": {"reasoning_tokens": 4},
+        },
+    }
+    output = [
+        ok("chat", {"choices": [choice], "usage": chat_usage}),
+        ok("comp", {"choices": [{"text": "yo", "finish_reason": "length"}]}),
+        ok("resp", responses_body),
+        ok("emb", {"data": [{"embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": 7}}),
+    ]
+    provider_error = {"error": {"message": "boom", "code": None}}
+    errors = [
+        {"custom_id": "e500", "response": {"status_code": 500, "body": provider_error}},
+        {"custom_id": "exp", "response": None, "error": {"code": "batch_expired", "message": "x"}},
+    ]
+    order = ["exp", "chat", "comp", "e500", "resp", "emb"]
+    meta = [{"custom_id": c, "model": "m", "latency_ms": 1.5, "attempts": 1} for c in order]
+    for name, rows in (("out", output), ("err", errors), ("meta", meta)):
+        (tmp_path / name).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    build_table(tmp_path / "meta", tmp_path / "out", tmp_path / "err", tmp_path / "t.parquet")
+    table = pl.read_parquet(tmp_path / "t.parquet")
+    assert table.schema == pl.Schema(TABLE_SCHEMA)
+    assert table["line"].to_list() == [1, 2, 3, 4, 5, 6]
+    rows = {r["custom_id"]: r for r in table.to_dicts()}
+    assert [rows[c]["text"] for c in order] == [None, "hi", "yo", None, "abab", None]
+    assert rows["emb"]["embedding"] == [0.1, 0.2] and rows["chat"]["embedding"] is None
+    assert [rows[c]["finish_reason"] for c in ("chat", "comp", "resp")] == [
+        "stop",
+        "length",
+        "completed",
+    ]
+    tokens = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+    assert [rows["chat"][t] for t in tokens] == [3, 2, 1, 1]
+    assert [rows["resp"][t] for t in tokens] == [5, 6, 2, 4]
+    assert rows["emb"]["input_tokens"] == 7
+    assert [rows[c]["ok"] for c in order] == [False, True, True, False, True, True]
+    assert (rows["e500"]["error_code"], rows["e500"]["error_message"]) == ("500", "boom")
+    assert (rows["exp"]["error_code"], rows["exp"]["status_code"]) == ("batch_expired", None)
+
+
+async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -> None:
+    """Once an ended batch's output file was deleted (or expired), its lines,
+    table and summary are gone too: a 404 envelope, not an empty answer or a
+    table that shows every line as never answered."""
+    app = inprocess_app(tmp_path / "d")
+    state = app.state.gateway
+    key = state.store.create_api_key("test")
+    state.store.insert_batch(
+        BatchRecord(
+            id="batch_gone",
+            api_key_id=key[0].id,
+            endpoint="/v1/chat/completions",
+            input_file_id="file-in",
+            completion_window="24h",
+            status="completed",
+            created_at=now(),
+            completed_at=now(),
+            output_file_id="file-deleted-output",
+            error_file_id="file-deleted-errors",
+        )
+    )
+    async with asgi_client(app, key[1]) as client:
+        for path, params in [
+            ("/v1/batches/batch_gone/results", {}),
+            ("/v1/batches/batch_gone/results", {"format": "parquet"}),
+            ("/v1/batches/batch_gone/summary", {}),
+            ("/v1/batches/batch_gone/retry", {}),
+        ]:
+            method = "POST" if path.endswith("/retry") else "GET"
+            response = await client.request(method, path, params=params)
+            assert response.status_code == 404, (path, params, response.text)
+            assert response.json()["error"]["code"] == "results_unavailable"
+    state.store.close()
