@@ -25,6 +25,9 @@ from storage.private import PRIVATE_UMASK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.malloc import limit_arenas
+
+    limit_arenas()  # before uvicorn and DuckDB start their threads
     import uvicorn
 
     from gateway.app import create_app
