@@ -46,6 +46,23 @@ def now() -> int:
 
 BUDGET_MESSAGE = "The API key's budget was reached before this request was sent."
 INTERRUPTED_FINALIZE = "Batch was interrupted during finalization and could not be finalized again"
+# A batch whose finalize failed has no output or error file: its finished
+# lines are only in the checkpoint parts, which are kept so that
+# `GET /v1/batches/{id}/results` still serves them; retention removes them
+# after the batch's output expiry (else KEPT_PARTS_SECONDS) from its failure.
+FINALIZATION_FAILED = "finalization_failed"
+KEPT_PARTS_SECONDS = 30 * 24 * 3600
+
+
+def keeps_parts(batch: BatchRecord) -> bool:
+    """Whether the batch's checkpoint parts are the only copy of its lines."""
+    return any(e.get("code") == FINALIZATION_FAILED for e in batch.errors or [])
+
+
+def remove_parts(store: MetadataStore, blobs: BlobStore, batch_id: str) -> None:
+    for chunk in store.get_chunks(batch_id):
+        for kind in ("out", "err", "meta"):
+            blobs.delete(part_name(batch_id, chunk.chunk_index, kind))
 
 
 class LedgerError(Exception):
@@ -471,8 +488,11 @@ class BatchLedger:
                 errors=list(errors),
                 **st.stamp("failed", now()),
             )
-            self._remove_parts(batch_id)
-        return self.batch(batch_id)
+            ended = self.batch(batch_id)
+            if not keeps_parts(ended):
+                self._remove_parts(batch_id)
+            return ended
+        return batch
 
     def finalize(self, batch_id: str, token: str, outcome_name: str) -> BatchRecord:
         """Turn the checkpoints into output and error files and end the batch.
@@ -486,7 +506,8 @@ class BatchLedger:
     def _finalize(self, batch_id: str, token: str, outcome_name: str) -> BatchRecord:
         ended = self.batch(batch_id)
         if ended.is_terminal:  # e.g. a retry after the gateway died past the transition
-            self._remove_parts(batch_id)  # its parts are debris now; nothing reads them
+            if not keeps_parts(ended):
+                self._remove_parts(batch_id)  # its parts are debris now; nothing reads them
             return ended
         batch = self._leased(batch_id, token)
         outcome = OUTCOMES["cancelled"] if batch.status == "cancelling" else OUTCOMES[outcome_name]
@@ -503,10 +524,11 @@ class BatchLedger:
                 None,
                 [
                     {
-                        "code": "finalization_failed",
+                        "code": FINALIZATION_FAILED,
                         "param": None,
                         "line": None,
-                        "message": f"{INTERRUPTED_FINALIZE}: {exc}",
+                        "message": f"{INTERRUPTED_FINALIZE}: {exc}. Its finished lines can "
+                        f"still be read at GET /v1/batches/{batch_id}/results.",
                     }
                 ],
             )
@@ -645,6 +667,4 @@ class BatchLedger:
         return count
 
     def _remove_parts(self, batch_id: str) -> None:
-        for chunk in self.store.get_chunks(batch_id):
-            for kind in ("out", "err", "meta"):
-                self.blobs.delete(part_name(batch_id, chunk.chunk_index, kind))
+        remove_parts(self.store, self.blobs, batch_id)

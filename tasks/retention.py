@@ -5,7 +5,9 @@ go when their batch's `output_expires_after` (anchored at the batch's
 `created_at`) passes; the input file keeps its own expiry. A batch's
 derived results (table, CSV, summary, per-line meta: issue 12) hold the
 same data as its output and error files, so they go once neither file is
-live any more. Settled webhook deliveries (delivered
+live any more. A batch whose finalize failed has only its checkpoint parts,
+kept for reading its finished lines; they go once its output expiry (or
+KEPT_PARTS_SECONDS) has passed since it failed. Settled webhook deliveries (delivered
 or given up) are kept for WEBHOOK_HISTORY_SECONDS, then removed, so the
 outbox stays the size of its recent traffic.
 """
@@ -16,7 +18,13 @@ from typing import Any
 
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
-from tasks.ledger import DERIVED_SUFFIXES, derived_blob_name
+from tasks.ledger import (
+    DERIVED_SUFFIXES,
+    KEPT_PARTS_SECONDS,
+    derived_blob_name,
+    keeps_parts,
+    remove_parts,
+)
 
 WEBHOOK_HISTORY_SECONDS = 30 * 24 * 3600
 
@@ -46,6 +54,10 @@ def sweep(store: MetadataStore, blobs: BlobStore, at: int | None = None) -> dict
                 deleted.append(file_id)
     for batch in store.terminal_batches():
         _drop_derived(store, blobs, batch.id, (batch.output_file_id, batch.error_file_id))
+        if keeps_parts(batch):
+            kept = batch.output_expires_after_seconds or KEPT_PARTS_SECONDS
+            if (batch.failed_at or batch.created_at) + kept <= at:
+                remove_parts(store, blobs, batch.id)
     pruned = store.prune_webhook_outbox(at - WEBHOOK_HISTORY_SECONDS)
     return {"deleted_files": len(deleted), "file_ids": deleted, "pruned_webhook_deliveries": pruned}
 

@@ -299,6 +299,33 @@ async def test_interrupted_finalize_without_plan_fails_clearly(h: Harness) -> No
     assert batch.errors and "interrupted during finalization" in batch.errors[0]["message"]
 
 
+async def test_a_failed_finalize_keeps_the_finished_lines_readable_until_retention(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finalize failing (a full disk) ends the batch `finalization_failed`,
+    but the lines already run are not thrown away: they stay readable
+    through the results route until the batch's retention passes."""
+    batch_id = h.add_batch([chat(i) for i in range(25)])
+
+    def disk_full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.ledger, "_write_results", disk_full)
+    batch = await h.run(batch_id)
+    assert batch.status == "failed" and batch.output_file_id is None
+    assert batch.errors and batch.errors[0]["code"] == "finalization_failed"
+    assert f"/v1/batches/{batch_id}/results" in batch.errors[0]["message"]
+    _, lines = h.read_live(batch_id)
+    assert sorted(orjson.loads(x)["custom_id"] for x in lines) == sorted(
+        f"req-{i}" for i in range(25)
+    )
+    h.ledger.finalize(batch_id, "any-token", "completed")  # a late retry keeps them too
+    sweep(h.store, h.blobs)
+    assert len(h.read_live(batch_id)[1]) == 25
+    sweep(h.store, h.blobs, at=now() + 31 * 24 * 3600)  # past the kept-parts window
+    assert h.read_live(batch_id)[1] == []
+
+
 async def test_interrupted_finalize_is_run_again(h: Harness) -> None:
     batch_id = h.add_batch([chat(i) for i in range(15)])
     first = await h.run(batch_id)
