@@ -145,7 +145,6 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
-        self.complete = False
         self.keep_alive = False
 
     # -- asyncio.Protocol -------------------------------------------------------
@@ -172,7 +171,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.status and exc is None and not self._framed():
             # An answer delimited by the close (no length, not chunked): it is whole.
-            self.complete, self.keep_alive = True, False
+            self.keep_alive = False
             waiter.set_result(None)
             return
         what = "reset" if exc is not None else "closed"
@@ -193,7 +192,6 @@ class _Connection(asyncio.Protocol):
         if self.status < 200:  # an interim 1xx answer: the real one follows
             self._reset()
             return
-        self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
