@@ -3,10 +3,11 @@ asyncio protocols, responses parsed by httptools (llhttp, the parser
 uvicorn uses).
 
 Why not aiohttp, which this replaced: at 0 ms provider latency the engine is
-bound by its own process's CPU, and aiohttp spent ~190-260 us of it per
+bound by its own process's CPU, and aiohttp spent ~180-240 us of it per
 request on building request and response objects, cookie, URL and header
-handling the engine never uses; this client spends ~60-80 us on the same
-request (bench: `python -m bench.http_clients`; docs/benchmarks.md). It
+handling the engine never uses; this client spends ~100-110 us on the same
+request (`python -m bench.http_clients`, 'Provider HTTP client' in
+docs/benchmarks.md). It
 does only what a provider request needs: POST a body with a fixed set of
 headers, read the whole answer, keep the connection for the next request.
 

@@ -2,8 +2,9 @@
 
 The HTTP is tasks/http1.py, a lean keep-alive client on httptools: httpx's
 own pool collapses under many concurrent connections (DESIGN "Choices
-already checked"), and aiohttp, used before it, spent three times its CPU
-per request, which bounds the engine at 0 ms provider latency. One
+already checked"), and aiohttp, used before it, spent about twice its CPU
+per request (`python -m bench.http_clients`), and that CPU bounds the engine
+at 0 ms provider latency. One
 `UpstreamClient` per worker process shares one connection pool, and a
 limiter per provider keeps at most `max_concurrency` requests in flight to
 it. The slot is held for one attempt only, never across a backoff
