@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, runtime, task
@@ -63,6 +64,35 @@ validate_task = task(name="validate", **_TASK_OPTIONS)(validate_input)
 finalize_task = task(name="finalize", retries=2, retry_delay_seconds=2, **_TASK_OPTIONS)(
     finalize_batch
 )
+
+
+# Tags a flow run carries for the models of its batch, at most.
+MAX_MODEL_TAGS = 20
+
+
+def tag_models(models: Sequence[str]) -> None:
+    """Tag the run with every model its lines ask for. The gateway tagged it
+    with the batch's `model` (its first line's) when it made it; a filter by
+    model in the Prefect UI should find a mixed batch under each of them. A
+    failure only loses the tags."""
+    run = runtime.flow_run
+    tags = set(run.tags) | {f"model:{m}" for m in sorted(models)[:MAX_MODEL_TAGS]}
+    if not models or tags == set(run.tags):
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run.id, tags=sorted(tags))
+    except Exception as exc:  # the batch goes on without them
+        log.warning("could not tag flow run %s with its models: %s", run.id, exc)
+
+
+def validate_and_tag(*args: Any) -> dict[str, Any]:
+    """The validate step, then the run's model tags."""
+    plan = validate_task(*args)
+    tag_models(plan.get("models") or [])
+    return plan
 
 
 execute_chunk_task = task(
@@ -197,7 +227,7 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
         )
 
     return Steps(
-        validate=validate_task,
+        validate=validate_and_tag,
         execute=execute_chunk_task,
         finalize=finalize_task,
         progress=progress,

@@ -64,7 +64,7 @@ def validate_input(
         )
         return {"status": "failed", "endpoint": endpoint}
     crash_point("validate:before_plan")
-    return api.save_plan(
+    control = api.save_plan(
         batch_id,
         token,
         total=result.total,
@@ -72,6 +72,7 @@ def validate_input(
         errors=[e.as_dict() for e in result.errors],
         models=result.models,
     )
+    return {**control, "models": list(result.models)}  # for the flow run's model tags
 
 
 async def run_chunk(

@@ -353,7 +353,9 @@ def test_runner_killed_mid_batch_resumes_without_repeats(
 def test_prefect_shows_flow_run_tasks_and_artifacts(
     stack: Stack, client: openai.OpenAI, tmp_path: Path
 ) -> None:
-    batch = run_batch(client, upload(client, tmp_path, [chat_line(i) for i in range(250)]))
+    # Mixed models: the run is tagged with each (the batch's `model` is its first line's).
+    lines = [chat_line(i, model="gpt-4o" if i % 50 == 7 else "gpt-4o-mini") for i in range(250)]
+    batch = run_batch(client, upload(client, tmp_path, lines))
     assert batch.status == "completed"
     deadline = time.monotonic() + 60
     # The summary artifact and the final flow-run state land just after the
@@ -367,6 +369,7 @@ def test_prefect_shows_flow_run_tasks_and_artifacts(
     assert found["flow_run_name"] == batch.id
     assert found["state"] == "COMPLETED"
     assert "endpoint:/v1/chat/completions" in found["tags"]
+    assert {"model:gpt-4o-mini", "model:gpt-4o"} <= set(found["tags"])
     names = found["task_names"]
     assert any(n.startswith("validate") for n in names)
     assert any(n.startswith("finalize") for n in names)
