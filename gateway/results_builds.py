@@ -20,7 +20,7 @@ import orjson
 from gateway.errors import APIError
 from storage.blobs import BlobStore
 from storage.records import BatchRecord
-from tasks.ledger import derived_blob_name, derived_file_id
+from tasks.ledger import derived_blob_name, derived_file_id, keeps_parts
 
 log = logging.getLogger("batchgate.gateway")
 
@@ -72,6 +72,14 @@ async def ensure_built(blobs: BlobStore, batch: BatchRecord) -> None:
         async with lock:
             if is_built(blobs, batch.id):
                 return
+            if keeps_parts(batch):
+                raise APIError(
+                    404,
+                    f"{batch.id} has no results table: its finalize failed, so it has no "
+                    f"output or error file. Its finished lines are at GET "
+                    f"/v1/batches/{batch.id}/results.",
+                    code="results_unavailable",
+                )
             require_result_files(blobs, batch)
             process = await asyncio.create_subprocess_exec(
                 *build_command(blobs, batch.id),

@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 from flows.process_batch import drive_batch
+from gateway.errors import APIError
 from gateway.mock_upstream import MockConfig, create_mock_app
+from gateway.results_builds import ensure_built
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ProviderRecord
@@ -322,6 +324,10 @@ async def test_a_failed_finalize_keeps_the_finished_lines_readable_until_retenti
     h.ledger.finalize(batch_id, "any-token", "completed")  # a late retry keeps them too
     sweep(h.store, h.blobs)
     assert len(h.read_live(batch_id)[1]) == 25
+    with pytest.raises(APIError) as no_table:  # no table of nothing: it points to the lines
+        await ensure_built(h.blobs, batch)
+    assert no_table.value.status == 404 and no_table.value.code == "results_unavailable"
+    assert f"/v1/batches/{batch_id}/results" in no_table.value.message
     sweep(h.store, h.blobs, at=now() + 31 * 24 * 3600)  # past the kept-parts window
     assert h.read_live(batch_id)[1] == []
 
