@@ -68,10 +68,11 @@ def input_chars(body: Mapping[str, Any]) -> int:
     return sum(len(p) for p in text_parts(body))
 
 
-def tokenizer_count(encoding: Any, body: Mapping[str, Any]) -> int:
-    """Input tokens by a tokenizer: the texts, and for chat OpenAI's overhead
-    of each message (its role and separators) and of priming the reply."""
-    tokens = len(encoding.encode("\n".join(text_parts(body))))
+def tokenizer_count(encoding: Any, body: Mapping[str, Any], parts: list[str]) -> int:
+    """Input tokens by a tokenizer: the body's texts (`text_parts`), and for
+    chat OpenAI's overhead of each message (its role and separators) and of
+    priming the reply."""
+    tokens = len(encoding.encode("\n".join(parts)))
     messages = body.get("messages")
     if isinstance(messages, list):
         tokens += MESSAGE_OVERHEAD * len(messages) + REPLY_PRIMING
@@ -151,11 +152,11 @@ class EstimateTally:
                 group = ModelTally(model, route.provider.name)
             self.groups[model] = group
         group.lines += 1
-        chars = input_chars(body)
-        group.chars += chars
+        parts = text_parts(body)  # walked once for both counts
+        group.chars += sum(len(p) for p in parts)
         encoding = _tiktoken_encoding(model) if model else None
         if encoding is not None:
-            group.tiktoken_tokens += tokenizer_count(encoding, body)
+            group.tiktoken_tokens += tokenizer_count(encoding, body, parts)
         limit = max_output_tokens(body)
         if limit is None:
             group.lines_without_max_output += 1
