@@ -252,15 +252,19 @@ def test_bad_webhook_requests_get_the_error_envelope(stack: Stack) -> None:
 def test_a_batch_is_worked_by_its_run_and_helper_runs_with_every_line_once(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """One run alone would take ~5 s (200 lines, 4 requests in flight of
-    100 ms each): helper runs start meanwhile and take chunks."""
+    """The upstream is slow (1 s a request, 4 in flight: ~7 s a chunk) until
+    a second flow run holds a chunk, then fast: helper runs are shown to take
+    chunks however long they took to start, and the test stays short."""
     _, key = new_key(stack, "fanout")
     client = stack.client(key)
     stack.reset_mock()
-    stack.mock_config(latency_ms=100)
+    stack.mock_config(latency_ms=1000)
     stack.add_provider("openai", f"{stack.mock_url}/v1", "sk-mock-openai", 4, default=True)
     try:
         batch_id = create_batch(client, upload(client, tmp_path, chat_lines("f", 200)))
+        workers = _runs_holding_chunks(stack, batch_id, at_least=2, timeout=90)
+        assert len(workers) >= 2, f"no helper run took a chunk within 90 s: {workers}"
+        stack.mock_config(latency_ms=0)
         (batch,) = wait_all_terminal(client, [batch_id], 120)
     finally:
         stack.mock_config(latency_ms=0)
@@ -279,3 +283,18 @@ def test_a_batch_is_worked_by_its_run_and_helper_runs_with_every_line_once(
     names = {httpx.get(f"{stack.prefect.api_url}/flow_runs/{run}").json()["name"] for run in runs}
     helpers = {f"{batch_id}-helper-{n}" for n in range(1, FANOUT)}
     assert batch_id in names and names - {batch_id} <= helpers, names
+
+
+def _runs_holding_chunks(stack: Stack, batch_id: str, at_least: int, timeout: float) -> set[str]:
+    """The flow runs that have claimed or finished a chunk of the batch,
+    polled until there are `at_least` of them or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        chunks = httpx.get(
+            f"{stack.url}/internal/batches/{batch_id}/chunks",
+            headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"},
+        ).json()
+        runs = {c[k] for c in chunks for k in ("claimed_by", "done_by") if c.get(k)}
+        if len(runs) >= at_least or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.25)
