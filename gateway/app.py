@@ -58,7 +58,7 @@ def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> 
     internal_token = (
         settings.internal_token or load_or_create_secret(settings.data_dir / "internal_token")[0]
     )
-    gateway_metrics = GatewayMetrics(store.batch_status_counts)
+    gateway_metrics = GatewayMetrics(store.batch_status_counts, store.live_batch_ids)
     return GatewayState(
         settings=settings,
         store=store,

@@ -6,6 +6,10 @@ Three sources meet here:
   the ledger accepts the checkpoint, so each is counted once, wherever the
   run executed. Lines completed / failed come from the same checkpoints, and
   from finalize for lines never sent (they add up to `request_counts`).
+- Each report also carries the run's current AIMD window per provider: a
+  level, kept per batch and run, shown summed per provider for the batches
+  still live (asked of DuckDB at scrape), so an ended batch's windows leave
+  the gauge instead of standing there at their last value.
 - What the gateway knows itself: batches by status (asked of DuckDB at
   scrape time), webhook deliveries, and the latency of its own HTTP routes
   (`HttpMetricsMiddleware`).
@@ -60,8 +64,9 @@ class _RunCollector(Collector):
             retries, throttled = dict(runs.retries), dict(runs.throttled)
             latency = {p: list(b) for p, b in runs.latency.items()}
             latency_sum = dict(runs.latency_sum)
-            tokens, window = dict(runs.tokens), dict(runs.window)
+            tokens = dict(runs.tokens)
             lines = dict(m.lines)
+        window = m.live_windows()
         family = CounterMetricFamily(
             "batchgate_lines",
             "Batch lines finished, by outcome (failed: also the lines a cancel, expiry or "
@@ -109,7 +114,8 @@ class _RunCollector(Collector):
         yield family
         gauge = GaugeMetricFamily(
             "batchgate_aimd_window",
-            "Requests a flow run may have in flight to a provider (last reported).",
+            "Requests the flow runs of live batches may have in flight to a provider: "
+            "the sum of each run's last reported AIMD window.",
             labels=["provider"],
         )
         for provider, n in sorted(window.items()):
@@ -123,11 +129,19 @@ class _RunCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, batch_counts: Callable[[], dict[str, int]]) -> None:
-        """`batch_counts` answers batches per status (the store, at scrape)."""
+    def __init__(
+        self,
+        batch_counts: Callable[[], dict[str, int]],
+        live_batch_ids: Callable[[], set[str]] = set,
+    ) -> None:
+        """`batch_counts` answers batches per status and `live_batch_ids` the
+        batches not yet ended (the store, at scrape)."""
         self.batch_counts = batch_counts
+        self.live_batch_ids = live_batch_ids
         self.lock = threading.Lock()
         self.runs = RunMetrics()
+        # batch id -> flow run id -> provider -> that run's last window
+        self.windows: dict[str, dict[str, dict[str, int]]] = {}
         self.lines: dict[str, int] = {"completed": 0, "failed": 0}
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_latency = Histogram(
@@ -151,15 +165,44 @@ class GatewayMetrics:
         )
         self.registry.register(_RunCollector(self))
 
-    def add_chunk(self, completed: int, failed: int, report: dict[str, Any] | None) -> None:
-        """An accepted checkpoint: its lines and its run's report (the ledger's
-        `on_chunk` hook, called once per chunk)."""
+    def add_chunk(
+        self,
+        completed: int,
+        failed: int,
+        report: dict[str, Any] | None,
+        *,
+        batch_id: str = "",
+        run: str | None = None,
+    ) -> None:
+        """An accepted checkpoint of `batch_id` posted by flow run `run`: its
+        lines and the run's report (the ledger's `on_chunk` hook, called once
+        per chunk)."""
         with self.lock:
             self.lines["completed"] += completed
             self.lines["failed"] += failed
-            ok = report is None or self.runs.add(report)
-        if not ok:
+            if report is None:
+                return
+            window = self.runs.add(report)
+            if window:
+                self.windows.setdefault(batch_id, {})[run or ""] = window
+        if window is None:
             self.rejected_reports.inc()
+
+    def live_windows(self) -> dict[str, int]:
+        """The AIMD windows of the runs of live batches, summed per provider;
+        the windows of batches that ended are forgotten here."""
+        with self.lock:
+            known = set(self.windows)
+        ended = known - self.live_batch_ids() if known else set()
+        totals: dict[str, int] = {}
+        with self.lock:
+            for batch_id in ended:
+                self.windows.pop(batch_id, None)
+            for runs in self.windows.values():
+                for window in runs.values():
+                    for provider, n in window.items():
+                        totals[provider] = totals.get(provider, 0) + n
+        return totals
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

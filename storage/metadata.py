@@ -571,6 +571,13 @@ class MetadataStore:
     def live_batches(self) -> list[BatchRecord]:
         return self._batches_in(LIVE_STATUSES)
 
+    def live_batch_ids(self) -> set[str]:
+        """Ids of the batches not yet ended (the metrics' AIMD gauge, at scrape)."""
+        wanted = sorted(LIVE_STATUSES)
+        marks = ", ".join("?" for _ in wanted)
+        rows = self.query(f"SELECT id FROM batches WHERE status IN ({marks})", wanted)
+        return {batch_id for (batch_id,) in rows}
+
     # -- chunks (the execution checkpoint) --------------------------------
 
     def save_chunks(self, batch_id: str, chunks: Sequence[ChunkRecord]) -> None:

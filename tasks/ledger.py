@@ -16,9 +16,9 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -36,6 +36,21 @@ if TYPE_CHECKING:  # flow processes import this module for its errors: no DuckDB
     from storage.metadata import MetadataStore
 
 log = logging.getLogger("batchgate.ledger")
+
+
+class ChunkHook(Protocol):
+    """Hears an accepted checkpoint (`BatchLedger(on_chunk=)`): its lines,
+    the posting run's metrics report, the batch and that run's id."""
+
+    def __call__(
+        self,
+        completed: int,
+        failed: int,
+        metrics: dict[str, Any] | None,
+        *,
+        batch_id: str,
+        run: str | None,
+    ) -> None: ...
 
 
 def now() -> int:
@@ -166,11 +181,12 @@ class BatchLedger:
         *,
         lease_seconds: int,
         prices: Sequence[Any] = (),
-        on_chunk: Callable[[int, int, dict[str, Any] | None], None] | None = None,
+        on_chunk: ChunkHook | None = None,
         fanout_runs: int = 1,
     ) -> None:
-        """`on_chunk(completed, failed, metrics)` hears each accepted
-        checkpoint once (the gateway's metrics); a repeated post is not heard.
+        """`on_chunk(completed, failed, metrics, batch_id=, run=)` hears each
+        accepted checkpoint once, with the flow run that posted it (the
+        gateway's metrics); a repeated post is not heard.
         Finalize tells it too, once, of the lines that never ran (as failed,
         with no metrics), so its line counts add up to `request_counts`.
         `fanout_runs`: how many flow runs may work one batch (its own run and
@@ -472,7 +488,7 @@ class BatchLedger:
                         batch_id, lease_expires_at=time.time() + self.lease_seconds
                     )
             if newly_done and self.on_chunk is not None:
-                self.on_chunk(completed, failed, metrics)
+                self.on_chunk(completed, failed, metrics, batch_id=batch_id, run=poster)
             crash_point("ledger:chunk_after_commit")
             return self.control(self.batch(batch_id))
 
@@ -616,7 +632,7 @@ class BatchLedger:
         elif unrun and self.on_chunk is not None:
             # Lines no request was sent for (cancel, expiry, budget) fail
             # here, not in a checkpoint: heard once, with the transition.
-            self.on_chunk(0, unrun, None)
+            self.on_chunk(0, unrun, None, batch_id=batch.id, run=None)
         crash_point("ledger:finalize_after_transition")
         self._remove_parts(batch.id)
 

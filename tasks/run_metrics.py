@@ -14,7 +14,9 @@ A report is JSON:
      "sum": seconds}}, "tokens": [[model, "input"|"output", n], ...],
      "window": {provider: current AIMD window}}
 `buckets` are per-bucket (not cumulative) counts over LATENCY_BUCKETS plus
-one for +Inf. The gateway keeps the same structure as running totals.
+one for +Inf. The gateway keeps the same structure as running totals, except
+for `window`: a window is a level, not a count, so `add` hands it back for
+the gateway to keep per run (gateway/metrics.py) instead of adding it up.
 """
 
 from __future__ import annotations
@@ -103,13 +105,14 @@ class RunMetrics:
 
     # -- adding up (the gateway) -------------------------------------------
 
-    def add(self, report: Any) -> bool:
-        """Add a run's report to these totals. A malformed report (a run of
-        another version, say) is ignored as a whole: False."""
+    def add(self, report: Any) -> dict[str, int] | None:
+        """Add a run's report to these totals and answer its AIMD windows. A
+        malformed report (a run of another version, say) is ignored as a
+        whole: None."""
         try:
             parsed = _parse(report)
         except (TypeError, ValueError, KeyError, AttributeError):
-            return False
+            return None
         requests, retries, throttled, latency, tokens, window = parsed
         for key, n in requests:
             self.requests[key] = self.requests.get(key, 0) + n
@@ -124,8 +127,7 @@ class RunMetrics:
             self.latency_sum[provider] = self.latency_sum.get(provider, 0.0) + total
         for key, n in tokens:
             self.tokens[key] = self.tokens.get(key, 0) + n
-        self.window.update(window)
-        return True
+        return window
 
 
 def _count(value: Any) -> int:

@@ -166,7 +166,8 @@ def test_metrics_during_and_after_a_batch_match_the_provider_s_counts(
     assert grew("batchgate_lines_total", outcome="completed") == completed
     assert grew("batchgate_lines_total", outcome="failed") == batch.request_counts.failed
     assert grew("batchgate_tokens_total", kind="input") == batch.usage.input_tokens
-    assert total(after, "batchgate_aimd_window", provider="openai") >= 1
+    # The AIMD window shows while the batch runs and leaves with it.
+    assert total(after, "batchgate_aimd_window", provider="openai") == 0
     assert total(after, "batchgate_batches", status="completed") >= 1
     # During the run: the batch was live in the gauge, and counters only grew.
     live = [total(s, "batchgate_batches", status="in_progress") for s in during]
@@ -178,6 +179,9 @@ def test_metrics_during_and_after_a_batch_match_the_provider_s_counts(
             )
             assert grown == getattr(counts_then, outcome), (outcome, counts_then, grown)
     assert any(0 < c.completed < 300 for c, _ in steady), [c for c, _ in steady]
+    for counts_then, sample in steady:
+        if counts_then.completed:
+            assert total(sample, "batchgate_aimd_window", provider="openai") >= 1
     counts = [total(s, "batchgate_upstream_requests_total") for s in during]
     assert counts == sorted(counts) and counts[-1] <= total(
         after, "batchgate_upstream_requests_total"

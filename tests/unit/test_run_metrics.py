@@ -45,7 +45,8 @@ def test_a_report_hands_over_what_was_counted_and_starts_again() -> None:
     assert report is not None and run.report() is None
 
     gateway = RunMetrics()
-    assert gateway.add(report) and gateway.add(report)
+    # A window is a level: handed back for the gateway to keep, not added up.
+    assert gateway.add(report) == gateway.add(report) == {"openai": 12}
     assert gateway.requests == {("openai", "2xx"): 2, ("openai", "4xx"): 2, ("mistral", "error"): 2}
     assert gateway.throttled == {"openai": 2} and gateway.retries == {"openai": 2}
     assert gateway.latency["mistral"][len(LATENCY_BUCKETS)] == 2  # past the last bound: +Inf
@@ -55,7 +56,27 @@ def test_a_report_hands_over_what_was_counted_and_starts_again() -> None:
         ("resp-model", "input"): 10,
         ("resp-model", "output"): 4,
     }
-    assert gateway.window == {"openai": 12}
+
+
+def test_the_aimd_gauge_sums_the_runs_of_live_batches_and_forgets_ended_ones() -> None:
+    live = {"batch_a", "batch_b"}
+    gateway = GatewayMetrics(dict, lambda: set(live))
+    for batch_id, run, window in [
+        ("batch_a", "run-1", {"openai": 8}),
+        ("batch_a", "run-2", {"openai": 4, "mistral": 2}),
+        ("batch_a", "run-1", {"openai": 10}),  # the same run's later window replaces it
+        ("batch_b", "run-3", {"openai": 1}),
+    ]:
+        report = RunMetrics().report(window)
+        gateway.add_chunk(1, 0, report, batch_id=batch_id, run=run)
+    scrape = samples(gateway.render())
+    assert total(scrape, "batchgate_aimd_window", provider="openai") == 15
+    assert total(scrape, "batchgate_aimd_window", provider="mistral") == 2
+    live.discard("batch_a")
+    scrape = samples(gateway.render())
+    assert total(scrape, "batchgate_aimd_window", provider="openai") == 1
+    assert ("batchgate_aimd_window", (("provider", "mistral"),)) not in scrape
+    assert set(gateway.windows) == {"batch_b"}
 
 
 @pytest.mark.parametrize(
@@ -95,7 +116,7 @@ def harness(tmp_path: Path, mock: ThreadedServer) -> Iterator[Harness]:  # noqa:
 async def test_the_counters_match_the_provider_s_count_even_with_checkpoints_posted_twice(
     harness: Harness,
 ) -> None:
-    metrics = GatewayMetrics(harness.store.batch_status_counts)
+    metrics = GatewayMetrics(harness.store.batch_status_counts, harness.store.live_batch_ids)
     harness.ledger.on_chunk = metrics.add_chunk
     harness.api = TwicePosting(harness.ledger, harness.store)
     httpx.post(f"{harness.mock_url}/config", json={"rate_429": 0.3, "retry_after": 0.01})
@@ -117,4 +138,4 @@ async def test_the_counters_match_the_provider_s_count_even_with_checkpoints_pos
     assert total(scrape, "batchgate_tokens_total", kind="input") == batch.usage["input_tokens"]
     assert total(scrape, "batchgate_tokens_total", kind="output") == batch.usage["output_tokens"]
     assert total(scrape, "batchgate_batches", status="completed") == 1
-    assert total(scrape, "batchgate_aimd_window", provider="openai") >= 1
+    assert total(scrape, "batchgate_aimd_window") == 0  # the batch ended: no window stands
