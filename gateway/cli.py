@@ -7,7 +7,7 @@ batchgate run FILE        run a JSONL file through the engine, no server (resuma
 batchgate mock-upstream   a fake OpenAI-compatible provider
 batchgate create-key      create an API key in the local data directory
 batchgate doctor          check metadata against blobs (gateway stopped)
-batchgate rotate-secret-key  re-encrypt provider keys under a new key (gateway stopped)
+batchgate rotate-secret-key  re-encrypt stored secrets under a new key (gateway stopped)
 
 Every command but mock-upstream runs with umask 077: what it and its children
 (DuckDB, the Prefect server, flow runs, logs) create is owner-only.
@@ -144,13 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchgate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--log-level", default=os.environ.get("BATCHGATE_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("BATCHGATE_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (default: BATCHGATE_LOG_LEVEL, else info)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("up", help="start Prefect server, runner and gateway").set_defaults(func=_cmd_up)
-    sub.add_parser("serve", help="start the gateway only").set_defaults(func=_cmd_serve)
     sub.add_parser(
-        "worker", help="serve the batch flows (needs BATCHGATE_GATEWAY_URL)"
+        "up",
+        help="start Prefect server, runner and gateway",
+        description="A local Prefect server (unless PREFECT_API_URL is set), the gateway "
+        "and a runner, restarted if one dies; Ctrl-C stops all. Settings: BATCHGATE_* "
+        "variables or the BATCHGATE_CONFIG file (README.md, Configuration).",
+    ).set_defaults(func=_cmd_up)
+    sub.add_parser(
+        "serve",
+        help="start the gateway only",
+        description="The gateway alone (uvicorn on BATCHGATE_HOST:BATCHGATE_PORT); it starts "
+        "batches on the Prefect server named by PREFECT_API_URL.",
+    ).set_defaults(func=_cmd_serve)
+    sub.add_parser(
+        "worker",
+        help="serve the batch flows (needs BATCHGATE_GATEWAY_URL)",
+        description="A runner serving the batch flows against a gateway: needs "
+        "PREFECT_API_URL, BATCHGATE_GATEWAY_URL and BATCHGATE_INTERNAL_TOKEN (or the "
+        "data directory's internal_token); docs/scale-out.md.",
     ).set_defaults(func=_cmd_worker)
 
     run = sub.add_parser(
@@ -172,18 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(mock)
     mock.set_defaults(func=_cmd_mock_upstream)
 
-    key = sub.add_parser("create-key", help="create an API key (gateway must be stopped)")
-    key.add_argument("name")
+    key = sub.add_parser(
+        "create-key",
+        help="create an API key (gateway must be stopped)",
+        description="Prints the new key's id and the key, shown this once.",
+    )
+    key.add_argument("name", help="a name for the key (GET /admin/keys shows it)")
     key.set_defaults(func=_cmd_create_key)
 
     sub.add_parser(
         "doctor",
         help="check the DuckDB file against the blob directory (gateway must be stopped)",
+        description="Exit codes: 0 no problems, 1 problems found (listed), 2 the database "
+        "cannot be opened (missing, or the gateway still holds it).",
     ).set_defaults(func=_cmd_doctor)
     sub.add_parser(
         "rotate-secret-key",
-        help="re-encrypt the stored provider keys under a new secret key (gateway must be "
-        "stopped; see docs/operations.md)",
+        help="re-encrypt the stored provider keys and webhook secrets under a new secret "
+        "key (gateway must be stopped; see docs/operations.md)",
+        description="With <data_dir>/secret_key: a new key is generated. With "
+        "BATCHGATE_SECRET_KEY: the new key comes from BATCHGATE_NEW_SECRET_KEY. Exit codes: "
+        "0 rotated, 2 nothing changed.",
     ).set_defaults(func=_cmd_rotate_secret_key)
     return parser
 

@@ -68,15 +68,17 @@ def _field(flag: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `batchgate mock-upstream` flags."""
     defaults = MockConfig()
-    parser.add_argument("--host", default=defaults.host)
-    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--host", default=defaults.host, help=f"default {defaults.host}")
+    parser.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}")
     for flag, help_text in FLOAT_KNOBS:
         default = getattr(defaults, _field(flag))
         parser.add_argument(flag, type=float, default=default, help=help_text)
     parser.add_argument(
         "--api-key", default=None, help="if set, require 'Authorization: Bearer <key>'"
     )
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the random fault draws (repeatable runs)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> MockConfig:
