@@ -22,25 +22,20 @@ from gateway.routes.files import (
     MIN_EXPIRES_SECONDS,
     UPLOAD_PURPOSES,
 )
+from gateway.routes.results import USAGE_GROUPS
+from tasks.batch_rules import (
+    ENDPOINTS,
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
+)
+from tasks.status import TRANSITIONS
 from tasks.webhooks import EVENT_TYPES
 
-BATCH_ENDPOINTS = [
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/responses",
-    "/v1/moderations",
-]
-BATCH_STATUSES = [
-    "validating",
-    "failed",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "expired",
-    "cancelling",
-    "cancelled",
-]
+# Quoted from the rules they document, so the document cannot drift from them.
+BATCH_ENDPOINTS = sorted(ENDPOINTS)
+BATCH_STATUSES = list(TRANSITIONS)
+_USAGE_GROUP = "|".join(USAGE_GROUPS)
 Schema = dict[str, Any]
 
 
@@ -101,9 +96,9 @@ def query_param(name: str, schema: Schema, description: str) -> Schema:
 UNIX_TIME = {"type": "integer", "description": "Unix seconds."}
 METADATA = nullable(
     "object",
-    maxProperties=16,
-    propertyNames={"maxLength": 64},
-    additionalProperties={"type": "string", "maxLength": 512},
+    maxProperties=MAX_METADATA_PAIRS,
+    propertyNames={"maxLength": MAX_METADATA_KEY},
+    additionalProperties={"type": "string", "maxLength": MAX_METADATA_VALUE},
 )
 
 # A batch's `errors` (and an estimate's): null, or a list object of BatchError.
@@ -505,6 +500,11 @@ ORDER_TEXT = (
 # Admin routes take the admin key (BATCHGATE_ADMIN_KEY), not an API key.
 ADMIN_SECURITY = [{"adminAuth": []}]
 ADMIN_UNAUTHORIZED = error_response("Missing or wrong admin key.")
+OVER_BUDGET = {
+    "description": "`insufficient_quota`: the key has spent its budget for the period.",
+    "headers": {"x-should-retry": {"schema": {"type": "string", "const": "false"}}},
+    **json_content(ref("Error")),
+}
 NOT_LIVE = {
     "description": "The batch has ended (or is being cancelled).",
     "headers": {"x-should-retry": {"schema": {"type": "string", "const": "false"}}},
@@ -605,12 +605,7 @@ PATHS: dict[str, Any] = {
                 "400": BAD_REQUEST,
                 "401": UNAUTHORIZED,
                 "404": NOT_FOUND,
-                "429": {
-                    "description": "`insufficient_quota`: the key has spent its budget "
-                    "for the period.",
-                    "headers": {"x-should-retry": {"schema": {"type": "string", "const": "false"}}},
-                    **json_content(ref("Error")),
-                },
+                "429": OVER_BUDGET,
             },
         },
         "get": {
@@ -853,7 +848,9 @@ PATHS: dict[str, Any] = {
                 "400": BAD_REQUEST,
                 "401": UNAUTHORIZED,
                 "404": NOT_FOUND,
-                "409": error_response("A table was asked for a batch that has not ended."),
+                "409": error_response(
+                    "A table was asked for a batch that has not ended (`batch_not_finished`)."
+                ),
             },
         },
     },
@@ -890,9 +887,11 @@ PATHS: dict[str, Any] = {
                 "401": UNAUTHORIZED,
                 "404": NOT_FOUND,
                 "409": error_response(
-                    "The batch has not ended, has no failed lines (with those codes), or "
-                    "its input file is gone."
+                    "The batch has not ended (`batch_not_finished`), has no failed lines "
+                    "with those codes (`no_failed_lines`), or its input file is gone "
+                    "(`input_file_unavailable`)."
                 ),
+                "429": OVER_BUDGET,
             },
         },
     },
@@ -901,16 +900,15 @@ PATHS: dict[str, Any] = {
             "operationId": "adminUsage",
             "summary": "Line counts and token totals over the batches' recorded per-model "
             "usage (admin key).",
-            "security": [{"adminAuth": []}],
+            "security": ADMIN_SECURITY,
             "parameters": [
                 query_param(
                     "group_by",
                     {
                         "type": "string",
-                        "pattern": "^((key|model|provider|day|batch)"
-                        "(,(key|model|provider|day|batch))*)?$",
+                        "pattern": f"^(({_USAGE_GROUP})(,({_USAGE_GROUP}))*)?$",
                     },
-                    "Comma-separated: any of key, model, provider, day (UTC), batch.",
+                    f"Comma-separated: any of {', '.join(USAGE_GROUPS)} (day: UTC).",
                 ),
                 query_param("since", TIME_PARAM, "Epoch seconds or ISO 8601 date (inclusive)."),
                 query_param("until", TIME_PARAM, "Epoch seconds or ISO 8601 date (exclusive)."),
@@ -918,7 +916,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": ok(ref("UsageReport")),
                 "400": BAD_REQUEST,
-                "401": UNAUTHORIZED,
+                "401": ADMIN_UNAUTHORIZED,
             },
         },
     },
@@ -929,7 +927,11 @@ PATHS: dict[str, Any] = {
             "security": [],
             "responses": {
                 "200": ok(ref("Health")),
-                "503": ok(ref("Health"), "Starting: Prefect is not reachable yet."),
+                "503": ok(
+                    ref("Health"),
+                    "Starting: Prefect is not reachable yet, or the process-batch "
+                    "deployment is not registered yet.",
+                ),
             },
         },
     },
@@ -1062,7 +1064,8 @@ def build_document() -> dict[str, Any]:
                 "adminAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The admin key (BATCHGATE_ADMIN_KEY).",
+                    "description": "The admin key (BATCHGATE_ADMIN_KEY, else the one generated "
+                    "into <data_dir>/admin_key).",
                 },
                 "metricsToken": {
                     "type": "http",
