@@ -100,7 +100,7 @@ class Settings(BaseSettings):
 
     # Webhooks (gateway/loops/webhooks.py): attempt n waits base * 2**(n-1)
     # seconds, at most max; after `webhook_max_attempts` the delivery is given
-    # up (the defaults span about 15 hours). Tests shorten them.
+    # up (the defaults span about 8.4 hours). Tests shorten them.
     webhook_poll_seconds: float = 1.0
     webhook_timeout_seconds: float = 10.0
     webhook_max_attempts: int = Field(default=18, ge=1)
