@@ -313,7 +313,8 @@ than is in flight. The limiter is per process, not shared across processes:
 each batch runs in its own flow-run process, so two batches have two windows;
 they see the same 429s and headers from the shared provider budget and settle
 on equal shares, as the fairness row shows. The ceiling `max_concurrency`
-therefore applies per running batch.
+therefore applies per flow run: per running batch, or per run of a batch
+fanned out over several (`fanout_runs`, docs/scale-out.md).
 """
 
 
