@@ -1,4 +1,4 @@
-"""One Prefect runner that serves both batchgate deployments.
+"""One Prefect runner that serves the three batchgate deployments.
 
 `batchgate up` starts this as a child process; on other machines
 `batchgate worker` does the same against a remote gateway. The runner and the
