@@ -64,7 +64,11 @@ def build_command(blobs: BlobStore, batch_id: str) -> list[str]:
 
 
 async def ensure_built(blobs: BlobStore, batch: BatchRecord) -> None:
-    """Build the table and summary of an ended batch unless they exist."""
+    """Build the table and summary of an ended batch unless they exist. A
+    result file deleted since the table was built takes the table with it
+    (`tasks.retention.delete_file`); the check comes first all the same, so
+    a table is never served beside a file that is gone."""
+    require_result_files(blobs, batch)
     if is_built(blobs, batch.id):
         return
     lock = _locks.setdefault(batch.id, asyncio.Lock())
@@ -80,7 +84,6 @@ async def ensure_built(blobs: BlobStore, batch: BatchRecord) -> None:
                     f"/v1/batches/{batch.id}/results.",
                     code="results_unavailable",
                 )
-            require_result_files(blobs, batch)
             process = await asyncio.create_subprocess_exec(
                 *build_command(blobs, batch.id),
                 stdout=asyncio.subprocess.DEVNULL,

@@ -571,6 +571,12 @@ class MetadataStore:
     def live_batches(self) -> list[BatchRecord]:
         return self._batches_in(LIVE_STATUSES)
 
+    def batch_of_result_file(self, file_id: str) -> BatchRecord | None:
+        """The batch whose output or error file `file_id` is, if any."""
+        return self._first(
+            "batches", BatchRecord, "output_file_id = ? OR error_file_id = ?", [file_id, file_id]
+        )
+
     def live_batch_ids(self) -> set[str]:
         """Ids of the batches not yet ended (the metrics' AIMD gauge, at scrape)."""
         wanted = sorted(LIVE_STATUSES)

@@ -26,6 +26,7 @@ from gateway.uploads import StreamingFormParser, UploadForm, UploadMalformed, Up
 from storage import ids
 from storage.metadata import now
 from storage.records import ApiKeyRecord, FileRecord, file_object
+from tasks.retention import delete_file
 
 UPLOAD_PURPOSES = frozenset({"batch", "user_data", "assistants", "fine-tune", "vision", "evals"})
 # Purposes of files the system writes (batch output and error files).
@@ -248,8 +249,7 @@ def file_item(request: Request) -> Response:
     record = _owned_file(request, key)
     if request.method == "DELETE":
         state = gateway_state(request)
-        state.store.mark_file_deleted(record.id)
-        state.blobs.delete(record.blob_name)
+        delete_file(state.store, state.blobs, record.id)
         return JSONResponse({"id": record.id, "object": "file", "deleted": True})
     return JSONResponse(file_object(record))
 

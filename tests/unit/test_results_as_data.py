@@ -18,13 +18,13 @@ import pytest
 from flows.process_batch import Steps, drive_batch, finalize_batch
 from storage import control as control_store
 from storage.metadata import now
-from storage.records import BatchRecord
+from storage.records import BatchRecord, FileRecord
 from tasks import live_results
 from tasks.drive import _progress_of
 from tasks.ledger import derived_blob_name, derived_file_id
 from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
-from tasks.retention import delete_file, sweep
+from tasks.retention import sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
 from tasks.upstream import UpstreamClient
 from tests.live import asgi_client, inprocess_app
@@ -237,7 +237,8 @@ def test_retention_drops_derived_results_with_the_result_files(harness: Harness)
     h.blobs.write_bytes(derived_blob_name(batch.id, "parquet"), b"table")
     sweep(h.store, h.blobs)
     assert h.blobs.exists(meta)  # the output file is live: kept
-    delete_file(h.store, h.blobs, batch.output_file_id)
+    h.blobs.delete(batch.output_file_id)  # gone without a delete (an older version's)
+    h.store.mark_file_deleted(batch.output_file_id)
     sweep(h.store, h.blobs)
     assert not h.blobs.exists(meta)
     assert not h.blobs.exists(derived_blob_name(batch.id, "parquet"))
@@ -375,6 +376,8 @@ async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -
             error_file_id="file-deleted-errors",
         )
     )
+    for kind in ("parquet", "csv", "summary"):  # built before the files went
+        state.blobs.write_bytes(derived_blob_name("batch_gone", kind), b"{}")
     async with asgi_client(app, key[1]) as client:
         for path, params in [
             ("/v1/batches/batch_gone/results", {}),
@@ -385,5 +388,57 @@ async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -
             method = "POST" if path.endswith("/retry") else "GET"
             response = await client.request(method, path, params=params)
             assert response.status_code == 404, (path, params, response.text)
+            assert response.json()["error"]["code"] == "results_unavailable"
+    state.store.close()
+
+
+async def test_deleting_an_output_file_deletes_the_batch_s_table_and_summary(
+    tmp_path: Path,
+) -> None:
+    """The table holds every line's text: `DELETE /v1/files/{output}` takes
+    it (and the summary) along at once, not at the next retention pass."""
+    app = inprocess_app(tmp_path / "d")
+    state = app.state.gateway
+    key = state.store.create_api_key("test")
+    output = derived_file_id("batch_done", "output")
+    state.blobs.write_bytes(output, b'{"custom_id": "a"}\n')
+    state.store.insert_file(
+        FileRecord(
+            id=output,
+            api_key_id=key[0].id,
+            filename="batch_done_output.jsonl",
+            purpose="batch_output",
+            bytes=19,
+            created_at=now(),
+            expires_at=None,
+            deleted_at=None,
+            blob_name=output,
+            mime_type="application/jsonl",
+        )
+    )
+    state.store.insert_batch(
+        BatchRecord(
+            id="batch_done",
+            api_key_id=key[0].id,
+            endpoint="/v1/chat/completions",
+            input_file_id="file-in",
+            completion_window="24h",
+            status="completed",
+            created_at=now(),
+            completed_at=now(),
+            output_file_id=output,
+        )
+    )
+    derived = [derived_blob_name("batch_done", k) for k in ("meta", "parquet", "csv", "summary")]
+    for name in derived:
+        state.blobs.write_bytes(name, b"{}")
+    async with asgi_client(app, key[1]) as client:
+        table = "/v1/batches/batch_done/results"
+        assert (await client.get(table, params={"format": "csv"})).status_code == 200
+        assert (await client.delete(f"/v1/files/{output}")).json()["deleted"] is True
+        assert [n for n in derived if state.blobs.exists(n)] == []
+        for path, params in [(table, {"format": "csv"}), ("/v1/batches/batch_done/summary", {})]:
+            response = await client.get(path, params=params)
+            assert response.status_code == 404, response.text
             assert response.json()["error"]["code"] == "results_unavailable"
     state.store.close()
