@@ -17,7 +17,7 @@ from gateway.auth import require_admin, require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background
 from gateway.results_builds import ensure_built, read_summary, require_result_files
-from gateway.routes.batches import _record_batch
+from gateway.routes.batches import _record_batch, refuse_over_budget
 from gateway.state import GatewayState, gateway_state
 from storage import ids
 from storage.metadata import now
@@ -25,6 +25,7 @@ from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object
 from tasks import live_results
 from tasks.batch_rules import BatchRequest
 from tasks.ledger import derived_blob_name
+from tasks.retention import delete_file
 from tasks.retry_failed import failed_custom_ids, parse_codes, select_lines
 
 FORMATS = {
@@ -172,6 +173,7 @@ async def retry(request: Request) -> Response:
     if not parent.is_terminal:
         raise _not_finished(parent, "retry")
     state = gateway_state(request)
+    await run_in_threadpool(refuse_over_budget, state, key)  # before a file is written
     file_id = await run_in_threadpool(_retry_input, state, key, parent, codes)
     parsed = BatchRequest(
         input_file_id=file_id,
@@ -180,7 +182,11 @@ async def retry(request: Request) -> Response:
         metadata=_child_metadata(parent),
         output_expires_after_seconds=parent.output_expires_after_seconds,
     )
-    batch = await run_in_threadpool(_record_batch, state, key, parsed)
+    try:
+        batch = await run_in_threadpool(_record_batch, state, key, parsed)
+    except APIError:  # refused after all (the budget ran out meanwhile): no stray file
+        await run_in_threadpool(delete_file, state.store, state.blobs, file_id)
+        raise
     launch_in_background(state, batch)
     stored = await run_in_threadpool(state.store.get_batch, batch.id)
     return JSONResponse(batch_object(stored or batch))

@@ -210,6 +210,13 @@ def test_a_budget_lets_half_a_batch_through_then_stops_it_and_refuses_more(
         create(client, file_id)
     assert refused.value.code == "insufficient_quota"
     assert refused.value.response.headers["x-should-retry"] == "false"
+    # Retrying its budget_exceeded lines is refused the same way, and leaves
+    # no retry input file behind.
+    files = {f.id for f in client.files.list()}
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.post(f"/batches/{batch.id}/retry", cast_to=httpx.Response)
+    assert refused.value.code == "insufficient_quota"
+    assert {f.id for f in client.files.list()} == files
 
 
 def _flow_run_logs(stack: Stack, batch_id: str) -> list[str]:
