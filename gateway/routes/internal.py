@@ -20,7 +20,7 @@ from gateway.auth import require_internal
 from gateway.errors import APIError
 from gateway.results_builds import ensure_built, read_summary
 from gateway.state import gateway_state
-from tasks.ledger import BatchLedger, LedgerError, chunk_view
+from tasks.ledger import OUTCOMES, BatchLedger, LedgerError, chunk_view
 from tasks.retention import sweep
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -38,6 +38,55 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise APIError(400, "Body must be a JSON object.")
     return body
+
+
+# The fields of one planned chunk (`save_plan`), each an integer.
+PLAN_CHUNK_FIELDS = ("index", "start_offset", "end_offset", "first_line", "line_count")
+
+
+def _malformed(name: str, expected: str) -> APIError:
+    return APIError(400, f"'{name}' is missing or not {expected}.", param=name)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _int(body: dict[str, Any], name: str) -> int:
+    """A required count: a post of another version, or a broken one, gets a
+    400 naming the field, not a server error."""
+    value = body.get(name)
+    if not _is_count(value):
+        raise _malformed(name, "a non-negative integer")
+    return value
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise _malformed(name, "a string")
+    return value
+
+
+def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise _malformed(name, f"{_KINDS[kind]} or null")
+    return value
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string"}
+
+
+def _objects(body: dict[str, Any], name: str, counts: tuple[str, ...] = ()) -> list[dict]:
+    """A required list of objects, each with the integer fields `counts`."""
+    value = body.get(name)
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise _malformed(name, "a list of objects")
+    for field in counts:
+        if not all(_is_count(item.get(field)) for item in value):
+            raise _malformed(f"{name}[].{field}", "a non-negative integer")
+    return value
 
 
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -117,9 +166,9 @@ async def plan(request: Request) -> Response:
             _ledger(request).save_plan,
             request.path_params["batch_id"],
             str(body.get("lease_token")),
-            total=int(body["total"]),
-            chunks=body["chunks"],
-            errors=body["errors"],
+            total=_int(body, "total"),
+            chunks=_objects(body, "chunks", PLAN_CHUNK_FIELDS),
+            errors=_objects(body, "errors"),
             models=body.get("models") or [],
         )
     )
@@ -145,14 +194,14 @@ async def record_chunk(request: Request) -> Response:
             request.path_params["batch_id"],
             str(body.get("lease_token")),
             request.path_params["index"],
-            output=body["output"].encode(),
-            errors=body["errors"].encode(),
-            completed=int(body["completed"]),
-            failed=int(body["failed"]),
-            usage=body.get("usage"),
-            model=body.get("model"),
-            meta=body.get("meta"),
-            usage_rows=body.get("usage_rows"),
+            output=_text(body, "output").encode(),
+            errors=_text(body, "errors").encode(),
+            completed=_int(body, "completed"),
+            failed=_int(body, "failed"),
+            usage=_optional(body, "usage", dict),
+            model=_optional(body, "model", str),
+            meta=_optional(body, "meta", list),
+            usage_rows=_optional(body, "usage_rows", list),
             metrics=body.get("metrics"),
             stopped=int(body.get("stopped") or 0),
         )
@@ -161,11 +210,14 @@ async def record_chunk(request: Request) -> Response:
 
 async def finalize(request: Request) -> Response:
     body = await _body(request)
+    outcome = body.get("outcome", "completed")
+    if outcome not in OUTCOMES:
+        raise _malformed("outcome", f"one of {', '.join(sorted(OUTCOMES))}")
     batch = await _call(
         _ledger(request).finalize,
         request.path_params["batch_id"],
         str(body.get("lease_token")),
-        str(body.get("outcome", "completed")),
+        outcome,
     )
     return _json(asdict(batch))
 

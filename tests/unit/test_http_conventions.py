@@ -78,6 +78,35 @@ async def test_every_error_status_uses_the_envelope(tmp_path: Path) -> None:
     app.state.gateway.store.close()
 
 
+async def test_malformed_internal_posts_are_400_naming_the_field(tmp_path: Path) -> None:
+    """A worker post of another version (or a broken one) gets a 400 that
+    names the field, before the ledger reads it: never a server error."""
+    app = inprocess_app(tmp_path / "d", internal_token="internal-test-token")
+    base = "/internal/batches/batch_x"
+    chunk = {"index": 0, "start_offset": 0, "end_offset": 9, "first_line": 0}
+    cases = [
+        ("plan", {}, "total"),
+        ("plan", {"total": "3", "chunks": [], "errors": []}, "total"),
+        ("plan", {"total": 3, "chunks": {}, "errors": []}, "chunks"),
+        ("plan", {"total": 3, "chunks": [chunk], "errors": []}, "chunks[].line_count"),
+        ("plan", {"total": 3, "chunks": [], "errors": None}, "errors"),
+        ("chunks/0", {}, "output"),
+        ("chunks/0", {"output": "", "errors": "", "completed": 1}, "failed"),
+        ("chunks/0", {"output": "", "errors": "", "completed": 1, "failed": True}, "failed"),
+        (
+            "chunks/0",
+            {"output": "", "errors": "", "completed": 1, "failed": 0, "usage": []},
+            "usage",
+        ),
+        ("finalize", {"outcome": "done"}, "outcome"),
+    ]
+    async with asgi_client(app, "internal-test-token") as client:
+        for path, body, param in cases:
+            response = await client.post(f"{base}/{path}", json=body)
+            assert assert_envelope(response, 400)["param"] == param, (path, body)
+    app.state.gateway.store.close()
+
+
 async def test_request_id_is_echoed_or_made(inproc_app: Any) -> None:
     async with asgi_client(inproc_app) as client:
         echoed = await client.get("/openapi.json", headers={"x-request-id": "abc-123"})
