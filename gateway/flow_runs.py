@@ -31,9 +31,10 @@ class FlowRunStarter(Protocol):
     async def ready(self) -> bool:
         """True once flow runs can be created."""
 
-    async def is_queued(self, flow_run_id: str) -> bool:
-        """True while the run waits for a runner slot or is still starting, and
-        should not be replaced."""
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
+        """True while the batch's run should not be replaced: it waits for a
+        runner slot, is starting (since the batch's lease lapsed at
+        `lapsed_at`, if a run held one), or was suspended in Prefect."""
 
     async def aclose(self) -> None:
         """Release what the starter holds (the gateway is stopping)."""
@@ -111,10 +112,10 @@ class PrefectFlowRuns:
         self._ready_until = time.monotonic() + 30
         return True
 
-    async def is_queued(self, flow_run_id: str) -> bool:
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
         try:
-            return await flow_run_is_queued(await self._prefect(), flow_run_id)
-        except Exception as exc:  # unknown run or server away: not known to be queued
+            return await flow_run_keeps_batch(await self._prefect(), flow_run_id, lapsed_at)
+        except Exception as exc:  # unknown run or server away: not known to hold it
             log.debug("could not read flow run %s: %s", flow_run_id, exc)
             return False
 
@@ -158,20 +159,42 @@ async def _open_client() -> PrefectClient:
 PENDING_PATIENCE_SECONDS = 45.0
 
 
-async def flow_run_is_queued(client: PrefectClient, flow_run_id: str) -> bool:
-    """True while a flow run waits for a runner slot (Scheduled) or is still
-    starting (Pending or Running for less than the patience).
-
-    Asked only for a batch no run has claimed: without the Running case, a
-    run that waited for a slot longer than the launch grace got a spare run
-    started in the second between its start and its claim."""
-    from datetime import UTC, datetime
-
+async def flow_run_keeps_batch(
+    client: PrefectClient, flow_run_id: str, lapsed_at: float | None
+) -> bool:
+    """Whether the reconciler should leave a batch with no live lease to its
+    last flow run (`run_keeps_batch` on the run's Prefect state)."""
     run = await client.read_flow_run(UUID(flow_run_id))
     state = run.state
-    if state is None or state.type.value not in {"SCHEDULED", "PENDING", "RUNNING"}:
+    if state is None:
         return False
-    if state.type.value == "SCHEDULED" or state.timestamp is None:
+    since = state.timestamp.timestamp() if state.timestamp is not None else None
+    return run_keeps_batch(state.type.value, since, lapsed_at, time.time())
+
+
+def run_keeps_batch(state: str, since: float | None, lapsed_at: float | None, at: float) -> bool:
+    """The rule, on plain data: `state` is the run's Prefect state type,
+    entered at `since`; `lapsed_at` is when the batch's lease lapsed (None:
+    no run has claimed the batch since this run was started for it).
+
+    - PAUSED: a user suspended the run from the Prefect UI (its process
+      exits at once). That is their pause: no other run takes the batch
+      until they resume the run there (it is scheduled again and claims the
+      batch) or cancel it (a new run then takes the batch).
+    - SCHEDULED: the run waits for a runner slot (or was just resumed).
+    - PENDING / RUNNING: a runner took the run. Trusted for
+      PENDING_PATIENCE_SECONDS while it starts and claims; without this a
+      run that waited for a slot longer than the launch grace got a spare
+      run started in the second between its start and its claim. After a
+      lease lapsed, only a run (re)started since then counts: the run that
+      held the lease and died entered RUNNING long before.
+    - Anything else (ended, crashed): the batch needs a new run."""
+    if state in {"PAUSED", "SCHEDULED"}:
         return True
-    age = (datetime.now(UTC) - state.timestamp).total_seconds()
-    return age < PENDING_PATIENCE_SECONDS
+    if state not in {"PENDING", "RUNNING"}:
+        return False
+    if since is None:
+        return lapsed_at is None
+    if lapsed_at is not None and since <= lapsed_at:
+        return False
+    return at - since < PENDING_PATIENCE_SECONDS

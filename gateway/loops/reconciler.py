@@ -4,7 +4,9 @@
 here, after the answer. The reconciler runs every
 `reconcile_interval_seconds` and starts a new run for any live batch that
 nobody works on: its run's lease lapsed (the run died) or its reservation
-lapsed (the start never happened), and no queued flow run waits for it.
+lapsed (the start never happened), and its last flow run neither waits for
+a runner nor was suspended by a user in the Prefect UI
+(`gateway.flow_runs.run_keeps_batch`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ log = logging.getLogger("batchgate.gateway")
 # reconciler may start another one. Creating the run took up to 13 s on a busy
 # Prefect server, and a taken run claims within seconds of its start; a run
 # still waiting for a runner slot (Scheduled) is kept by `is_queued` whatever
-# its age. Past the grace a spare run may start, which is harmless: the lease
+# its age (`keeps_batch`). Past the grace a spare run may start, which is harmless: the lease
 # lets only one run work. It also bounds how long a batch waits when the host
 # that took its run is lost before the claim (docs/scale-out.md, A host lost
 # mid-batch): 120 s made that up to ~2 minutes, 45 s keeps it under one.
@@ -40,7 +42,7 @@ LAUNCH_GRACE_SECONDS = 45
 def launch_reserved_until(settings: Settings) -> float:
     """When the grace for a flow run being started ends: until then the
     reconciler leaves the batch to that run. Short leases (tests) get a
-    short grace; queued runs are kept by `is_queued` anyway."""
+    short grace; queued runs are kept by `keeps_batch` anyway."""
     return time.time() + min(LAUNCH_GRACE_SECONDS, max(30, 5 * settings.lease_seconds))
 
 
@@ -110,15 +112,19 @@ def lease_is_live(batch: BatchRecord, at: float, *, first_pass: bool = False) ->
 
 async def reconcile_once(state: GatewayState, *, first_pass: bool = False) -> int:
     """Start a new flow run for every live batch that nobody is working on:
-    its lease lapsed (the run died) and no queued flow run is waiting for it."""
+    its lease lapsed (the run died) and its last flow run does not keep it
+    (queued, starting, or suspended by a user in Prefect). A batch past its
+    completion window gets a run all the same: that run ends it `expired`."""
     started = 0
     for batch in await run_in_threadpool(state.store.live_batches):
-        if lease_is_live(batch, time.time(), first_pass=first_pass):
+        at = time.time()
+        if lease_is_live(batch, at, first_pass=first_pass):
             continue
+        lapsed_at = None if batch.lease_token is None else batch.lease_expires_at
         if (
-            batch.lease_token is None
-            and batch.flow_run_id
-            and await state.flow_runs.is_queued(batch.flow_run_id)
+            batch.flow_run_id
+            and not (batch.expires_at and batch.expires_at <= at)
+            and await state.flow_runs.keeps_batch(batch.flow_run_id, lapsed_at)
         ):
             continue
         if await launch(state, batch):

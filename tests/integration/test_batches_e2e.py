@@ -327,6 +327,56 @@ def test_sigterm_stops_a_flow_run_at_once_and_the_batch_goes_on(
     assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(lines))
 
 
+def test_a_run_suspended_in_the_prefect_ui_pauses_its_batch_until_resumed_there(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """Prefect's Suspend ends the run's process; the batch waits for that run
+    (no new run takes it after its lease lapses) and goes on when the run is
+    resumed in Prefect: one flow run in the UI, every line once."""
+    stack.mock_config(latency_ms=300)
+    lines = 3000
+    batch = client.batches.create(
+        input_file_id=upload(client, tmp_path, [chat_line(i) for i in range(lines)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_progress(client, batch.id, CHUNK)
+    api = stack.prefect.api_url
+    (run,) = _flow_runs_named(api, batch.id)
+    suspended = httpx.post(
+        f"{api}/flow_runs/{run['id']}/set_state",
+        json={
+            "state": {
+                "type": "PAUSED",
+                "name": "Suspended",
+                "state_details": {"pause_reschedule": True},
+            }
+        },
+    )
+    assert suspended.json()["status"] == "ACCEPT", suspended.text
+    psutil.wait_procs(flow_run_processes(stack), timeout=15)
+    assert flow_run_processes(stack) == []
+    held = client.batches.retrieve(batch.id).request_counts.completed
+    time.sleep(6 + 4)  # the lease (6 s) lapses; reconciler passes every second
+    assert client.batches.retrieve(batch.id).request_counts.completed == held < lines
+    assert [r["id"] for r in _flow_runs_named(api, batch.id)] == [run["id"]]
+    stack.mock_config(latency_ms=0)
+    resumed = httpx.post(f"{api}/flow_runs/{run['id']}/resume", json={})
+    assert resumed.json()["status"] == "ACCEPT", resumed.text
+    final = wait_terminal(client, batch.id, timeout=120)
+    assert final.status == "completed"
+    out = lines_of(client, final.output_file_id)
+    assert sorted(x["custom_id"] for x in out) == sorted(f"req-{i}" for i in range(lines))
+    assert [r["id"] for r in _flow_runs_named(api, batch.id)] == [run["id"]]
+
+
+def _flow_runs_named(api: str, name: str) -> list[dict[str, Any]]:
+    found = httpx.post(
+        f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}, "limit": 10}
+    )
+    return found.json()
+
+
 def test_runner_killed_mid_batch_resumes_without_repeats(
     stack: Stack, client: openai.OpenAI, tmp_path: Path
 ) -> None:

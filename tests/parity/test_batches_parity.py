@@ -77,7 +77,7 @@ class InlineFlowRuns:
     async def ready(self) -> bool:
         return True
 
-    async def is_queued(self, flow_run_id: str) -> bool:
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
         return False
 
     async def aclose(self) -> None:

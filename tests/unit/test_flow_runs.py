@@ -11,7 +11,12 @@ from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gateway.flow_runs import PENDING_PATIENCE_SECONDS, PrefectFlowRuns, flow_run_is_queued
+from gateway.flow_runs import (
+    PENDING_PATIENCE_SECONDS,
+    PrefectFlowRuns,
+    flow_run_keeps_batch,
+    run_keeps_batch,
+)
 from tasks.settings import load_settings
 
 UNREACHABLE = "http://127.0.0.1:9/api"  # the discard port: nothing answers
@@ -47,7 +52,7 @@ def test_an_unreachable_server_is_not_ready_and_nothing_is_queued(tmp_path: Path
     async def scenario() -> tuple[bool, bool]:
         runs = flow_runs(tmp_path)
         try:
-            return await runs.ready(), await runs.is_queued("not-a-uuid")
+            return await runs.ready(), await runs.keeps_batch("not-a-uuid", None)
         finally:
             await runs.aclose()
 
@@ -69,7 +74,7 @@ class OneRun:
 
 def queued(state: str, age: float) -> bool:
     run_id = "00000000-0000-0000-0000-000000000001"
-    return asyncio.run(flow_run_is_queued(OneRun(state, age), run_id))  # type: ignore[arg-type]
+    return asyncio.run(flow_run_keeps_batch(OneRun(state, age), run_id, None))  # type: ignore[arg-type]
 
 
 def test_a_taken_run_counts_as_starting_for_less_than_a_minute() -> None:
@@ -85,3 +90,20 @@ def test_a_taken_run_counts_as_starting_for_less_than_a_minute() -> None:
     assert PENDING_PATIENCE_SECONDS + 5 < 60  # + one reconciler pass
     assert not queued("COMPLETED", age=1)
     assert not queued("CRASHED", age=1)
+
+
+def test_after_a_lease_lapsed_only_a_suspended_queued_or_restarted_run_keeps_the_batch() -> None:
+    """The run that held the lease and died entered RUNNING before the lease
+    lapsed: it is replaced at once. A run suspended from the Prefect UI
+    keeps the batch (the user's pause), and so does that run once resumed,
+    while it waits for a slot and while it starts again."""
+    at, lapsed = 10_000.0, 9_990.0
+    assert not run_keeps_batch("RUNNING", since=9_900.0, lapsed_at=lapsed, at=at)
+    assert not run_keeps_batch("RUNNING", since=None, lapsed_at=lapsed, at=at)
+    assert run_keeps_batch("PAUSED", since=9_995.0, lapsed_at=lapsed, at=at)
+    assert run_keeps_batch("PAUSED", since=0.0, lapsed_at=lapsed, at=at + 86_400)
+    assert run_keeps_batch("SCHEDULED", since=9_999.0, lapsed_at=lapsed, at=at)
+    for state in ("PENDING", "RUNNING"):
+        assert run_keeps_batch(state, since=9_995.0, lapsed_at=lapsed, at=at)
+        assert not run_keeps_batch(state, since=9_995.0, lapsed_at=lapsed, at=at + 60)
+    assert not run_keeps_batch("CANCELLED", since=9_995.0, lapsed_at=lapsed, at=at)

@@ -24,7 +24,7 @@ CHAT = "/v1/chat/completions"
 class CountingFlowRuns(FakeFlowRuns):
     """Counts starts; no run is ever queued (every unreserved batch looks dead)."""
 
-    async def is_queued(self, flow_run_id: str) -> bool:
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
         return False
 
 
@@ -81,7 +81,7 @@ class ClaimedWhileAsked(CountingFlowRuns):
         super().__init__()
         self.state = state
 
-    async def is_queued(self, flow_run_id: str) -> bool:
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
         for batch in self.state.store.live_batches():
             self.state.store.update_batch(
                 batch.id, lease_token="claimed", lease_expires_at=time.time() + 30
@@ -101,6 +101,43 @@ def test_a_run_that_claims_while_the_reconciler_looks_keeps_its_lease(tmp_path: 
     assert state.flow_runs.started == []
     kept = state.store.get_batch(batch.id)
     assert kept is not None and kept.lease_token == "claimed"
+
+
+class SuspendedInPrefect(CountingFlowRuns):
+    """Every batch's last run was suspended from the Prefect UI."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, float | None]] = []
+
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
+        self.asked.append((flow_run_id, lapsed_at))
+        return True
+
+
+def test_a_run_suspended_in_prefect_keeps_its_batch_until_the_window_ends(
+    tmp_path: Path,
+) -> None:
+    """A user who suspends a batch's run in the Prefect UI paused the batch:
+    no new run takes it while its lease lapses, until its completion window
+    ends (a run is then started, which ends it `expired`)."""
+    flow_runs = SuspendedInPrefect()
+    state = inprocess_app(tmp_path, flow_runs=flow_runs, lease_seconds=60).state.gateway
+    lapsed = time.time() - 5
+    suspended = stored_batch(
+        state, flow_run_id="run-1", lease_token="run-token", lease_expires_at=lapsed
+    )
+    past_window = stored_batch(
+        state,
+        flow_run_id="run-2",
+        lease_token="run-token",
+        lease_expires_at=lapsed,
+        expires_at=int(time.time()) - 1,
+    )
+    assert asyncio.run(reconcile_once(state)) == 1
+    assert flow_runs.started == [past_window.id]
+    assert flow_runs.asked == [("run-1", lapsed)]  # asked with when its lease lapsed
+    assert suspended.id not in flow_runs.started
 
 
 def test_lease_is_live_until_it_lapses() -> None:
