@@ -36,6 +36,9 @@ class FlowRunStarter(Protocol):
         runner slot, is starting (since the batch's lease lapsed at
         `lapsed_at`, if a run held one), or was suspended in Prefect."""
 
+    async def resume_suspended(self, flow_run_id: str) -> bool:
+        """Resume the run if a user suspended it in Prefect; True if so."""
+
     async def aclose(self) -> None:
         """Release what the starter holds (the gateway is stopping)."""
 
@@ -118,6 +121,22 @@ class PrefectFlowRuns:
         except Exception as exc:  # unknown run or server away: not known to hold it
             log.debug("could not read flow run %s: %s", flow_run_id, exc)
             return False
+
+    async def resume_suspended(self, flow_run_id: str) -> bool:
+        """`POST /admin/batches/{id}/resume` on a batch whose run was suspended
+        in the Prefect UI resumes that run, as the UI's Resume would: it is
+        scheduled again and claims the batch (`run_keeps_batch`)."""
+        client = await self._prefect()
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            run = await client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:  # deleted in Prefect: nothing to resume there
+            return False
+        if run.state is None or run.state.type.value != "PAUSED":
+            return False
+        result = await client.resume_flow_run(UUID(flow_run_id))
+        return result.status.value == "ACCEPT"
 
 
 def launch_key(batch: BatchRecord) -> str:

@@ -201,6 +201,12 @@ class FakeFlowRuns:
     async def ready(self) -> bool:
         return self.is_ready
 
+    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
+        return False
+
+    async def resume_suspended(self, flow_run_id: str) -> bool:
+        return False
+
     async def aclose(self) -> None:
         return None
 

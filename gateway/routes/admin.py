@@ -10,6 +10,7 @@ whole again after it is stored.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import orjson
@@ -22,10 +23,11 @@ from gateway.errors import APIError, bad_request
 from gateway.state import GatewayState, gateway_state
 from storage import control as control_store
 from storage.metadata import MetadataStore, now
-from storage.records import ApiKeyRecord, ProviderRecord
+from storage.records import ApiKeyRecord, BatchRecord, ProviderRecord
 from tasks.budgets import PERIODS
 from tasks.control import budget_state
 
+log = logging.getLogger("batchgate.gateway")
 MAX_NAME_CHARS = 200
 MAX_BODY_BYTES = 1 << 20
 
@@ -296,7 +298,7 @@ async def provider_concurrency(request: Request) -> Response:
     return JSONResponse(provider_object(record))
 
 
-def _set_paused(request: Request, paused: bool) -> Response:
+def _set_paused(request: Request, paused: bool) -> BatchRecord:
     """Pause or resume a live batch: the run obeys within one heartbeat and
     keeps its lease meanwhile; the batch stays `in_progress`."""
     require_admin(request)
@@ -313,17 +315,36 @@ def _set_paused(request: Request, paused: bool) -> Response:
             headers={"x-should-retry": "false"},
         )
     control_store.set_paused(store, batch_id, paused)
+    return batch
+
+
+def _control_object(batch: BatchRecord, paused: bool) -> Response:
     return JSONResponse(
-        {"id": batch_id, "object": "batch.control", "status": batch.status, "paused": paused}
+        {"id": batch.id, "object": "batch.control", "status": batch.status, "paused": paused}
     )
 
 
 async def pause_batch(request: Request) -> Response:
-    return _set_paused(request, True)
+    return _control_object(_set_paused(request, True), True)
 
 
 async def resume_batch(request: Request) -> Response:
-    return _set_paused(request, False)
+    """Also resumes the batch's run if it was suspended in the Prefect UI
+    (which pauses a batch too: docs/operations.md)."""
+    batch = _set_paused(request, False)
+    if batch.flow_run_id:
+        try:
+            if await gateway_state(request).flow_runs.resume_suspended(batch.flow_run_id):
+                log.info("batch %s: resumed its flow run suspended in Prefect", batch.id)
+        except Exception as exc:  # Prefect away: the pause flag is cleared all the same
+            raise APIError(
+                503,
+                f"{batch.id} is no longer paused here, but its flow run could not be read "
+                f"from Prefect to resume it if it was suspended there: {type(exc).__name__}. "
+                "Try again.",
+                code="prefect_unavailable",
+            ) from exc
+    return _control_object(batch, False)
 
 
 async def provider_item(request: Request) -> Response:

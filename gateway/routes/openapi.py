@@ -792,13 +792,18 @@ PATHS: dict[str, Any] = {
         "parameters": [BATCH_ID],
         "post": {
             "operationId": "adminResumeBatch",
-            "summary": "Resume a paused batch where it stopped.",
+            "summary": "Resume a paused batch where it stopped; a batch whose flow run was "
+            "suspended in the Prefect UI has that run resumed.",
             "security": ADMIN_SECURITY,
             "responses": {
                 "200": ok(ref("BatchControl")),
                 "401": ADMIN_UNAUTHORIZED,
                 "404": NOT_FOUND,
                 "409": NOT_LIVE,
+                "503": error_response(
+                    "Prefect could not be asked whether the batch's run is suspended "
+                    "(`prefect_unavailable`); the pause flag is cleared, try again."
+                ),
             },
         },
     },

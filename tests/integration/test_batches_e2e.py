@@ -332,7 +332,8 @@ def test_a_run_suspended_in_the_prefect_ui_pauses_its_batch_until_resumed_there(
 ) -> None:
     """Prefect's Suspend ends the run's process; the batch waits for that run
     (no new run takes it after its lease lapses) and goes on when the run is
-    resumed in Prefect: one flow run in the UI, every line once."""
+    resumed (here through the admin API, which resumes it in Prefect): one
+    flow run in the UI, every line once."""
     stack.mock_config(latency_ms=300)
     lines = 3000
     batch = client.batches.create(
@@ -361,8 +362,10 @@ def test_a_run_suspended_in_the_prefect_ui_pauses_its_batch_until_resumed_there(
     assert client.batches.retrieve(batch.id).request_counts.completed == held < lines
     assert [r["id"] for r in _flow_runs_named(api, batch.id)] == [run["id"]]
     stack.mock_config(latency_ms=0)
-    resumed = httpx.post(f"{api}/flow_runs/{run['id']}/resume", json={})
-    assert resumed.json()["status"] == "ACCEPT", resumed.text
+    # The admin API's resume resumes the suspended run, as the UI's Resume does.
+    resumed = stack.admin("POST", f"/admin/batches/{batch.id}/resume")
+    assert resumed.json()["paused"] is False, resumed.text
+    assert _flow_runs_named(api, batch.id)[0]["state"]["type"] != "PAUSED"
     final = wait_terminal(client, batch.id, timeout=120)
     assert final.status == "completed"
     out = lines_of(client, final.output_file_id)
