@@ -111,6 +111,7 @@ class Measured:
     problems: list[str]
     repeated: int
     phases: str
+    helpers: list[int]  # chunks each helper run checkpointed (ScaleStack.helper_chunks)
 
     @property
     def rate(self) -> float:
@@ -172,7 +173,8 @@ def measure(stack: ScaleStack, prefix: str, count: int, lines: int) -> Measured:
     problems, repeated, ended = finish(stack, batch_ids, prefix, lines, timeout=3600)
     took = time.monotonic() - started
     peers = stack.mock_stats()["peers"]
-    return Measured(count * lines, took, peers, problems, repeated, phases(ended))
+    helpers = stack.helper_chunks(batch_ids)
+    return Measured(count * lines, took, peers, problems, repeated, phases(ended), helpers)
 
 
 def warm_up(stack: ScaleStack, hosts: list[Host], timeout: float = 300) -> None:
@@ -226,6 +228,12 @@ def stack_for(
         yield stack
 
 
+def helper_runs(chunks: list[int]) -> str:
+    """`3 (4+3+2)`: helper runs and the chunks each checkpointed (? = not ended)."""
+    each = "+".join(str(n) if n >= 0 else "?" for n in chunks)
+    return f"{len(chunks)} ({each})" if chunks else "0"
+
+
 def indent(text: str) -> str:
     kept = [line for line in text.splitlines() if line.strip()][-12:]
     return "\n".join(f"    {line}" for line in kept)
@@ -255,13 +263,14 @@ def one_vs_all(
                     f"{got.rate:.0f}",
                     got.phases,
                     shares(got.peers, hosts),
+                    helper_runs(got.helpers),
                     str(got.repeated),
                     "yes" if not got.problems else "; ".join(got.problems[:3]),
                 ]  # fmt: skip
             )
     ratio = rates[1] / rates[0] if rates[0] else 0.0
     headers = ["mode", "hosts", "batches", "wall", "lines/s", "median start / lines / finalize",
-               "share per host (h1/h2/h3)",
+               "share per host (h1/h2/h3)", "helper runs (chunks each)",
                "repeated", "each custom_id once"]  # fmt: skip
     return {
         "table": markdown_table(headers, rows),

@@ -10,9 +10,11 @@ work pool). It runs from this checkout with the gateway's directory hidden
 (bench/scale_net.py), which `data_dir_check` shows.
 
 Two worker modes, the two of docs/scale-out.md:
-- `served`: `batchgate worker` (a Prefect runner serving both deployments);
+- `served`: `batchgate worker` (a Prefect runner serving every deployment);
 - `pool`: `prefect worker start --pool batchgate` (a process work pool) on
-  the deployments `prefect deploy` made from prefect.yaml.
+  the deployments `prefect deploy` made from prefect.yaml (all of
+  `flows.serve.DEPLOYMENT_NAMES`, `process-chunks` included, so a fanned-out
+  batch gets its helper runs there too).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import httpx
 import openai
 
 from bench.scale_net import ROOT_ADDRESS, Host
+from flows.serve import DEPLOYMENT_NAMES
 from gateway import prefect_server
 from gateway.supervisor import Child, http_status, start_child, stop_child, stop_children
 from tests.live import GatewayAdmin, free_port
@@ -178,8 +181,10 @@ class ScaleStack(GatewayAdmin):
         )
 
     def deploy(self) -> str:
-        """The work pool and the two prefect.yaml deployments, one `prefect
-        deploy` each (docs/scale-out.md, 3b); what happened, one line each.
+        """The work pool and every prefect.yaml deployment (DEPLOYMENT_NAMES,
+        which tests/integration/test_up.py holds equal to prefect.yaml's), one
+        `prefect deploy` each (docs/scale-out.md, 3b); what happened, one
+        line each.
 
         With Prefect 3.8.8 on our FastAPI each `prefect deploy` creates its
         deployment and then exits 1 on a `422 ... workers/filter` (its
@@ -189,7 +194,7 @@ class ScaleStack(GatewayAdmin):
         if created.returncode != 0:
             raise RuntimeError(f"work-pool create failed:\n{created.stdout}{created.stderr}")
         said = []
-        for name in ("process-batch", "retention"):
+        for name in DEPLOYMENT_NAMES:
             deployed = self.prefect_cli("--no-prompt", "deploy", "--name", name)
             text = deployed.stdout + deployed.stderr
             made = "successfully created" in text
@@ -299,6 +304,25 @@ class ScaleStack(GatewayAdmin):
 
     def reset_mock(self) -> None:
         httpx.post(f"{self.mock_url}/stats/reset", timeout=30).raise_for_status()
+
+    def helper_chunks(self, batch_ids: list[str]) -> list[int]:
+        """Chunks each helper run (`<batch id>-helper-<n>`, the process-chunks
+        deployment) of these batches checkpointed, from its final state's
+        message (flows/process_chunks.py); -1 for a run that has not ended."""
+        found = httpx.post(
+            f"{self.api_url}/flow_runs/filter",
+            json={"flow_runs": {"name": {"like_": "-helper-"}}, "limit": 200},
+            timeout=30,
+        )
+        found.raise_for_status()
+        counts = []
+        for run in found.json():
+            if not run["name"].startswith(tuple(f"{b}-helper-" for b in batch_ids)):
+                continue
+            message = (run.get("state") or {}).get("message") or ""
+            done = re.match(r"(\d+) chunks of ", message)
+            counts.append(int(done.group(1)) if done else -1)
+        return sorted(counts, reverse=True)
 
     def refused_internal(self) -> int:
         """Internal-API calls the gateway answered 409 or another 4xx so far

@@ -37,6 +37,20 @@ from tasks.settings import Settings
 
 log = logging.getLogger("batchgate.gateway")
 
+# Every route the gateway serves; tests/integration/test_isolation.py checks
+# each one's credentials from this list, so a new route is checked too.
+ROUTES = [
+    *health.routes,
+    *openapi.routes,
+    *files.routes,
+    *batches.routes,
+    *results.routes,
+    *admin.routes,
+    *internal.routes,
+    *webhooks.routes,
+    *metrics.routes,
+]
+
 
 def build_state(settings: Settings, flow_runs: FlowRunStarter | None = None) -> GatewayState:
     make_private_dir(settings.data_dir)
@@ -90,17 +104,7 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
         state.store.close()
 
     app = Starlette(
-        routes=[
-            *health.routes,
-            *openapi.routes,
-            *files.routes,
-            *batches.routes,
-            *results.routes,
-            *admin.routes,
-            *internal.routes,
-            *webhooks.routes,
-            *metrics.routes,
-        ],
+        routes=ROUTES,
         middleware=[
             Middleware(HttpMetricsMiddleware, metrics=state.metrics),
             Middleware(RequestIdMiddleware),

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from storage.db_lock import DatabaseInUse
 from storage.private import PRIVATE_UMASK
 
 
@@ -95,9 +96,8 @@ def _cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    """Check the data directory; exit 1 if problems, 2 if it cannot be opened."""
-    import duckdb
-
+    """Check the data directory; exit 1 if problems, 2 if it cannot be opened
+    (a held file: `main`)."""
     from gateway.doctor import examine
     from storage.blobs import BlobStore
     from storage.metadata import MetadataStore
@@ -107,16 +107,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     if not settings.db_path.exists():
         print(f"batchgate doctor: no database at {settings.db_path}", file=sys.stderr)
         return 2
-    try:
-        store = MetadataStore(settings.db_path)
-    except duckdb.IOException as exc:
-        print(
-            f"batchgate doctor: cannot open {settings.db_path} - is the gateway still running?\n"
-            "Stop it first: DuckDB lets only one process open the file.\n"
-            f"({exc})",
-            file=sys.stderr,
-        )
-        return 2
+    store = MetadataStore(settings.db_path)
     try:
         report = examine(store, BlobStore(settings.blob_dir))
     finally:
@@ -193,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser(
         "create-key",
-        help="create an API key (gateway must be stopped)",
-        description="Prints the new key's id and the key, shown this once.",
+        help="create an API key (gateway must be stopped; while it runs: POST /admin/keys)",
+        description="Prints the new key's id and the key, shown this once. Exit code 2: "
+        "the database cannot be opened (the gateway still holds it).",
     )
     key.add_argument("name", help="a name for the key (GET /admin/keys shows it)")
     key.set_defaults(func=_cmd_create_key)
@@ -225,7 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except DatabaseInUse as exc:
+        # Every command that opens the DuckDB file (create-key, doctor,
+        # rotate-secret-key, serve) meets a running gateway the same way.
+        print(f"batchgate {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

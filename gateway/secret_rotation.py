@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import duckdb
-
 from storage.metadata import MetadataStore
 from storage.private import write_private_text
 from storage.secrets import (
@@ -63,16 +61,6 @@ def _next_key(settings: Settings, keys: SecretKeys) -> str:
     return key
 
 
-def _open_store(settings: Settings, keys: SecretKeys) -> MetadataStore:
-    try:
-        return MetadataStore(settings.db_path, keys)
-    except duckdb.IOException as exc:
-        raise RotationError(
-            f"cannot open {settings.db_path} - is the gateway still running? Stop it "
-            f"first: DuckDB lets only one process open the file.\n({exc})"
-        ) from None
-
-
 def rotate_secret_key(settings: Settings) -> Rotation:
     if not settings.db_path.exists():
         raise RotationError(f"no database at {settings.db_path}")
@@ -80,7 +68,9 @@ def rotate_secret_key(settings: Settings) -> Rotation:
     if settings.secret_key and settings.new_secret_key:
         # Rows may already be under the new key (a second run).
         keys = SecretKeys(keys.current, (*keys.older, check_key(settings.new_secret_key)))
-    store = _open_store(settings, keys)
+    # A running gateway holds the file: DatabaseInUse (storage/db_lock.py),
+    # before anything is written.
+    store = MetadataStore(settings.db_path, keys)
     try:
         count = store.rotate_provider_keys(rotated(keys, _next_key(settings, keys)))
     finally:

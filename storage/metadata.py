@@ -30,6 +30,7 @@ import orjson
 
 from storage import ids
 from storage import secrets as provider_secrets
+from storage.db_lock import DatabaseInUse, is_lock_conflict
 from storage.private import FILE_MODE
 from storage.read_cache import ReadCache
 from storage.records import (
@@ -182,7 +183,12 @@ class MetadataStore:
     def _connect(self) -> None:
         # Every statement here is small: DuckDB's own worker threads only add
         # scheduling cost to them (measured: a third of a list query's time).
-        self._conn = duckdb.connect(self.path, config={"threads": 1})
+        try:
+            self._conn = duckdb.connect(self.path, config={"threads": 1})
+        except duckdb.IOException as exc:
+            if is_lock_conflict(exc):
+                raise DatabaseInUse(self.path, str(exc)) from None
+            raise
         self._readers: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
         self._all_readers: list[duckdb.DuckDBPyConnection] = []
         # New read cursors come from a connection of their own, so making one

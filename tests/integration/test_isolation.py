@@ -1,73 +1,96 @@
-"""Isolation between keys, as a table: every /v1 route against every kind of
-object (input, output, error and other files; finished and live batches)
-answers another key exactly as if the object did not exist, and changes
-nothing. Admin routes refuse API keys; internal routes refuse everything but
-the internal token. Objects come from real batch runs (tests/objects.py)."""
+"""Isolation between keys, as a table: every /v1 route that names a file or a
+batch, against every kind of object (input, output, error and other files;
+finished and live batches), answers another key exactly as if the object did
+not exist, and changes nothing. Every route of the app (gateway/app.py
+`ROUTES`, so a route added later is in the table too) refuses every
+credential but its own: /v1 takes API keys, /admin the admin key, /internal
+the internal token, /metrics the admin key or the metrics token; /health and
+/openapi.json are public. Objects come from real batch runs (tests/objects.py).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.routing import Route
 
+from gateway.app import ROUTES
+from storage import control as control_store
 from tests.objects import Objects, make_objects
 from tests.parity.test_batches_parity import ADMIN, TOKEN, Env
 
-FILE_KINDS = ["input", "user_data", "output", "error"]
-BATCH_KINDS = ["completed", "live"]
+METRICS = "metrics-isolation"
+PUBLIC = {("GET", "/health"), ("GET", "/openapi.json")}
+# Who may call a route, by the start of its path: the credentials that open it.
+AUDIENCES = {
+    "/v1/": {"api key"},
+    "/admin/": {"admin key"},
+    "/internal/": {"internal token"},
+    "/metrics": {"admin key", "metrics token"},
+}
+# What each audience's refusal says (401, the OpenAI error envelope).
+REFUSALS = {
+    "/admin/": "This route needs the admin key.",
+    "/internal/": "This route needs the internal token.",
+    "/metrics": "This route needs the admin key.",
+}
+# "altered key": the route's own credential with one character more.
+CREDENTIALS = ["no key", "unknown key", "altered key", "api key", "admin key",
+               "internal token", "metrics token"]  # fmt: skip
+BATCH_BODY = {
+    "input_file_id": "{id}",
+    "endpoint": "/v1/chat/completions",
+    "completion_window": "24h",
+}
+
+
+def app_routes() -> list[tuple[str, str]]:
+    """(method, path template) of every route the gateway serves; HEAD is
+    Starlette's copy of GET and has no body to check."""
+    return [
+        (method, route.path)
+        for route in ROUTES
+        if isinstance(route, Route)
+        for method in sorted(route.methods or ())
+        if method != "HEAD"
+    ]
+
+
+def audience(path: str) -> str | None:
+    return next((p for p in AUDIENCES if path == p or path.startswith(p)), None)
+
+
+def naming(param: str) -> list[tuple[str, str, object]]:
+    """The /v1 routes whose path names a `param` object, {id} standing for it."""
+    return [
+        (method, path.replace(f"{{{param}}}", "{id}"), None)
+        for method, path in app_routes()
+        if path.startswith("/v1/") and f"{{{param}}}" in path
+    ]
+
+
 # (method, path template, json body template); {id} is the foreign object.
+# Each route naming the object in its path, plus where it goes elsewhere.
 FILE_ROUTES = [
-    ("GET", "/v1/files/{id}", None),
-    ("GET", "/v1/files/{id}/content", None),
-    ("DELETE", "/v1/files/{id}", None),
+    *naming("file_id"),
     ("GET", "/v1/files?after={id}", None),
-    (
-        "POST",
-        "/v1/batches",
-        {"input_file_id": "{id}", "endpoint": "/v1/chat/completions", "completion_window": "24h"},
-    ),
+    ("POST", "/v1/batches", BATCH_BODY),
+    ("POST", "/v1/batches/estimate", BATCH_BODY),
 ]
 BATCH_ROUTES = [
-    ("GET", "/v1/batches/{id}", None),
-    ("POST", "/v1/batches/{id}/cancel", None),
+    *naming("batch_id"),
     ("GET", "/v1/batches?after={id}", None),
+    ("GET", "/v1/batches/{id}/results?format=parquet", None),
+    ("GET", "/v1/batches/{id}/results?format=csv", None),
 ]
-V1_ROUTES = [
-    ("GET", "/v1/files"),
-    ("POST", "/v1/files"),
-    ("GET", "/v1/files/file-x"),
-    ("DELETE", "/v1/files/file-x"),
-    ("GET", "/v1/files/file-x/content"),
-    ("GET", "/v1/batches"),
-    ("POST", "/v1/batches"),
-    ("GET", "/v1/batches/batch_x"),
-    ("POST", "/v1/batches/batch_x/cancel"),
-]
-ADMIN_ROUTES = [
-    ("GET", "/admin/keys"),
-    ("POST", "/admin/keys"),
-    ("DELETE", "/admin/keys/{key_id}"),
-    ("GET", "/admin/providers"),
-    ("POST", "/admin/providers"),
-    ("DELETE", "/admin/providers/openai"),
-]
-INTERNAL_ROUTES = [
-    ("POST", "/internal/batches/{batch_id}/claim"),
-    ("POST", "/internal/batches/{batch_id}/renew"),
-    ("POST", "/internal/batches/{batch_id}/release"),
-    ("GET", "/internal/batches/{batch_id}/input"),
-    ("POST", "/internal/batches/{batch_id}/plan"),
-    ("GET", "/internal/batches/{batch_id}/chunks"),
-    ("GET", "/internal/batches/{batch_id}/chunks/0/input"),
-    ("POST", "/internal/batches/{batch_id}/chunks/0"),
-    ("POST", "/internal/batches/{batch_id}/finalize"),
-    ("POST", "/internal/batches/{batch_id}/fail"),
-    ("GET", "/internal/providers"),
-    ("POST", "/internal/retention"),
-]
+FILE_KINDS = ["input", "user_data", "output", "error"]
+BATCH_KINDS = ["completed", "live"]
+GUARDED = [route for route in app_routes() if route not in PUBLIC]
 
 
 @dataclass
@@ -84,7 +107,7 @@ class Two:
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
-    env = Env(Path(tmp_path_factory.mktemp("isolation")))
+    env = Env(Path(tmp_path_factory.mktemp("isolation")), metrics_token=METRICS)
     try:
         with httpx.Client(base_url=env.url, timeout=30) as http:
             yield Two(env, make_objects(env, "alice"), make_objects(env, "bob"), http)
@@ -153,41 +176,100 @@ def test_lists_show_only_the_callers_objects(two: Two, purpose: str | None) -> N
         assert {b["id"] for b in batches} == set(intruder.batch_ids.values())
 
 
-@pytest.mark.parametrize("who", ["no key", "unknown key", "admin key", "internal token"])
-@pytest.mark.parametrize(("method", "path"), V1_ROUTES)
-def test_v1_routes_need_an_api_key(two: Two, who: str, method: str, path: str) -> None:
-    key = {"no key": None, "unknown key": "sk-nobody", "admin key": ADMIN, "internal token": TOKEN}
-    response = _request(two, key[who], method, path)
-    assert response.status_code == 401, response.text
-    assert response.json()["error"]["code"] in {"missing_api_key", "invalid_api_key"}
+def test_the_table_covers_every_route_of_the_app(two: Two) -> None:
+    """The app serves ROUTES, and each is public or has an audience: a route
+    under a new prefix fails here until AUDIENCES says who may call it."""
+    assert [(r.path, r.methods) for r in two.env.app.routes] == [
+        (r.path, r.methods) for r in ROUTES
+    ]
+    assert all(isinstance(r, Route) for r in ROUTES)  # a Mount would hide its routes
+    assert [r for r in GUARDED if audience(r[1]) is None] == []
 
 
-@pytest.mark.parametrize("who", ["no key", "api key", "internal token"])
-@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
-def test_admin_routes_refuse_anything_but_the_admin_key(
-    two: Two, who: str, method: str, path: str
-) -> None:
-    key = {"no key": None, "api key": two.a.key, "internal token": TOKEN}[who]
-    keys_before = _request(two, ADMIN, "GET", "/admin/keys").json()["data"]
-    body = {"name": "intruder", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-stolen"}
-    response = _request(two, key, method, path.replace("{key_id}", keys_before[0]["id"]), body)
-    assert response.status_code == 401, response.text
-    assert _request(two, ADMIN, "GET", "/admin/keys").json()["data"] == keys_before
-    providers = _request(two, ADMIN, "GET", "/admin/providers").json()["data"]
-    assert {p["name"] for p in providers} == {"openai", "mistral", "cancelable"}
-
-
-@pytest.mark.parametrize("who", ["no token", "wrong token", "api key", "admin key"])
-@pytest.mark.parametrize(("method", "path"), INTERNAL_ROUTES)
-def test_internal_routes_refuse_anything_but_the_internal_token(
-    two: Two, who: str, method: str, path: str
-) -> None:
-    key = {"no token": None, "wrong token": TOKEN + "x", "api key": two.a.key, "admin key": ADMIN}
-    batch_id = two.a.live_batch_id
-    response = _request(
-        two, key[who], method, path.replace("{batch_id}", batch_id), {"lease_token": "t"}
+def _state(two: Two) -> tuple[object, ...]:
+    """All a refused request could have changed, read from the store."""
+    store = two.env.state.store
+    keys = store.list_api_keys()
+    return (
+        keys,
+        store.list_providers(),
+        store.list_webhook_endpoints(),
+        control_store.all_budgets(store),
+        control_store.provider_ceilings(store),
+        [control_store.is_paused(store, o.live_batch_id) for o in (two.a, two.b)],
+        [store.list_files(k.id)[0] for k in keys],
+        [store.list_batches(k.id, limit=100)[0] for k in keys],
     )
-    assert response.status_code == 401, response.text
-    assert response.json()["error"]["message"] == "This route needs the internal token."
-    batch = _request(two, two.a.key, "GET", f"/v1/batches/{batch_id}").json()
-    assert batch["status"] == "validating"
+
+
+def _concrete(two: Two, path: str) -> str:
+    """A path template with real targets: alice's live batch and input file,
+    her key, a configured provider."""
+    key_id = next(k.id for k in two.env.state.store.list_api_keys() if k.name == "alice")
+    values = {
+        "batch_id": two.a.live_batch_id,
+        "file_id": two.a.input_file_id,
+        "key_id": key_id,
+        "name": "openai",
+        "webhook_id": "wh_none",
+        "index": "0",
+    }
+    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], path)
+
+
+def _refusal_problem(response: httpx.Response, prefix: str, key: str | None) -> str | None:
+    """What is wrong with a refusal: not a 401 in the OpenAI envelope saying why."""
+    if response.status_code != 401:
+        return f"{response.status_code} {response.text[:200]}"
+    error = response.json().get("error") or {}
+    if set(error) != {"message", "type", "param", "code"}:
+        return f"not the error envelope: {response.text[:200]}"
+    if prefix == "/v1/":
+        want = "missing_api_key" if key is None else "invalid_api_key"
+        return None if error["code"] == want else f"code {error['code']}, not {want}"
+    return None if error["message"] == REFUSALS[prefix] else f"message {error['message']!r}"
+
+
+@pytest.mark.parametrize(("method", "path"), GUARDED)
+def test_every_route_refuses_all_but_its_own_credential(two: Two, method: str, path: str) -> None:
+    """No key, an unknown or altered key, and every other kind of credential:
+    401 in the error envelope, and nothing in the store changed."""
+    prefix = audience(path)
+    assert prefix is not None, f"{path}: add who may call it to AUDIENCES"
+    own = {"/v1/": two.a.key, "/admin/": ADMIN, "/internal/": TOKEN, "/metrics": METRICS}
+    keys = {
+        "no key": None,
+        "unknown key": "sk-nobody",
+        "altered key": own[prefix] + "x",
+        "api key": two.a.key,
+        "admin key": ADMIN,
+        "internal token": TOKEN,
+        "metrics token": METRICS,
+    }
+    wrong = [who for who in CREDENTIALS if who not in AUDIENCES[prefix]]
+    assert len(wrong) >= 5
+    body = {
+        "name": "intruder",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "sk-stolen",
+        "url": "http://127.0.0.1:9/hook",
+        "lease_token": "t",
+        "max_concurrency": 1,
+        **_fill(BATCH_BODY, two.a.input_file_id),  # type: ignore[dict-item]
+    }
+    target = _concrete(two, path)
+    before = _state(two)
+    problems = {}
+    for who in wrong:
+        response = _request(two, keys[who], method, target, body)
+        if problem := _refusal_problem(response, prefix, keys[who]):
+            problems[who] = problem
+    assert problems == {}
+    assert _state(two) == before
+
+
+@pytest.mark.parametrize("key", [ADMIN, METRICS])
+def test_metrics_open_to_the_admin_key_and_the_metrics_token(two: Two, key: str) -> None:
+    response = _request(two, key, "GET", "/metrics")
+    assert response.status_code == 200, response.text
+    assert "batchgate_" in response.text

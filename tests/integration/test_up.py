@@ -284,9 +284,11 @@ def test_prefect_yaml_points_at_the_served_flows() -> None:
     """prefect.yaml and `batchgate up` must deploy the same flows under the same names."""
     from flows.process_batch import process_batch
     from flows.retention import retention
+    from flows.serve import DEPLOYMENT_NAMES
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in config["deployments"]}
+    assert sorted(by_name) == sorted(DEPLOYMENT_NAMES)  # what a work pool gets deployed
     assert by_name["process-batch"]["entrypoint"] == "flows/process_batch.py:process_batch"
     assert by_name["retention"]["entrypoint"] == "flows/retention.py:retention"
     assert process_batch.name == "process-batch"

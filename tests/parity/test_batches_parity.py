@@ -37,7 +37,7 @@ from tasks.settings import Settings, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI
 from tests.live import GatewayAdmin, free_port
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, stop_all
 
 ADMIN = "admin-parity"
 TOKEN = "internal-parity"
@@ -163,8 +163,7 @@ class Env(GatewayAdmin):
     def close(self) -> None:
         for thread in self.runs.threads:
             thread.join(timeout=30)
-        for server in (self.server, self.cancelable, self.mock):
-            server.__exit__(None, None, None)
+        stop_all([self.server, self.cancelable, self.mock])
 
     def call(self, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(

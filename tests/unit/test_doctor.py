@@ -1,9 +1,12 @@
 """`batchgate doctor`: a clean data directory passes, and each kind of damage a
 crash can leave (orphans, missing blobs, temp files, stale parts, counts that
-disagree with chunks or files) is reported."""
+disagree with chunks or files) is reported. With the file held by another
+process (a running gateway), doctor and every other command that opens it
+refuse in one line."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +23,8 @@ from storage.records import BatchRecord
 from tasks.ledger import BatchLedger, part_name
 from tasks.results import result_line
 from tests.records import store_batch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CHAT = "/v1/chat/completions"
 
@@ -184,12 +189,32 @@ def test_cli_exit_codes_and_a_locked_database(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"ok"
-        assert main(["doctor"]) == 2
-        assert "is the gateway still running" in capsys.readouterr().err
+        # Every command that opens the file says so in one line, exit 2.
+        monkeypatch.setenv("MALLOC_ARENA_MAX", "8")  # `serve` leaves this process's malloc be
+        for command in (["doctor"], ["create-key", "x"], ["rotate-secret-key"], ["serve"]):
+            assert main(command) == 2, command
+            err = capsys.readouterr().err
+            assert err.startswith(f"batchgate {command[0]}: cannot open "), err
+            assert f"(PID {holder.pid}) holds it - is the gateway still running?" in err
+            assert err.count("\n") == 1, err
+        assert not (tmp_path / "secret_key.next").exists()  # the rotation changed nothing
+        # As the operator runs it: the same line, no traceback.
+        created = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "create-key", "x"],
+            cwd=ROOT,
+            env={**os.environ, "BATCHGATE_DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 2, created
+        assert created.stderr.startswith("batchgate create-key: cannot open "), created.stderr
+        assert "Traceback" not in created.stderr and created.stdout == ""
     finally:
         holder.kill()
         holder.wait()
     data.store = MetadataStore(tmp_path / "batchgate.duckdb")  # for the fixture's close
+    assert "x" not in {k.name for k in data.store.list_api_keys()}  # none created meanwhile
 
 
 def test_cli_without_a_database_says_so(
