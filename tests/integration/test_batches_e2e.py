@@ -296,20 +296,27 @@ def flow_run_processes(stack: Stack) -> list[psutil.Process]:
     return [run for server in forkserver for run in server.children()]
 
 
-def test_sigterm_stops_a_flow_run_at_once_and_the_batch_goes_on(
-    stack: Stack, client: openai.OpenAI, tmp_path: Path
-) -> None:
-    """SIGTERM (Prefect's cancel of a flow run, `batchgate up` stopping) ends
-    a run on uvloop at once, as on the standard loop; the batch is then
-    resumed by a new run and every line ends once."""
+def start_slow_batch(stack: Stack, client: openai.OpenAI, tmp_path: Path, lines: int) -> Any:
+    """A chat batch of `lines` against a 300 ms upstream, once its first
+    chunk is done (so its run is working)."""
     stack.mock_config(latency_ms=300)
-    lines = 6000
     batch = client.batches.create(
         input_file_id=upload(client, tmp_path, [chat_line(i) for i in range(lines)]),
         endpoint="/v1/chat/completions",
         completion_window="24h",
     )
     wait_progress(client, batch.id, CHUNK)
+    return batch
+
+
+def test_sigterm_stops_a_flow_run_at_once_and_the_batch_goes_on(
+    stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """SIGTERM (Prefect's cancel of a flow run, `batchgate up` stopping) ends
+    a run on uvloop at once, as on the standard loop; the batch is then
+    resumed by a new run and every line ends once."""
+    lines = 6000
+    batch = start_slow_batch(stack, client, tmp_path, lines)
     runs = flow_run_processes(stack)
     assert runs
     for run in runs:
@@ -334,14 +341,8 @@ def test_a_run_suspended_in_the_prefect_ui_pauses_its_batch_until_resumed_there(
     (no new run takes it after its lease lapses) and goes on when the run is
     resumed (here through the admin API, which resumes it in Prefect): one
     flow run in the UI, every line once."""
-    stack.mock_config(latency_ms=300)
     lines = 3000
-    batch = client.batches.create(
-        input_file_id=upload(client, tmp_path, [chat_line(i) for i in range(lines)]),
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
-    wait_progress(client, batch.id, CHUNK)
+    batch = start_slow_batch(stack, client, tmp_path, lines)
     api = stack.prefect.api_url
     (run,) = _flow_runs_named(api, batch.id)
     suspended = httpx.post(

@@ -355,6 +355,21 @@ def test_table_columns_for_every_endpoint(tmp_path: Path) -> None:
     assert (rows["exp"]["error_code"], rows["exp"]["status_code"]) == ("batch_expired", None)
 
 
+def completed_batch(batch_id: str, key_id: str, **files: str) -> BatchRecord:
+    """A chat batch that completed just now, with the result `files` given."""
+    return BatchRecord(
+        id=batch_id,
+        api_key_id=key_id,
+        endpoint="/v1/chat/completions",
+        input_file_id="file-in",
+        completion_window="24h",
+        status="completed",
+        created_at=now(),
+        completed_at=now(),
+        **files,
+    )
+
+
 async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -> None:
     """Once an ended batch's output file was deleted (or expired), its lines,
     table and summary are gone too: a 404 envelope, not an empty answer or a
@@ -363,15 +378,9 @@ async def test_results_of_a_batch_whose_files_are_gone_are_404(tmp_path: Path) -
     state = app.state.gateway
     key = state.store.create_api_key("test")
     state.store.insert_batch(
-        BatchRecord(
-            id="batch_gone",
-            api_key_id=key[0].id,
-            endpoint="/v1/chat/completions",
-            input_file_id="file-in",
-            completion_window="24h",
-            status="completed",
-            created_at=now(),
-            completed_at=now(),
+        completed_batch(
+            "batch_gone",
+            key[0].id,
             output_file_id="file-deleted-output",
             error_file_id="file-deleted-errors",
         )
@@ -416,19 +425,7 @@ async def test_deleting_an_output_file_deletes_the_batch_s_table_and_summary(
             mime_type="application/jsonl",
         )
     )
-    state.store.insert_batch(
-        BatchRecord(
-            id="batch_done",
-            api_key_id=key[0].id,
-            endpoint="/v1/chat/completions",
-            input_file_id="file-in",
-            completion_window="24h",
-            status="completed",
-            created_at=now(),
-            completed_at=now(),
-            output_file_id=output,
-        )
-    )
+    state.store.insert_batch(completed_batch("batch_done", key[0].id, output_file_id=output))
     derived = [derived_blob_name("batch_done", k) for k in ("meta", "parquet", "csv", "summary")]
     for name in derived:
         state.blobs.write_bytes(name, b"{}")
