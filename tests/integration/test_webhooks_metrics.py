@@ -127,7 +127,10 @@ def test_metrics_during_and_after_a_batch_match_the_provider_s_counts(
     _, key = new_key(stack, "metrics")
     client = stack.client(key)
     stack.reset_mock()
-    stack.mock_config(latency_ms=20, rate_429=0.1, retry_after=0.05)
+    # 100 ms an answer: the chunks end in waves, so scrapes find the batch
+    # part-done and standing still (~8 times here); at 20 ms a quick machine
+    # had ended it before the first steady scrape.
+    stack.mock_config(latency_ms=100, rate_429=0.1, retry_after=0.05)
     before = scrape(stack)
     try:
         batch_id = create_batch(client, upload(client, tmp_path, chat_lines("m", 300)))
