@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed, Failed
 
 # The orchestration itself is Prefect-free (tasks/drive.py); re-exported here.
+from flows.serve import PROCESS_BATCH_DEPLOYMENT, PROCESS_CHUNKS_DEPLOYMENT
 from tasks.drive import (  # noqa: F401
     OUTCOME_OF_REASON,
     ProgressReporter,
@@ -105,8 +106,9 @@ execute_chunk_task = task(
 
 
 # The helper runs' flow and deployment (flows/process_chunks.py, registered by
-# flows/serve.py and declared in prefect.yaml under this name).
-HELPER_FLOW = "process-chunks"
+# flows/serve.py and declared in prefect.yaml under this name): each flow is
+# named as its deployment.
+HELPER_FLOW = PROCESS_CHUNKS_DEPLOYMENT
 HELPER_DEPLOYMENT = f"{HELPER_FLOW}/{HELPER_FLOW}"
 
 
@@ -238,7 +240,7 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
     )
 
 
-@flow(name="process-batch", log_prints=False)
+@flow(name=PROCESS_BATCH_DEPLOYMENT, log_prints=False)
 async def process_batch(batch_id: str) -> Any:
     """One batch, start to end. Parameters hold the batch id only: no secrets."""
     settings = load_settings()

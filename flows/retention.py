@@ -11,11 +11,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.serve import RETENTION_DEPLOYMENT
 from tasks.settings import load_settings
 from tasks.worker_api import HttpWorkerAPI
 
 
-@flow(name="retention", log_prints=False)
+@flow(name=RETENTION_DEPLOYMENT, log_prints=False)
 def retention() -> dict[str, Any]:
     api = HttpWorkerAPI.from_settings(load_settings())
     result = api.retention()
