@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -217,13 +219,30 @@ def load_configured_providers(state: GatewayState) -> None:
 
 
 # -- routes ---------------------------------------------------------------
+# Handlers are plain functions of the request and its JSON body, run in the
+# thread pool by `_admin`: a write waits for DuckDB's write lock, which a
+# chunk checkpoint's commit holds, and must not hold the event loop (every
+# other request) meanwhile.
+
+Handler = Callable[[Request, dict[str, Any]], Response]
 
 
-async def keys_collection(request: Request) -> Response:
-    require_admin(request)
+def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The admin check and the body read on the loop; the handler off it."""
+
+    async def endpoint(request: Request) -> Response:
+        require_admin(request)
+        body = await json_body(request) if request.method in {"POST", "PATCH"} else {}
+        return await run_in_threadpool(handler, request, body)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def keys_collection(request: Request, body: dict[str, Any]) -> Response:
     store = gateway_state(request).store
     if request.method == "POST":
-        body = await json_body(request)
         name = _name(body)
         parse_budget(body, "")  # refuse a bad budget before the key exists
         record, clear = store.create_api_key(name)
@@ -233,21 +252,18 @@ async def keys_collection(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-async def key_item(request: Request) -> Response:
-    require_admin(request)
+def key_item(request: Request, body: dict[str, Any]) -> Response:
     key_id = request.path_params["key_id"]
     if not gateway_state(request).store.revoke_api_key(key_id):
         raise APIError(404, f"No such API key: {key_id}")
     return JSONResponse({"id": key_id, "object": "api_key", "deleted": True})
 
 
-async def key_budget(request: Request) -> Response:
+def key_budget(request: Request, body: dict[str, Any]) -> Response:
     """PATCH /admin/keys/{key_id}: replace the key's budget (all three fields;
     none of them, or nulls, removes it). Spend already counted stays."""
-    require_admin(request)
     store = gateway_state(request).store
     key_id = request.path_params["key_id"]
-    body = await json_body(request)
     record = next((k for k in store.list_api_keys() if k.id == key_id), None)
     if record is None:
         raise APIError(404, f"No such API key: {key_id}")
@@ -255,11 +271,9 @@ async def key_budget(request: Request) -> Response:
     return JSONResponse(key_object(record, store))
 
 
-async def providers_collection(request: Request) -> Response:
-    require_admin(request)
+def providers_collection(request: Request, body: dict[str, Any]) -> Response:
     store = gateway_state(request).store
     if request.method == "POST":
-        body = await json_body(request)
         record = parse_provider(body, now())
         existing = store.get_provider(record.name)
         if existing is not None:
@@ -270,13 +284,11 @@ async def providers_collection(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-async def provider_concurrency(request: Request) -> Response:
+def provider_concurrency(request: Request, body: dict[str, Any]) -> Response:
     """PATCH /admin/providers/{name} {max_concurrency}: the new ceiling holds
     for new runs at once and for running batches within one heartbeat."""
-    require_admin(request)
     store = gateway_state(request).store
     name = request.path_params["name"]
-    body = await json_body(request)
     if "max_concurrency" not in body:
         raise bad_request(
             "Missing required parameter: 'max_concurrency'.",
@@ -301,7 +313,6 @@ async def provider_concurrency(request: Request) -> Response:
 def _set_paused(request: Request, paused: bool) -> BatchRecord:
     """Pause or resume a live batch: the run obeys within one heartbeat and
     keeps its lease meanwhile; the batch stays `in_progress`."""
-    require_admin(request)
     store = gateway_state(request).store
     batch_id = request.path_params["batch_id"]
     batch = store.get_batch(batch_id)
@@ -324,14 +335,15 @@ def _control_object(batch: BatchRecord, paused: bool) -> Response:
     )
 
 
-async def pause_batch(request: Request) -> Response:
+def pause_batch(request: Request, body: dict[str, Any]) -> Response:
     return _control_object(_set_paused(request, True), True)
 
 
 async def resume_batch(request: Request) -> Response:
     """Also resumes the batch's run if it was suspended in the Prefect UI
     (which pauses a batch too: docs/operations.md)."""
-    batch = _set_paused(request, False)
+    require_admin(request)
+    batch = await run_in_threadpool(_set_paused, request, False)
     if batch.flow_run_id:
         try:
             if await gateway_state(request).flow_runs.resume_suspended(batch.flow_run_id):
@@ -347,8 +359,7 @@ async def resume_batch(request: Request) -> Response:
     return _control_object(batch, False)
 
 
-async def provider_item(request: Request) -> Response:
-    require_admin(request)
+def provider_item(request: Request, body: dict[str, Any]) -> Response:
     name = request.path_params["name"]
     if not gateway_state(request).store.delete_provider(name):
         raise APIError(404, f"No such provider: {name}")
@@ -356,12 +367,12 @@ async def provider_item(request: Request) -> Response:
 
 
 routes: list[Route] = [
-    Route("/admin/keys", keys_collection, methods=["GET", "POST"]),
-    Route("/admin/keys/{key_id}", key_item, methods=["DELETE"]),
-    Route("/admin/keys/{key_id}", key_budget, methods=["PATCH"]),
-    Route("/admin/providers", providers_collection, methods=["GET", "POST"]),
-    Route("/admin/providers/{name}", provider_item, methods=["DELETE"]),
-    Route("/admin/providers/{name}", provider_concurrency, methods=["PATCH"]),
-    Route("/admin/batches/{batch_id}/pause", pause_batch, methods=["POST"]),
+    Route("/admin/keys", _admin(keys_collection), methods=["GET", "POST"]),
+    Route("/admin/keys/{key_id}", _admin(key_item), methods=["DELETE"]),
+    Route("/admin/keys/{key_id}", _admin(key_budget), methods=["PATCH"]),
+    Route("/admin/providers", _admin(providers_collection), methods=["GET", "POST"]),
+    Route("/admin/providers/{name}", _admin(provider_item), methods=["DELETE"]),
+    Route("/admin/providers/{name}", _admin(provider_concurrency), methods=["PATCH"]),
+    Route("/admin/batches/{batch_id}/pause", _admin(pause_batch), methods=["POST"]),
     Route("/admin/batches/{batch_id}/resume", resume_batch, methods=["POST"]),
 ]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,37 @@ async def test_malformed_internal_posts_are_400_naming_the_field(tmp_path: Path)
             response = await client.post(f"{base}/{path}", json=body)
             assert assert_envelope(response, 400)["param"] == param, (path, body)
     app.state.gateway.store.close()
+
+
+async def test_an_admin_write_waiting_for_the_write_lock_holds_no_other_request(
+    tmp_path: Path,
+) -> None:
+    """A chunk checkpoint's commit holds DuckDB's write lock; an admin write
+    waits for it in the thread pool, and the gateway answers meanwhile."""
+    app = inprocess_app(tmp_path / "d")
+    store = app.state.gateway.store
+    held, release = threading.Event(), threading.Event()
+
+    def commit_in_progress() -> None:
+        with store.transaction(writes=[]):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=commit_in_progress)
+    thread.start()
+    held.wait(5)
+    try:
+        async with asgi_client(app, "admin-test-key") as client:
+            write = asyncio.create_task(client.post("/admin/keys", json={"name": "k"}))
+            await asyncio.sleep(0.2)
+            other = await asyncio.wait_for(client.get("/openapi.json"), 5)
+            assert other.status_code == 200 and not write.done()
+            release.set()
+            assert (await write).status_code == 201
+    finally:
+        release.set()
+        thread.join()
+        store.close()
 
 
 async def test_request_id_is_echoed_or_made(inproc_app: Any) -> None:
