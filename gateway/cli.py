@@ -107,7 +107,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     if not settings.db_path.exists():
         print(f"batchgate doctor: no database at {settings.db_path}", file=sys.stderr)
         return 2
-    store = MetadataStore(settings.db_path)
+    try:
+        store = MetadataStore(settings.db_path)
+    except DatabaseInUse:
+        raise  # one line from `main`, as for every command
+    except Exception as exc:  # a damaged file: say so, not a traceback
+        print(f"batchgate doctor: cannot open {settings.db_path}: {exc}", file=sys.stderr)
+        return 2
     try:
         report = examine(store, BlobStore(settings.blob_dir))
     finally:

@@ -223,3 +223,13 @@ def test_cli_without_a_database_says_so(
     monkeypatch.setenv("BATCHGATE_DATA_DIR", str(tmp_path / "nothing"))
     assert main(["doctor"]) == 2
     assert "no database" in capsys.readouterr().err
+
+
+def test_cli_on_a_damaged_database_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("BATCHGATE_DATA_DIR", str(tmp_path))
+    (tmp_path / "batchgate.duckdb").write_bytes(b"not a database" * 1000)
+    assert main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("batchgate doctor: cannot open") and "Traceback" not in err
