@@ -12,7 +12,7 @@ header it visits and copy the parent's pages into the child one by one
 It sets what every run inherits: uvloop as the event loop (the request
 loop of a chunk is the run's hot path: measured 2,331 -> 2,684-2,800
 requests/s in the overhead-bound benchmark), a SIGTERM that still stops a
-run under uvloop (`_termination_escapes_uvloop`), and the CPU niceness
+run under uvloop (`_termination_escapes_uvloop`, flows/termination.py), and the CPU niceness
 `flow_run_nice` (0 unless set: see docs/reliability.md for the trade-off),
 and the runner's `--log-level` for the `batchgate` loggers: Prefect's
 logging set-up leaves the root logger at WARNING in a run, which hid the
@@ -25,17 +25,16 @@ import asyncio
 import gc
 import logging
 import os
-from typing import NoReturn
 
 import prefect.flow_engine
 import prefect.task_engine
 import prefect.utilities.engine
 import uvloop
-from prefect.exceptions import TerminationSignal
 
 import flows.process_batch
 import flows.process_chunks
 import flows.retention
+from flows.termination import raise_termination
 from tasks.settings import load_settings
 
 PRELOADED = (
@@ -47,30 +46,10 @@ PRELOADED = (
 )
 
 
-class UvloopTermination(TerminationSignal, SystemExit):
-    """Prefect's `TerminationSignal`, also a `SystemExit` so uvloop lets it out.
-
-    Prefect turns SIGTERM (its runner's cancel, `batchgate up` stopping) into
-    `TerminationSignal` from a Python signal handler. uvloop runs such
-    handlers inside a loop callback and lets only `KeyboardInterrupt` and
-    `SystemExit` escape one: the run logged the signal as an error and went
-    on until killed. As a `SystemExit` it leaves the loop at once, as it does
-    from the standard loop's `select`; Prefect still catches it as a
-    `TerminationSignal`."""
-
-    def __init__(self, signal: int) -> None:
-        SystemExit.__init__(self, 128 + signal)
-        self.signal = signal
-
-
-def _raise_termination(sig_num: int, *args: object) -> NoReturn:
-    raise UvloopTermination(signal=sig_num)
-
-
 def _termination_escapes_uvloop() -> None:
     """Make Prefect's SIGTERM bridge raise `UvloopTermination`. Prefect looks
     the handler up by its module name each time it installs or checks it."""
-    prefect.utilities.engine._prefect_sigterm_handler = _raise_termination  # type: ignore[assignment]
+    prefect.utilities.engine._prefect_sigterm_handler = raise_termination  # type: ignore[assignment]
 
 
 os.nice(load_settings().flow_run_nice)
