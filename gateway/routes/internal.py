@@ -68,14 +68,14 @@ def _text(body: dict[str, Any], name: str) -> str:
     return value
 
 
+_KINDS = {dict: "an object", list: "a list", str: "a string"}
+
+
 def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
     value = body.get(name)
     if value is not None and not isinstance(value, kind):
         raise _malformed(name, f"{_KINDS[kind]} or null")
     return value
-
-
-_KINDS = {dict: "an object", list: "a list", str: "a string"}
 
 
 def _objects(body: dict[str, Any], name: str, counts: tuple[str, ...] = ()) -> list[dict]:
