@@ -31,8 +31,8 @@ log = logging.getLogger("batchgate.gateway")
 # How long a freshly started flow run has to claim its batch before the
 # reconciler may start another one. Creating the run took up to 13 s on a busy
 # Prefect server, and a taken run claims within seconds of its start; a run
-# still waiting for a runner slot (Scheduled) is kept by `is_queued` whatever
-# its age (`keeps_batch`). Past the grace a spare run may start, which is harmless: the lease
+# still waiting for a runner slot (Scheduled) is kept by `keeps_batch` whatever
+# its age. Past the grace a spare run may start, which is harmless: the lease
 # lets only one run work. It also bounds how long a batch waits when the host
 # that took its run is lost before the claim (docs/scale-out.md, A host lost
 # mid-batch): 120 s made that up to ~2 minutes, 45 s keeps it under one.
