@@ -188,7 +188,9 @@ class LiveGateway(GatewayAdmin):
 
 
 class FakeFlowRuns:
-    """A FlowRunStarter that starts nothing: readiness is whatever the test says."""
+    """A FlowRunStarter that starts nothing but counts starts; readiness is
+    whatever the test says, and no run keeps its batch (every batch whose
+    lease lapsed looks dead to the reconciler)."""
 
     def __init__(self, ready: bool = True) -> None:
         self.is_ready = ready

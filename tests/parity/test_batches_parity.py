@@ -36,7 +36,7 @@ from storage.records import FileRecord
 from tasks.settings import Settings, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI
-from tests.live import GatewayAdmin, free_port
+from tests.live import FakeFlowRuns, GatewayAdmin, free_port
 from tests.servers import ThreadedServer, stop_all
 
 ADMIN = "admin-parity"
@@ -44,11 +44,12 @@ TOKEN = "internal-parity"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
-class InlineFlowRuns:
+class InlineFlowRuns(FakeFlowRuns):
     """Starts each batch's run in a thread of this process; `held` refuses to
     start (as a Prefect outage would), for twins that need no processor."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.settings: Settings | None = None
         self.held = False
         self.threads: list[threading.Thread] = []
@@ -73,18 +74,6 @@ class InlineFlowRuns:
                 )
 
         asyncio.run(go())
-
-    async def ready(self) -> bool:
-        return True
-
-    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
-        return False
-
-    async def resume_suspended(self, flow_run_id: str) -> bool:
-        return False
-
-    async def aclose(self) -> None:
-        return None
 
 
 class Env(GatewayAdmin):

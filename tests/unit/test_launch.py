@@ -21,15 +21,8 @@ from tests.records import batch_record, store_batch
 CHAT = "/v1/chat/completions"
 
 
-class CountingFlowRuns(FakeFlowRuns):
-    """Counts starts; no run is ever queued (every unreserved batch looks dead)."""
-
-    async def keeps_batch(self, flow_run_id: str, lapsed_at: float | None) -> bool:
-        return False
-
-
 def gateway_state(tmp_path: Path) -> Any:
-    app = inprocess_app(tmp_path, flow_runs=CountingFlowRuns(), lease_seconds=60)
+    app = inprocess_app(tmp_path, flow_runs=FakeFlowRuns(), lease_seconds=60)
     return app.state.gateway
 
 
@@ -74,7 +67,7 @@ def test_first_pass_after_a_restart_starts_reserved_but_unclaimed_batches(
     assert leased.id not in state.flow_runs.started  # a live run's lease holds on every pass
 
 
-class ClaimedWhileAsked(CountingFlowRuns):
+class ClaimedWhileAsked(FakeFlowRuns):
     """Its run claims the batch while the reconciler asks Prefect about it."""
 
     def __init__(self, state: Any) -> None:
@@ -103,7 +96,7 @@ def test_a_run_that_claims_while_the_reconciler_looks_keeps_its_lease(tmp_path: 
     assert kept is not None and kept.lease_token == "claimed"
 
 
-class SuspendedInPrefect(CountingFlowRuns):
+class SuspendedInPrefect(FakeFlowRuns):
     """Every batch's last run was suspended from the Prefect UI."""
 
     def __init__(self) -> None:
