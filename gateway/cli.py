@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway.supervised import watch_supervisor
 from storage.db_lock import DatabaseInUse
 from storage.private import PRIVATE_UMASK
 
@@ -223,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # A child of `up` (the gateway, the runner) stops with it, even a SIGKILLed one.
+    watch_supervisor()
     try:
         return int(args.func(args) or 0)
     except DatabaseInUse as exc:

@@ -63,6 +63,9 @@ def main() -> None:
     """`prefect <args>` in this process, with the busy timeout bounded (the
     server runs in-process with one worker, so the wrap applies to it).
     Prefect's CLI reads its arguments from `sys.argv`."""
+    from gateway.supervised import watch_supervisor
+
+    watch_supervisor()  # started by `up`: stop with it, even a SIGKILLed one
     bound_sqlite_busy_timeout()
     from prefect.cli import app
 

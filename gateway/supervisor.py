@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from flows.serve import SERVED_DEPLOYMENTS
 from gateway import prefect_server
 from gateway.auth import load_or_create_secret
+from gateway.supervised import SUPERVISOR_PID_ENV, die_with_parent, group_members
 from tasks.settings import Settings, load_settings
 
 PREFECT_START_TIMEOUT = 90.0
@@ -44,7 +45,8 @@ LEFTOVER_TIMEOUT = 3.0
 POLL_INTERVAL = 0.25
 PROGRESS_EVERY = 10.0
 LOG_TAIL_LINES = 30
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Ctrl-C, a service manager's stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The share of the stop timeout the first wave may use (see stop_children).
 FIRST_WAVE_SHARE = 0.6
 
@@ -173,6 +175,8 @@ def make_plan(settings: Settings, env: Mapping[str, str], internal_token: str) -
         BATCHGATE_DATA_DIR=str(data_dir),
         BATCHGATE_INTERNAL_TOKEN=internal_token,
     )
+    # Each child watches this process and stops with it (gateway/supervised.py).
+    base_env[SUPERVISOR_PID_ENV] = str(os.getpid())
     if external:
         api_url, local_port = external, None
     else:
@@ -244,10 +248,19 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def start_child(
-    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    log_dir: Path,
+    cwd: Path | None = None,
+    *,
+    supervised: bool = False,
 ) -> Child:
     """Start a child in its own session (so one killpg reaches its whole tree),
-    with stdout and stderr appended to its log file."""
+    with stdout and stderr appended to its log file. A `supervised` child gets
+    SIGTERM from the kernel if this process dies (gateway/supervised.py); only
+    a single-threaded caller may ask for it, as it runs code between fork
+    and exec."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log_file:
@@ -261,6 +274,7 @@ def start_child(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent if supervised else None,
         )
     return Child(name=name, popen=popen, log_path=log_path)
 
@@ -327,19 +341,9 @@ def end_group(pgid: int, timeout: float = LEFTOVER_TIMEOUT) -> None:
     restarted child starts alone, as a service manager would do it."""
     _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _group_members(pgid) and time.monotonic() < deadline:
+    while group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)  # psutil.wait_procs polls non-children only every ~1 s
     _signal_group(pgid, signal.SIGKILL)
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    """Live processes of group `pgid` (zombies already ended their work)."""
-    members = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc)
-    return members
 
 
 @contextlib.contextmanager
@@ -378,7 +382,7 @@ class Supervisor:
     def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         self._commands[name] = (list(argv), dict(env))
         with stop_deferred():
-            self.children.append(start_child(name, argv, env, self.log_dir))
+            self.children.append(start_child(name, argv, env, self.log_dir, supervised=True))
 
     def tick(self) -> None:
         """Notice dead children and restart those whose delay has passed."""
@@ -415,7 +419,7 @@ class Supervisor:
         argv, env = self._commands[child.name]
         del self._due[child.name]
         with stop_deferred():
-            self.children[index] = start_child(child.name, argv, env, self.log_dir)
+            self.children[index] = start_child(child.name, argv, env, self.log_dir, supervised=True)
 
 
 def wait_until(
@@ -457,12 +461,33 @@ def deployments_registered(plan: Plan) -> bool:
 # ---------------------------------------------------------------- up
 
 
-def _handle_stop(signum: int, frame: FrameType | None) -> None:
-    raise Shutdown(signal.Signals(signum).name)
+@dataclass
+class StopRequest:
+    """The stop signals `up` has received, and whether one may still raise.
 
+    The first signal raises `Shutdown` into whatever `up` is doing (start-up,
+    a readiness poll, the supervising loop), which unwinds to the one place
+    that stops the children. Every later one is only noted: raised again, it
+    could cut that stop short and leave the children running (a service
+    manager's SIGTERM to the group followed by `uv run`'s forwarded SIGTERM
+    did exactly that). Once `up` has begun stopping for another reason (a
+    crash loop, a failed start), `disarm` makes even the first one a note."""
 
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    """During shutdown a second Ctrl-C must not cut the cleanup short."""
+    received: list[str] = field(default_factory=list)
+    armed: bool = True
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self.received.append(name)
+        if self.armed and len(self.received) == 1:
+            raise Shutdown(name)
+        # os.write, not print: a handler that prints while the interrupted
+        # code is printing raises "reentrant call" from inside print.
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), f"  {name}: already stopping\n".encode())
+
+    def disarm(self) -> None:
+        self.armed = False
 
 
 def create_first_key(plan: Plan, admin_key: str) -> str | None:
@@ -602,17 +627,14 @@ def run(settings: Settings, children: list[Child], log_level: str = "info") -> N
         time.sleep(POLL_INTERVAL)
 
 
-def up(args: argparse.Namespace) -> int:
-    """Run until Ctrl-C/SIGTERM (exit 0) or until a child keeps dying (exit 1)."""
-    # Readiness polls would otherwise log one line each at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    children: list[Child] = []
-    previous = {sig: signal.signal(sig, _handle_stop) for sig in STOP_SIGNALS}
-    code = 1
+def supervise(stop: StopRequest, children: list[Child], log_level: str) -> int:
+    """Run the system until a stop signal (0) or a failure (1), reporting the
+    failure. Whatever way it ends, it ends disarmed: from then on no signal
+    raises, so the stop that follows cannot be interrupted."""
     try:
-        run(load_settings(), children, getattr(args, "log_level", "info"))
+        run(load_settings(), children, log_level)
     except Shutdown:
-        code = 0
+        return 0
     except (StartupError, ValidationError) as exc:
         print(f"batchgate up: {exc}", file=sys.stderr, flush=True)
     except CrashLoop as exc:
@@ -623,13 +645,30 @@ def up(args: argparse.Namespace) -> int:
             flush=True,
         )
     finally:
-        for sig in previous:
-            signal.signal(sig, _ignore)
-        if children:
-            print("stopping ...", flush=True)
-        stop_children(list(reversed(children)), first=[c for c in children if c.name == "runner"])
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.disarm()
+    return 1
+
+
+def up(args: argparse.Namespace) -> int:
+    """Run until a stop signal (exit 0) or until a child keeps dying (exit 1),
+    then stop every child, however many signals arrive meanwhile."""
+    # Readiness polls would otherwise log one line each at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    children: list[Child] = []
+    stop = StopRequest()
+    previous: dict[signal.Signals, signal._HANDLER] = {}
+    try:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, stop.handle)
+        code = supervise(stop, children, getattr(args, "log_level", "info"))
+    except Shutdown:  # the first signal came while a failure was being reported
+        code = 0
+    stop.disarm()
+    if children:
+        print("stopping ...", flush=True)
+    stop_children(list(reversed(children)), first=[c for c in children if c.name == "runner"])
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     if children:
         print("stopped", flush=True)
     return code

@@ -5,6 +5,7 @@ what they run, so a test can SIGKILL one of them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,21 @@ CHILD_COMMANDS = {
     "prefect-server": ("gateway.prefect_server", "server", "start"),
     "gateway": ("gateway.cli", "serve"),
     "runner": ("gateway.cli", "worker"),
+}
+
+
+def _term_group_then_up(pid: int) -> None:
+    os.killpg(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
+
+
+# How users and their tools stop `up`: Ctrl-C in a terminal signals the
+# foreground group; a service manager signals the whole group; `uv run`
+# (`make up`) forwards the SIGTERM it got to `up`, which then has two.
+STOPS: dict[str, Callable[[int], None]] = {
+    "SIGTERM to the group": lambda pid: os.killpg(pid, signal.SIGTERM),
+    "SIGINT to the group": lambda pid: os.killpg(pid, signal.SIGINT),
+    "SIGTERM to the group, then to up": _term_group_then_up,
 }
 
 
@@ -95,9 +112,9 @@ class Up(GatewayAdmin):
     ports with a known admin key and extra settings; stopped by SIGTERM (and
     killed if it does not stop) when the block ends."""
 
-    def __init__(self, root: Path, **settings: Any) -> None:
+    def __init__(self, root: Path, ports: tuple[int, int] | None = None, **settings: Any) -> None:
         self.root = root
-        self.port, self.prefect_port = free_port(), free_port()
+        self.port, self.prefect_port = ports or (free_port(), free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_key = ADMIN_KEY
         self.env = clean_env(root / "data", self.port, self.prefect_port)
@@ -116,6 +133,9 @@ class Up(GatewayAdmin):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group, as under a shell or a service manager,
+            # so a test can signal the group as they do.
+            start_new_session=True,
         )
         self.output = Output(self.proc)
         return self
@@ -133,6 +153,9 @@ class Up(GatewayAdmin):
                 self.proc.wait()
         if self.mock is not None:
             stop_child(self.mock)
+        for proc in self.processes():  # a failed test must not leave orphans behind
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
     @property
     def text(self) -> str:
@@ -202,6 +225,32 @@ class Up(GatewayAdmin):
                 pass
             time.sleep(0.2)
         pytest.fail(f"{name} not restarted within {timeout:.0f} s:\n{self.text}")
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this `up`, wherever it sits in the process
+        tree (a child of `up`, the forkserver, a flow run, or any of them
+        orphaned): those with this `up`'s data directory in their environment."""
+        data_dir = self.env["BATCHGATE_DATA_DIR"]
+        mock = self.mock.pid if self.mock is not None else None  # the test's, not up's
+        found = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.pid != mock and proc.environ().get("BATCHGATE_DATA_DIR") == data_dir:
+                    found.append(proc)
+        return live(found)
+
+    def wait_gone(self, timeout: float) -> list[psutil.Process]:
+        """Until none of this `up`'s processes is left, or `timeout`: what is left."""
+        deadline = time.monotonic() + timeout
+        while (left := self.processes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
+
+    def stop(self, how: str) -> int:
+        """Stop `up` as `how` (a key of STOPS) says; its exit code."""
+        assert self.proc is not None
+        STOPS[how](self.proc.pid)
+        return self.proc.wait(timeout=60)
 
     def interrupt(self) -> tuple[int, float]:
         """Ctrl-C to `up`: its exit code and how long it took to exit."""
