@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import storage.metadata as metadata
+import storage.repositories.files as file_repository
 from storage import ids
 from storage.metadata import MetadataStore, now
 from storage.read_cache import ReadCache
@@ -100,7 +100,7 @@ def test_a_file_expires_from_a_remembered_page_on_time(
     store: MetadataStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = now()
-    monkeypatch.setattr(metadata, "now", lambda: clock)
+    monkeypatch.setattr(file_repository, "now", lambda: clock)  # the files' clock
     short = store.insert_file(file_record("key_a", created_at=200, expires_at=clock + 10))
     kept = store.insert_file(file_record("key_a", created_at=100))
     assert [f.id for f in store.list_files("key_a")[0]] == [short.id, kept.id]
