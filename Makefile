@@ -29,6 +29,7 @@ test: env lint
 lint: env
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) mypy
 
 format: env
 	$(RUN) ruff check --fix .

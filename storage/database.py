@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import orjson
@@ -41,7 +41,10 @@ from storage.records import (
 )
 
 SCHEMA_VERSION = 6
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")  # a record of storage/records.py
 
 # Columns stored as JSON text, per table.
 _JSON_COLUMNS = {

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 MAX_ENTRIES = 20_000
@@ -34,6 +34,8 @@ class ReadCache:
         self.max_entries = max_entries
         self._generations: dict[str, int] = {}
         self._epoch = 0  # bumped by `invalidate_all`: every stamp moves on
+        # Any: each key's value has the type its own `load` gave; `remembered`
+        # hands it back under that type.
         self._entries: dict[Hashable, tuple[Stamp, float | None, Any]] = {}
         self._lock = threading.Lock()
 
@@ -70,7 +72,7 @@ class ReadCache:
         if entry is not None:
             kept_stamp, until, value = entry
             if kept_stamp == stamp and (until is None or at < until):
-                return value
+                return cast(T, value)
         value = load()
         if value is not None:
             if len(self._entries) >= self.max_entries:

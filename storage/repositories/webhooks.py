@@ -105,8 +105,17 @@ class Webhooks(Database):
         )
         keys = self._keys()
         return [
-            WebhookDelivery(*row[:7], provider_secrets.decrypt(keys, row[7]))  # type: ignore[arg-type]
-            for row in rows
+            WebhookDelivery(
+                event_id=event_id,
+                endpoint_id=endpoint_id,
+                type=event_type,
+                batch_id=batch_id,
+                created_at=created_at,
+                attempts=attempts,
+                url=url,
+                secret=provider_secrets.decrypt(keys, sealed),
+            )
+            for event_id, endpoint_id, event_type, batch_id, created_at, attempts, url, sealed in rows
         ]
 
     def settle_webhook_delivery(
