@@ -115,7 +115,16 @@ class Webhooks(Database):
                 url=url,
                 secret=provider_secrets.decrypt(keys, sealed),
             )
-            for event_id, endpoint_id, event_type, batch_id, created_at, attempts, url, sealed in rows
+            for (
+                event_id,
+                endpoint_id,
+                event_type,
+                batch_id,
+                created_at,
+                attempts,
+                url,
+                sealed,
+            ) in rows
         ]
 
     def settle_webhook_delivery(
