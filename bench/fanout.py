@@ -1,4 +1,4 @@
-"""One batch, one run against one batch fanned out to several runs (issue 15).
+"""One batch, one run against one batch fanned out to several runs.
 
     uv run --no-sync python -m bench.fanout [--lines 3000] [--fanout 3]
 

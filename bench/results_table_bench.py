@@ -1,4 +1,4 @@
-"""Time the results table build (issue 12) on a 50,000-line batch.
+"""Time the results table build on a 50,000-line batch.
 
 Run: `uv run python -m bench.results_table_bench [--lines 50000] [--repeat 3] [--write]`
 (`--write` puts the section into docs/benchmarks.md, between its markers).

@@ -207,7 +207,7 @@ def prefect_steps(batch_id: str, api: WorkerAPI | None = None) -> Steps:
             await analytics()
 
     async def analytics() -> None:
-        """The per-model and per-provider analytics (issue 12): asking for them
+        """The per-model and per-provider analytics: asking for them
         builds the results table and summary once, at finalize."""
         assert api is not None
         try:

@@ -1,4 +1,4 @@
-"""The `process-chunks` flow: a helper run of one batch (issue 15).
+"""The `process-chunks` flow: a helper run of one batch.
 
 A batch's own `process-batch` run starts up to `fanout_runs - 1` of these
 through Prefect when the batch has several chunks; any worker on any host

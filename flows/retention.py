@@ -1,4 +1,4 @@
-"""The `retention` flow: delete expired files (SPEC section 5).
+"""The `retention` flow: delete expired files.
 
 Scheduled by the runner (`flows/serve.py`) and by `prefect.yaml`. The sweep
 itself runs in the gateway, which owns the metadata and the blobs; this

@@ -19,7 +19,7 @@ from tasks.settings import Settings, load_settings
 log = logging.getLogger("batchgate.runner")
 
 PROCESS_BATCH_DEPLOYMENT = "process-batch"
-PROCESS_CHUNKS_DEPLOYMENT = "process-chunks"  # helper runs of one batch (issue 15)
+PROCESS_CHUNKS_DEPLOYMENT = "process-chunks"  # helper runs of one batch
 RETENTION_DEPLOYMENT = "retention"
 # The deployments the runner serves and prefect.yaml declares (a work pool's
 # `prefect deploy` deploys each of them: bench/scale_stack.py).

@@ -113,7 +113,7 @@ def check_orphans(
     of a batch still finalizing are owned: recovery will use or replace them."""
     owned = set(live_blobs)
     for batch in batches:
-        # the results table, summary and per-line meta of any batch (issue 12)
+        # the results table, summary and per-line meta of any batch
         owned.update(derived_blob_name(batch.id, kind) for kind in DERIVED_SUFFIXES)
         if batch.is_terminal:
             continue

@@ -1,4 +1,4 @@
-"""The metadata of batch control (issue 13): key budgets and their spend,
+"""The metadata of batch control: key budgets and their spend,
 characters per token learned per model, and a batch's pause switch.
 
 Plain functions over a `MetadataStore`, in a module of their own so the

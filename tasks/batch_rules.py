@@ -1,4 +1,4 @@
-"""Checking a create-batch request (SPEC section 3): pure rules, plain data."""
+"""Checking a create-batch request: pure rules, plain data."""
 
 from __future__ import annotations
 

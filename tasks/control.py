@@ -1,4 +1,4 @@
-"""A live batch's control state, as the gateway tells its run (DESIGN
+"""A live batch's control state, as the gateway tells its run (docs/how-it-works.md,
 "Control"): the same path as cancel. Every heartbeat (lease renewal) and
 every chunk-post answer carries it, and the run obeys within a heartbeat:
 

@@ -1,5 +1,5 @@
 """Running one chunk of a batch: route each line, call the provider, and
-shape the result lines (SPEC section 4).
+shape the result lines.
 
 The chunk is the unit of checkpointing: its lines run concurrently (the
 upstream client bounds them per provider), and the whole chunk's result is
@@ -51,7 +51,7 @@ class ChunkResult:
     failed: int = 0
     usage: dict[str, Any] = field(default_factory=empty_usage)
     model: str | None = None
-    # Per input line, in input order, outside the OpenAI lines (issue 12):
+    # Per input line, in input order, outside the OpenAI lines:
     # custom_id, requested model, provider, latency_ms, attempts.
     meta: list[dict[str, Any]] = field(default_factory=list)
     # Usage per (requested model, provider): /admin/usage sums these, budgets
@@ -163,7 +163,7 @@ def route_lines(
 def routing_error_line(custom_id: str, route: RoutingError) -> bytes:
     """The error line of a line batchgate answers itself (no provider to send
     it to). It carries batchgate's own `req_…` id, as a provider's answer
-    would carry the provider's (SPEC section 8), and that id is logged."""
+    would carry the provider's, and that id is logged."""
     request_id = new_http_request_id()
     log_failed_line(None, custom_id, request_id, None, route.status, route.code, 0)
     response = {"status_code": route.status, "request_id": request_id, "body": route.error_body()}

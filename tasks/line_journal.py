@@ -1,7 +1,7 @@
 """Finished lines of a chunk in flight, on disk as they finish, so a killed
 `batchgate run` loses only the requests it had in flight.
 
-A chunk is the checkpoint (DESIGN "The invariants"): its lines are kept in
+A chunk is the checkpoint (docs/how-it-works.md, "Recovery"): its lines are kept in
 memory until the whole chunk is recorded. A run killed outright (SIGKILL,
 the OOM killer, a closed laptop lid that never comes back) loses that memory:
 every line of the chunks in flight was sent again on resume, up to

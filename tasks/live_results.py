@@ -1,4 +1,4 @@
-"""Reading a batch's finished lines while it runs (issue 12, item 1).
+"""Reading a batch's finished lines while it runs.
 
 Chunks finish out of order, so the cursor is not a chunk index: each chunk
 is stamped with a `seq` from one sequence when it is checkpointed (and, for

@@ -1,4 +1,4 @@
-"""The shape of one output- or error-file line (SPEC section 4)."""
+"""The shape of one output- or error-file line."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Deleting expired files (SPEC section 5): the work of the `retention` flow.
+"""Deleting expired files: the work of the `retention` flow.
 
 A file goes when its own `expires_at` passes. Output and error files also
 go when their batch's `output_expires_after` (anchored at the batch's
 `created_at`) passes; the input file keeps its own expiry. A batch's
-derived results (table, CSV, summary, per-line meta: issue 12) hold the
+derived results (table, CSV, summary, per-line meta) hold the
 same data as its output and error files, so they go with the first of
 those files to be deleted (by its owner or here): the batch's table and
 summary then answer 404 `results_unavailable`, and no copy of the lines

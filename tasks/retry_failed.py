@@ -1,4 +1,4 @@
-"""Which lines a retry of a batch's failures resends (issue 12, item 4).
+"""Which lines a retry of a batch's failures resends.
 
 A line failed if it is in the error file. Its error code, the one `?codes=`
 matches, is what the results table calls `error_code`: the line's own

@@ -1,6 +1,6 @@
 """Model routing: which provider connection a request line goes to.
 
-Pure functions over plain records, so the rules (SPEC section 4) read in one
+Pure functions over plain records, so the rules read in one
 place and are tested without HTTP:
 
 - ``"provider/model"`` goes to the provider named by the prefix, with the

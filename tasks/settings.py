@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 
 class ProviderConfig(BaseModel):
-    """A provider connection declared in the config file (SPEC section 4)."""
+    """A provider connection declared in the config file."""
 
     name: str
     base_url: str

@@ -1,4 +1,4 @@
-"""The batch status machine, as plain data (SPEC section 3).
+"""The batch status machine, as plain data.
 
     validating -> in_progress -> finalizing -> completed
     validating -> failed

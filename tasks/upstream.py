@@ -1,16 +1,15 @@
 """The upstream client: one request line -> one provider response, with retries.
 
 The HTTP is tasks/http1.py, a lean keep-alive client on httptools: httpx's
-own pool collapses under many concurrent connections (DESIGN "Choices
-already checked"), and aiohttp, used before it, spent about twice its CPU
-per request (`python -m bench.http_clients`), and that CPU bounds the engine
-at 0 ms provider latency. One
-`UpstreamClient` per worker process shares one connection pool, and a
+own pool collapses under many concurrent connections (encode/httpx#3215),
+and aiohttp, used before it, spent about twice its CPU per request
+(`python -m bench.http_clients`), and that CPU bounds the engine at 0 ms
+provider latency. One `UpstreamClient` per worker process shares one connection pool, and a
 limiter per provider keeps at most `max_concurrency` requests in flight to
 it. The slot is held for one attempt only, never across a backoff
 sleep, so a waiting line does not block the others.
 
-Retries (SPEC section 4): 429, 5xx, timeouts and connection errors are
+Retries: 429, 5xx, timeouts and connection errors are
 retried with exponential backoff and full jitter, waiting at least what the
 provider asks in `retry-after-ms` / `Retry-After` (seconds or an HTTP date);
 other 4xx are final at once. `should_stop` (cancel, expiry) is checked before
@@ -22,7 +21,7 @@ an AIMD window under the provider's `max_concurrency`, which shrinks on 429,
 `x-ratelimit-*` headers, so a rate-limited provider is paced instead of
 hammered. It is shared by all chunks of the batch this process runs.
 
-Request ids (SPEC section 8): every attempt gets its own `req_…` id, sent
+Request ids: every attempt gets its own `req_…` id, sent
 as `X-Client-Request-Id` (OpenAI's header for a caller's id; it names one
 HTTP request, so a retry is a new request with a new id). The line keeps the
 id of the attempt whose response it keeps: the provider's `x-request-id`
@@ -93,7 +92,7 @@ class UpstreamResult:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 0
-    # How long the last attempt's HTTP request took (results table, issue 12).
+    # How long the last attempt's HTTP request took (the results table).
     latency_ms: float | None = None
     # The body's usage in the batch's shape (tasks/usage.py), for a 2xx JSON
     # answer only: computed once here, read by the chunk, the run metrics and
@@ -304,7 +303,7 @@ class UpstreamClient:
         gate: Callable[[], Awaitable[Any]] | None = None,
         priority: int = 0,
     ) -> UpstreamResult:
-        """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as SPEC says.
+        """POST `body` (JSON bytes) to `provider.base_url + path`, retrying as above.
 
         `body` may be a function that makes the bytes: it is called once the
         first slot is granted, so the many lines of a chunk that queue behind

@@ -1,4 +1,4 @@
-"""Summing token usage over response bodies (SPEC section 3, `usage`).
+"""Summing token usage over response bodies (`usage`).
 
 Chat and completions bodies report `prompt_tokens`/`completion_tokens`;
 responses bodies report `input_tokens`/`output_tokens`. Both map onto the

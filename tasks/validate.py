@@ -3,7 +3,7 @@
 Pure: bytes in, a `ValidationResult` out; no I/O, no Prefect. The flow's
 validate task feeds it the blob's blocks and records the plan or the errors.
 
-Every rule of SPEC section 4 is checked per line; each bad line gets one
+Every rule of an input line is checked per line; each bad line gets one
 error (the first rule it breaks), with its 1-based line number, until
 `max_errors` are collected: then reading stops, since the batch fails anyway.
 More than `max_lines` request lines is one `too_many_requests` error on the
@@ -145,7 +145,7 @@ def validate_jsonl(
     max_line_bytes: int = MAX_LINE_BYTES,
     observe: Callable[[dict[str, Any]], None] | None = None,
 ) -> ValidationResult:
-    """Check every line of the stream `blocks` against SPEC section 4.
+    """Check every line of the stream `blocks` against the input-line rules.
 
     `chunks` cut the request lines into spans of `chunk_size` lines; they are
     only meaningful when the result is `ok`. `observe` is called with each

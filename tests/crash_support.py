@@ -135,7 +135,7 @@ def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]
 
 @dataclass
 class BatchCheck:
-    """What one batch ended with, checked against the SPEC's promises."""
+    """What one batch ended with, checked against what the API promises."""
 
     batch: Any
     output: list[dict[str, Any]]

@@ -1,5 +1,5 @@
-"""Admin routes (SPEC section 1): API keys and provider connections, and
-batch control (issue 13): key budgets, a provider's live concurrency
+"""Admin routes: API keys and provider connections, and
+batch control: key budgets, a provider's live concurrency
 ceiling, pausing and resuming a batch.
 
 All take the admin key. A key's clear text leaves the gateway exactly once,
@@ -142,7 +142,7 @@ def _typed(body: dict[str, Any], param: str, kind: type, default: Any) -> Any:
 
 
 def parse_provider(body: dict[str, Any], created_at: int) -> ProviderRecord:
-    """A provider connection from an admin request body (SPEC section 4)."""
+    """A provider connection from an admin request body."""
     name = _name(body)
     if "/" in name:
         raise bad_request(

@@ -1,5 +1,5 @@
-"""/v1/batches: create, list, retrieve, cancel (SPEC section 3), and the
-dry-run estimate (issue 13). The flow run a new batch needs is started by
+"""/v1/batches: create, list, retrieve, cancel, and the
+dry-run estimate. The flow run a new batch needs is started by
 `gateway/loops/reconciler.py`."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Files API (SPEC section 2): upload, list, retrieve, download, delete.
+"""The Files API: upload, list, retrieve, download, delete.
 
 Uploads stream from the socket into the blob store (see gateway.uploads);
 the blob is named by the file id, never by the client's filename. Metadata
@@ -101,7 +101,7 @@ def parse_expires_after(fields: Mapping[str, str]) -> int | None:
 
 
 def upload_params(form: UploadForm, created_at: int, batch_ttl_seconds: int) -> UploadParams:
-    """Validate an upload's fields; the rules of SPEC section 2 in one place."""
+    """Validate an upload's fields; its rules in one place."""
     if form.filename is None:
         raise _missing("file")
     purpose = form.fields.get("purpose")

@@ -1,4 +1,4 @@
-"""GET /health (SPEC section 1): no key; 200 once flow runs can be created.
+"""GET /health: no key; 200 once flow runs can be created.
 
 A load balancer or `batchgate up` polls this; "starting" (503) means
 batches would be accepted but no Prefect deployment could run them yet.

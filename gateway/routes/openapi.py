@@ -393,7 +393,7 @@ SCHEMAS: dict[str, Schema] = {
             "paused": {"type": "boolean"},
         }
     ),
-    # Results as data (issue 12).
+    # Results as data.
     "UsageCounts": obj(
         {
             "lines": {"type": "integer"},

@@ -1,4 +1,4 @@
-"""Results as data (issue 12): live results, the results table, the summary,
+"""Results as data: live results, the results table, the summary,
 retry of failures, and usage over time. Thin adapters: the logic is in
 `tasks/live_results.py`, `tasks/results_table.py` (through
 `gateway/results_builds.py`), `tasks/retry_failed.py` and the store."""

@@ -1,4 +1,4 @@
-"""Batch control end to end (issue 13): dry-run estimates, key budgets,
+"""Batch control end to end: dry-run estimates, key budgets,
 pause / resume and live concurrency, through the official `openai` SDK and
 the admin API (real Prefect server, gateway, runner and
 `batchgate mock-upstream`).

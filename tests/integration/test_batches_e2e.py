@@ -17,7 +17,7 @@ import orjson
 import psutil
 import pytest
 
-from tests.integration.control_cases import (  # batch control (issue 13), on this Stack
+from tests.integration.control_cases import (  # batch control, on this Stack
     CONTROL_SETTINGS,
     control_finished,  # noqa: F401 (fixture)
     test_a_budget_lets_half_a_batch_through_then_stops_it_and_refuses_more,  # noqa: F401
@@ -232,7 +232,7 @@ def test_rate_limits_and_5xx_are_retried(
 def test_request_ids_when_the_provider_sends_none(
     stack: Stack, client: openai.OpenAI, tmp_path: Path
 ) -> None:
-    """SPEC section 8: with no `x-request-id` from the provider, every line with a
+    """With no `x-request-id` from the provider, every line with a
     response carries batchgate's own `req_…` id: the `X-Client-Request-Id` of
     the attempt it kept (retried lines included), and a failed line's id is in
     the runner's log next to its custom_id."""

@@ -1,5 +1,5 @@
-"""A batch whose completion window ends while it runs ends `expired`
-(SPEC section 3): finished lines kept, the rest `batch_expired`.
+"""A batch whose completion window ends while it runs ends `expired`:
+finished lines kept, the rest `batch_expired`.
 
 The window is `completion_window_seconds` (24 h by default, a few seconds
 here), so the whole path runs: create over HTTP, the run sees the deadline

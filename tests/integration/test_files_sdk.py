@@ -133,7 +133,7 @@ def test_list_pages_through_25_files_by_limit_after_order_and_purpose(gw: LiveGa
         )
         for i in range(25)
     ]
-    newest_first = [f.id for f in reversed(created)]  # files of one second too (SPEC 8)
+    newest_first = [f.id for f in reversed(created)]  # files of one second too
 
     seen: list[str] = []
     after: str | None = None

@@ -1,4 +1,4 @@
-"""List order through the official `openai` SDK (issue 11): `files.list` and
+"""List order through the official `openai` SDK: `files.list` and
 `batches.list` return exactly the reverse of creation order (`order=asc`:
 creation order), objects created in the same second included, and `after`
 paging goes on from its object in that order while another client keeps

@@ -1,4 +1,4 @@
-"""Results as data (issue 12) end to end: live results followed by cursor
+"""Results as data end to end: live results followed by cursor
 while the batch runs, the results table read by three readers, the
 summary, retry of the failures, and usage over time. One stack (real
 Prefect server, gateway, runner and `batchgate mock-upstream`) for all."""

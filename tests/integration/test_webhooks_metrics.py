@@ -2,7 +2,7 @@
 server, the gateway and a runner as processes, `batchgate mock-upstream`,
 and a webhook receiver that verifies every delivery with the official SDK
 and the standardwebhooks library. The stack fans a batch of several chunks
-out to three flow runs (`fanout_runs=3`, issue 15), so these checks hold
+out to three flow runs (`fanout_runs=3`), so these checks hold
 for a batch worked by helper runs too."""
 
 from __future__ import annotations

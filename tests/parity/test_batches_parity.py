@@ -1,4 +1,4 @@
-"""Pytest twins of the Batch tests in reference/omniroute_batch_api.test.ts (SPEC 7).
+"""Pytest twins of the Batch tests in reference/omniroute_batch_api.test.ts.
 
 The gateway runs in this process under uvicorn (real HTTP, real DuckDB), so a
 twin can use the metadata store exactly where the reference calls an
@@ -494,7 +494,7 @@ def test_batch_processor_fails_orphaned_finalizing_batches_during_startup_recove
     env: Env,
 ) -> None:
     """Reference: "Batch processor fails orphaned finalizing batches during startup
-    recovery". batchgate first re-runs the interrupted finalize (SPEC 7); this
+    recovery". batchgate first re-runs the interrupted finalize; this
     batch never recorded a plan, so finalize cannot complete and the batch
     ends failed with "interrupted during finalization"."""
     key = env.create_key("Finalizing Recovery Key")
@@ -510,7 +510,7 @@ def test_batch_processor_fails_orphaned_finalizing_batches_during_startup_recove
 def test_batch_cancel_api(env: Env) -> None:
     """Reference: "Batch Cancel API". Cancel goes through POST .../cancel; the
     terminal case is 409 with x-should-retry: false (the reference's comment
-    says 400; SPEC 7)."""
+    says 400; batchgate answers as OpenAI does)."""
     key = env.create_key("Cancel Test Key")
     with env.held():
         batch = env.create_batch(key, env.upload(key, b"{}", "cancel_mock.jsonl"))

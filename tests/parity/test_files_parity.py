@@ -1,4 +1,4 @@
-"""Pytest twins of the Files tests in reference/omniroute_batch_api.test.ts (SPEC 7).
+"""Pytest twins of the Files tests in reference/omniroute_batch_api.test.ts.
 
 Each twin asserts the reference test's behaviour through batchgate's HTTP
 routes, on the in-process app (same routes and middleware as the server, and
@@ -83,7 +83,7 @@ async def test_files_upload_route_stores_multipart_content(inproc_app: Any) -> N
     Same behaviour: a multipart POST to the files route answers 200 with an id
     and the stored bytes are exactly the uploaded ones (read from the blob
     store, as the reference reads getFileContent, and through /content).
-    Difference: the upload needs an API key (SPEC 7: every /v1 call does)."""
+    Difference: the upload needs an API key (every /v1 call does)."""
     content = b'{"custom_id":"req-1"}\n'
     async with asgi_client(inproc_app, new_key(inproc_app)) as client:
         response = await client.post(
@@ -131,7 +131,7 @@ async def test_list_files_pagination_and_response_format(inproc_app: Any) -> Non
 
     Same behaviour: five files of one key, purposes batch/fine-tune
     alternating; newest first by default (the reverse of upload order, files
-    uploaded in the same second included: SPEC section 8); purpose filter;
+    uploaded in the same second included); purpose filter;
     pages of 2 with `after`; ascending order reverses the list. Difference:
     the files are uploaded and listed through the HTTP routes (the reference
     calls createFile/listFiles directly), so the twin also checks the list
@@ -252,8 +252,8 @@ async def test_retrieve_file_content_spec_compliance(inproc_app: Any) -> None:
     Same behaviour: stored JSONL content comes back byte for byte; the file
     belongs to its creator's key and another key is refused. Difference: the
     reference only computes the ownership flag "as the route would"; the twin
-    asks the real route with the other key and gets the 404 of SPEC 1, and
-    checks the `application/jsonl` content type of SPEC 2."""
+    asks the real route with the other key and gets a 404, and
+    checks the `application/jsonl` content type."""
     content = (
         b'{"id":"req_1","custom_id":"request-1","response":{"status_code":200,'
         b'"body":{"choices":[{"message":{"content":"Hello"}}]}}}'

@@ -1,4 +1,4 @@
-"""One batch fanned out to three flow runs (issue 15), one helper run
+"""One batch fanned out to three flow runs, one helper run
 SIGKILLed mid-batch: its chunk claims lapse, the batch's run and the other
 helper finish its chunks, and the batch completes with every custom_id once,
 without the batch's own run being replaced. Marked `soak` (`make soak`): a

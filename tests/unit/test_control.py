@@ -1,4 +1,4 @@
-"""Batch control (issue 13) as plain logic and against the in-process worker
+"""Batch control as plain logic and against the in-process worker
 API: budget periods and costs, token estimates, the control state the
 heartbeat carries, the pause gate, live concurrency ceilings, and a budget
 that stops a run like a cancel."""

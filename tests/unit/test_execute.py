@@ -90,7 +90,7 @@ def client_request_ids(base_url: str) -> dict[str, list[str]]:
 
 
 async def test_every_answered_line_has_a_string_request_id() -> None:
-    """SPEC section 8: the provider's `x-request-id`, else batchgate's own, which
+    """The provider's `x-request-id`, else batchgate's own, which
     is what the provider received as `X-Client-Request-Id`; a line batchgate
     answers itself (unknown provider prefix) carries batchgate's own id."""
     lines = [line(f"c{i}", "mock/gpt-4o-mini") for i in range(30)]
@@ -129,7 +129,7 @@ async def test_lines_never_sent_keep_a_null_response(reason: str) -> None:
 
 async def test_a_request_that_never_got_an_answer_keeps_a_null_response() -> None:
     """A timeout reached the provider but got no HTTP answer: no response, so no
-    request_id (SPEC section 4's `"response": null` + error shape)."""
+    request_id (`"response": null` and the error shape)."""
     with serve_mock_in_thread(MockConfig(latency_ms=1000)) as url:
         async with UpstreamClient(max_attempts=1, timeout=0.2) as upstream:
             result = await execute_lines(

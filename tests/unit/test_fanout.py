@@ -1,4 +1,4 @@
-"""One batch worked by several runs through chunk claims (issue 15): the
+"""One batch worked by several runs through chunk claims: the
 ledger's claim rules, and the batch's run with helper runs in-process over
 a real DuckDB file and the mock provider over real HTTP."""
 

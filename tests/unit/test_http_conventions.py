@@ -1,4 +1,4 @@
-"""SPEC section 6 on the in-process app: error envelope, request ids, CORS,
+"""HTTP conventions on the in-process app: error envelope, request ids, CORS,
 /health and the OpenAPI document (checked against real responses)."""
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ async def test_cancel_mid_run_keeps_partial_results(h: Harness) -> None:
     out, err = h.lines(batch.output_file_id), h.lines(batch.error_file_id)
     assert 10 <= len(out) < 200
     # live results: what was read while cancelling plus what followed its
-    # cursor once cancelled are the final files' lines, each once (issue 12)
+    # cursor once cancelled are the final files' lines, each once
     _, rest = h.read_live(batch_id, live["cursor"])
     assert len(live["read"]) >= 10 and sorted(live["read"] + rest) == sorted(h.final_lines(batch))
     assert sorted(x["custom_id"] for x in out + err) == sorted(f"req-{i}" for i in range(200))
@@ -248,7 +248,7 @@ async def test_expiry_stops_the_run(h: Harness) -> None:
     assert len(out) > 0 and len(err) > 0
     assert {x["error"]["code"] for x in err} == {"batch_expired"}
     assert len({x["custom_id"] for x in out + err}) == 300
-    # live results of an expired batch: every final line, each once (issue 12)
+    # live results of an expired batch: every final line, each once
     assert sorted(h.read_live(batch_id)[1]) == sorted(h.final_lines(batch))
 
 

@@ -1,4 +1,4 @@
-"""Results as data (issue 12), the pure parts and the ledger's side: the
+"""Results as data, the pure parts and the ledger's side: the
 cursor and its crossing of finalize, the per-line meta, the table schema,
 the summary's aggregation, retry's line selection, the progress line."""
 

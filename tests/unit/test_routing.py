@@ -1,4 +1,4 @@
-"""Model routing (SPEC section 4): which provider a line's model goes to."""
+"""Model routing: which provider a line's model goes to."""
 
 from __future__ import annotations
 

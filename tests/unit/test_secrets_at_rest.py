@@ -1,4 +1,4 @@
-"""Provider keys encrypted at rest and owner-only files (issue 11, item 5):
+"""Provider keys encrypted at rest and owner-only files:
 what a copied DuckDB file, a backup or another local user can read."""
 
 from __future__ import annotations

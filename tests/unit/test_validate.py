@@ -1,4 +1,4 @@
-"""The batch input validator: every SPEC section 4 rule, with exact line numbers."""
+"""The batch input validator: every input-line rule, with exact line numbers."""
 
 from __future__ import annotations
 
