@@ -118,12 +118,12 @@ async def start_helpers(batch_id: str, count: int) -> None:
     Named after the batch, so the Prefect UI shows whose chunks they work;
     the idempotency key names this run, so a retried start makes no second
     helper, and a later run of the batch (after this one died) gets its own."""
-    from prefect.deployments import run_deployment
+    from prefect.deployments import arun_deployment
 
     parent = str(runtime.flow_run.id)
     await asyncio.gather(
         *(
-            run_deployment(
+            arun_deployment(
                 name=HELPER_DEPLOYMENT,
                 parameters={"batch_id": batch_id},
                 timeout=0,

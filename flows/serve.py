@@ -105,7 +105,8 @@ def prefork_flow_runs(preload: list[str]) -> None:
     def get_context(method: str | None = None) -> Any:
         return context if method == "spawn" else multiprocessing.get_context(method)
 
-    flow_engine.multiprocessing = SimpleNamespace(  # type: ignore[attr-defined]
+    # A stand-in for the module: Prefect asks it for get_context and context only.
+    flow_engine.multiprocessing = SimpleNamespace(  # type: ignore[attr-defined,assignment]
         get_context=get_context, context=multiprocessing.context
     )
 

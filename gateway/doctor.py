@@ -95,7 +95,7 @@ def check_temp_files(blobs: BlobStore) -> list[Problem]:
     ]
 
 
-def check_missing_blobs(live_rows: Iterable[tuple], on_disk: set[str]) -> list[Problem]:
+def check_missing_blobs(live_rows: Iterable[tuple[str, str]], on_disk: set[str]) -> list[Problem]:
     return [
         Problem("missing_blob", file_id, f"live file row, but blob {blob!r} is gone")
         for file_id, blob in live_rows

@@ -8,6 +8,7 @@ HTTPException and any unexpected exception into
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -82,7 +83,7 @@ def error_response(
     message: str,
     param: str | None = None,
     code: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     type_: str | None = None,
 ) -> JSONResponse:
     return JSONResponse(

@@ -86,12 +86,12 @@ class PrefectFlowRuns:
 
     async def start_batch(self, batch: BatchRecord) -> str | None:
         client = await self._prefect()  # imports Prefect off the event loop first
-        from prefect.deployments import run_deployment
+        from prefect.deployments import arun_deployment
 
         tags = [f"endpoint:{batch.endpoint}"]
         if batch.model:
             tags.append(f"model:{batch.model}")
-        flow_run = await run_deployment(
+        flow_run = await arun_deployment(
             name=DEPLOYMENT,
             client=client,
             parameters={"batch_id": batch.id},

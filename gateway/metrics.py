@@ -122,9 +122,9 @@ class _RunCollector(Collector):
             gauge.add_metric([provider], n)
         yield gauge
         gauge = GaugeMetricFamily("batchgate_batches", "Batches by status.", labels=["status"])
-        counts = m.batch_counts()
+        status_counts = m.batch_counts()
         for status in BATCH_STATUSES:
-            gauge.add_metric([status], counts.get(status, 0))
+            gauge.add_metric([status], status_counts.get(status, 0))
         yield gauge
 
 

@@ -611,7 +611,7 @@ def create_mock_app(config: MockConfig | None = None) -> Starlette:
         Route("/stats/reset-max-in-flight", reset_max_in_flight, methods=["POST"]),
         Route("/config", configure, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.state.mock = state
     return app
 

@@ -73,7 +73,6 @@ def run_command(args: argparse.Namespace) -> int:
         EXIT_INVALID,
         STATE_DIR_NAME,
         LocalRun,
-        RunError,
         RunOptions,
         default_errors_path,
         default_output_path,
@@ -81,7 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_chunk_size,
         run_settings,
     )
-    from tasks.run_providers import resolve_providers
+    from tasks.run_providers import RunError, resolve_providers
 
     def fail(message: str) -> int:
         print(f"batchgate run: {message}", file=sys.stderr)

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -167,7 +167,7 @@ class Steps:
     progress: Callable[[int, int], Awaitable[None]] = _no_progress
     summary: Callable[[dict[str, Any]], Awaitable[None]] = _no_summary
     # A pause or resume, for the flow run's log and its progress artifact.
-    control_note: Callable[[str, bool], Awaitable[None]] = _no_note
+    control_note: Callable[[str, bool], Coroutine[Any, Any, None]] = _no_note
     # Lines done of the batch, kept up to date for `progress` to describe.
     lines: LineProgress | None = None
     # Start this many helper runs for the batch (flows/process_chunks.py);

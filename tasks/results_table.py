@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 import polars as pl
@@ -103,7 +103,7 @@ RESULT_LINE_SCHEMA = {
 }
 
 
-def _present(path: Path | str | None) -> bool:
+def _present(path: Path | str | None) -> TypeGuard[Path | str]:
     return path is not None and os.path.exists(path) and os.path.getsize(path) > 0
 
 

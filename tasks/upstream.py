@@ -152,7 +152,7 @@ def backoff_delay(
     lines rejected together do not come back together. Never less than the
     provider's `Retry-After`.
     """
-    delay = rand() * min(cap, base * (2 ** (attempt - 1)))
+    delay = float(rand() * min(cap, base * (2 ** (attempt - 1))))
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

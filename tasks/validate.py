@@ -53,7 +53,7 @@ class LineError:
     param: str | None
     line: int | None  # 1-based line number in the file; None for file-level errors
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | int | None]:
         return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
 
 
@@ -184,6 +184,7 @@ def validate_jsonl(
             chunks.append(ChunkSpan(len(chunks), chunk_start, chunk_end, chunk_first, chunk_count))
             chunk_count = 0
 
+        error: LineError | None
         if data is None:
             error = LineError(
                 "invalid_json_line",

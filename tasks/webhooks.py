@@ -53,7 +53,7 @@ def signed_headers(secret: str, message_id: str, body: bytes, timestamp: float) 
 def retry_delay(attempts: int, base: float, cap: float) -> float:
     """Seconds before the next try after `attempts` failed ones (1-based):
     base, 2*base, 4*base, ... at most `cap`."""
-    return min(cap, base * (2 ** max(0, attempts - 1)))
+    return float(min(cap, base * (2 ** max(0, attempts - 1))))
 
 
 def next_attempt(

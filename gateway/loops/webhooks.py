@@ -151,7 +151,7 @@ async def deliver_due(state: GatewayState, client: httpx.AsyncClient, posts: Pos
     return min(len(fresh), BATCH - on_way)
 
 
-def _ended(posts: Posts, key: tuple[str, str], left_behind: bool, task: asyncio.Task) -> None:
+def _ended(posts: Posts, key: tuple[str, str], left_behind: bool, task: asyncio.Task[None]) -> None:
     posts.deliveries.pop(key, None)
     posts.ended.add(key)
     if left_behind:
