@@ -18,10 +18,10 @@ env:
 		$(PYTHON) -m pip install --quiet --user uv || \
 		$(PYTHON) -m pip install --quiet --user --break-system-packages uv
 	@$(UV) sync --frozen --quiet --compile-bytecode
-	@$(RUN) python -m compileall -q gateway tasks flows storage
+	@$(RUN) python -m compileall -q batchgate gateway tasks flows storage
 
 up: env
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(RUN) python -m gateway.cli up
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(RUN) python -m batchgate.cli up
 
 test: env lint
 	$(RUN) pytest -q -p no:cacheprovider

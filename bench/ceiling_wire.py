@@ -50,7 +50,7 @@ def captured(call: Callable[[HttpWorkerAPI], Any]) -> httpx.Request:
 async def sample_result(lines: int) -> dict[str, Any]:
     """A real chunk result of `lines` chat lines: the keyword arguments of
     `HttpWorkerAPI.record_chunk` as `tasks/drive.py` passes them."""
-    from gateway.mock_upstream import MockConfig, serve_mock_in_thread
+    from batchgate.mock_provider.server import MockConfig, serve_mock_in_thread
     from tasks.execute import execute_lines
     from tasks.upstream import UpstreamClient
 

@@ -1,7 +1,7 @@
 """`uv run python -m bench.gateway_ceiling`: what one gateway sustains on this
 machine, and how many running batches it takes to make it the bottleneck.
 
-A real gateway (`python -m gateway.cli serve`: uvicorn, a DuckDB file, the
+A real gateway (`python -m batchgate.cli serve`: uvicorn, a DuckDB file, the
 blob directory) on a port of 127.0.0.1, and in this process a load
 generator that speaks its APIs the way flow runs and clients do
 (bench/ceiling_wire.py). No Prefect server and no provider: the gateway's

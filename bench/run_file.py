@@ -33,10 +33,10 @@ from typing import Any
 import httpx
 import orjson
 
+from batchgate.up.supervisor import http_status
 from bench.report import Run, Section, mb, ratio, render_section, seconds, write_block
 from bench.system import RssSampler
 from bench.workload import write_input
-from gateway.supervisor import http_status
 from tests.live import free_port
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -64,7 +64,7 @@ class MockProcess:
         log = open(work / f"mock-{latency_ms:g}.log", "ab")  # noqa: SIM115 (closed in __exit__)
         self.log = log
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--log-level", "warning", "mock-upstream"]
+            [sys.executable, "-m", "batchgate.cli", "--log-level", "warning", "mock-upstream"]
             + ["--port", str(self.port), "--latency-ms", str(latency_ms)],
             stdout=log,
             stderr=log,
@@ -100,7 +100,7 @@ def bench_env() -> dict[str, str]:
 
 def warm_imports() -> None:
     """Compile each contender's imports once, outside the measurements."""
-    modules = "gateway.cli, gateway.run_command, gateway.run_display, tasks.local_run, "
+    modules = "batchgate.cli, batchgate.run.command, batchgate.run.display, tasks.local_run, "
     modules += "bench.baseline, bench.cookbook, rich.logging"
     subprocess.run([sys.executable, "-c", f"import {modules}"], env=bench_env(), check=True)
 
@@ -120,7 +120,7 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
 def run_batchgate(mock: MockProcess, source: Path, work: Path, concurrency: int) -> Run:
     mock.reset()
     out = work / f"{source.stem}.out.jsonl"
-    cmd = [sys.executable, "-m", "gateway.cli", "run", str(source), "-o", str(out)]
+    cmd = [sys.executable, "-m", "batchgate.cli", "run", str(source), "-o", str(out)]
     cmd += ["--base-url", f"{mock.url}/v1", "--max-concurrency", str(concurrency), "--quiet"]
     cmd += ["--state-dir", str(work / "state")]
     wall, rss, _ = timed(cmd)

@@ -33,10 +33,10 @@ from typing import Any
 import httpx
 import openai
 
+from batchgate.up import prefect_server
+from batchgate.up.supervisor import Child, http_status, start_child, stop_child, stop_children
 from bench.scale_net import ROOT_ADDRESS, Host
 from flows.serve import DEPLOYMENT_NAMES
-from gateway import prefect_server
-from gateway.supervisor import Child, http_status, start_child, stop_child, stop_children
 from tests.live import GatewayAdmin, free_port
 from tests.stack import prefect_env, wait_for
 
@@ -50,7 +50,7 @@ KNOWN_422 = "422 Unprocessable Entity"
 
 def worker_argv(mode: str, limit: int) -> list[str]:
     if mode == "served":
-        return [sys.executable, "-m", "gateway.cli", "worker"]
+        return [sys.executable, "-m", "batchgate.cli", "worker"]
     return [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
             "--type", "process", "--limit", str(limit)]  # fmt: skip
 
@@ -143,7 +143,7 @@ class ScaleStack(GatewayAdmin):
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "batchgate.cli",
                 "mock-upstream",
                 "--host",
                 ROOT_ADDRESS,
@@ -156,7 +156,7 @@ class ScaleStack(GatewayAdmin):
         )
         wait_for(lambda: http_status(f"{self.api_url}/health") == 200, "Prefect", 180, prefect)
         gateway = self._start(
-            "gateway", [sys.executable, "-m", "gateway.cli", "serve"], self.gateway_env()
+            "gateway", [sys.executable, "-m", "batchgate.cli", "serve"], self.gateway_env()
         )
         wait_for(lambda: http_status(f"{self.url}/health") is not None, "gateway", 90, gateway)
         wait_for(lambda: http_status(f"{self.mock_url}/stats") == 200, "mock", 60, mock)

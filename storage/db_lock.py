@@ -4,7 +4,7 @@ DuckDB locks the metadata file for the process that opened it (the
 gateway), so a tool run beside it (`batchgate create-key`, `doctor`,
 `rotate-secret-key`, a second `serve`) cannot open it. `MetadataStore` turns
 that refusal into `DatabaseInUse`, which `batchgate` prints as one line
-(gateway/cli.py `main`). Kept free of DuckDB imports so the command line can
+(batchgate/cli.py `main`). Kept free of DuckDB imports so the command line can
 catch it without loading DuckDB for commands that never open the file.
 """
 

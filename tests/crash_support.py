@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import orjson
 
-from gateway.supervisor import stop_child
+from batchgate.up.supervisor import stop_child
 from tasks.crashpoints import marker_path
 from tests.stack import Stack
 
@@ -169,7 +169,7 @@ def run_doctor(stack: Stack) -> subprocess.CompletedProcess[str]:
         stop_child(stack.gateway)
     env = {k: v for k, v in stack.env().items() if not k.startswith("BATCHGATE_CRASH")}
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "doctor"],
+        [sys.executable, "-m", "batchgate.cli", "doctor"],
         env=env,
         capture_output=True,
         text=True,

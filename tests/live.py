@@ -1,6 +1,6 @@
 """Shared test support: a real gateway in a subprocess, and an in-process app.
 
-`LiveGateway` runs `python -m gateway.cli serve` exactly as an operator
+`LiveGateway` runs `python -m batchgate.cli serve` exactly as an operator
 would, so tests see the real socket, uvicorn and process boundaries (RSS,
 DuckDB's single-process lock). `inprocess_app` builds the same Starlette app
 inside the test process for fast HTTP tests that also want to look at the
@@ -119,7 +119,7 @@ class LiveGateway(GatewayAdmin):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve"],
+                [sys.executable, "-m", "batchgate.cli", "serve"],
                 cwd=REPO_ROOT,
                 env=self.environment(),
                 stdout=log,

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 
-from gateway.supervisor import (
+from batchgate.up.supervisor import (
     Child,
     http_status,
     log_tail,
@@ -128,7 +128,7 @@ class Stack(GatewayAdmin):
     def start_gateway(self) -> None:
         self.gateway = start_child(
             "gateway",
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            [sys.executable, "-m", "batchgate.cli", "serve"],
             self.env(),
             self.root / "logs",
         )
@@ -139,7 +139,7 @@ class Stack(GatewayAdmin):
     def start_runner(self) -> None:
         self.runner = start_child(
             "runner",
-            [sys.executable, "-m", "gateway.cli", "worker"],
+            [sys.executable, "-m", "batchgate.cli", "worker"],
             self.env(),
             self.root / "logs",
         )
@@ -153,7 +153,7 @@ class Stack(GatewayAdmin):
     def __enter__(self) -> Stack:
         self.mock = start_child(
             "mock",
-            [sys.executable, "-m", "gateway.cli", "mock-upstream", "--port", str(self.mock_port)]
+            [sys.executable, "-m", "batchgate.cli", "mock-upstream", "--port", str(self.mock_port)]
             + self.mock_args,
             self.env(),
             self.root / "logs",

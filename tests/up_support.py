@@ -22,7 +22,7 @@ import openai
 import psutil
 import pytest
 
-from gateway.supervisor import Child, http_status, start_child, stop_child
+from batchgate.up.supervisor import Child, http_status, start_child, stop_child
 from tests.live import GatewayAdmin, free_port
 from tests.stack import wait_for
 
@@ -31,9 +31,9 @@ ADMIN_KEY = "admin-up-key"
 READY_TIMEOUT = 120.0
 # What each child of `up` runs, to find it among the `up` process's children.
 CHILD_COMMANDS = {
-    "prefect-server": ("gateway.prefect_server", "server", "start"),
-    "gateway": ("gateway.cli", "serve"),
-    "runner": ("gateway.cli", "worker"),
+    "prefect-server": ("batchgate.up.prefect_server", "server", "start"),
+    "gateway": ("batchgate.cli", "serve"),
+    "runner": ("batchgate.cli", "worker"),
 }
 
 
@@ -127,7 +127,7 @@ class Up(GatewayAdmin):
 
     def start(self) -> Up:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up"],
+            [sys.executable, "-m", "batchgate.cli", "up"],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -181,7 +181,7 @@ class Up(GatewayAdmin):
         self.mock_url = f"http://127.0.0.1:{port}"
         self.mock = start_child(
             "mock",
-            [sys.executable, "-m", "gateway.cli", "mock-upstream", "--port", str(port)]
+            [sys.executable, "-m", "batchgate.cli", "mock-upstream", "--port", str(port)]
             + list(mock_args),
             self.env,
             self.root / "logs",

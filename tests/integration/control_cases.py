@@ -21,8 +21,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.mock_upstream import _reply as mock_reply
-from gateway.mock_upstream import count_tokens
+from batchgate.mock_provider.server import _reply as mock_reply
+from batchgate.mock_provider.server import count_tokens
 from tests.stack import Stack
 
 CHUNK = 100

@@ -513,7 +513,7 @@ def test_retention_flow_deletes_expired_output_keeps_input(
     assert batch.status == "completed" and batch.output_file_id
     # Age the batch by an hour: stop the gateway (DuckDB has one owner), edit, restart.
     assert stack.gateway is not None
-    from gateway.supervisor import stop_child
+    from batchgate.up.supervisor import stop_child
 
     stop_child(stack.gateway)
     db = duckdb.connect(str(stack.root / "data" / "batchgate.duckdb"))

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.mock_upstream import MockConfig, serve_mock_in_thread
+from batchgate.mock_provider.server import MockConfig, serve_mock_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,7 +199,7 @@ def test_cli_serves_the_openai_sdk() -> None:
         [
             sys.executable,
             "-m",
-            "gateway.cli",
+            "batchgate.cli",
             "--log-level",
             "warning",
             "mock-upstream",

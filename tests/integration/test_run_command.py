@@ -19,7 +19,7 @@ import orjson
 import polars
 import pytest
 
-from gateway.supervisor import Child, http_status, start_child, stop_child
+from batchgate.up.supervisor import Child, http_status, start_child, stop_child
 from tests.live import free_port
 from tests.stack import wait_for
 
@@ -33,7 +33,7 @@ class Mock:
         self.url = f"http://127.0.0.1:{self.port}"
         self.child: Child = start_child(
             "mock",
-            [sys.executable, "-m", "gateway.cli", "mock-upstream", "--port", str(self.port)]
+            [sys.executable, "-m", "batchgate.cli", "mock-upstream", "--port", str(self.port)]
             + ["--api-key", SECRET, "--seed", "7"],
             dict(os.environ),
             root / "logs",
@@ -91,7 +91,7 @@ def command(mock: Mock, source: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "gateway.cli",
+        "batchgate.cli",
         "run",
         str(source),
         "--base-url",

@@ -31,7 +31,7 @@ import orjson
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
-from gateway.supervisor import start_child, stop_child
+from batchgate.up.supervisor import start_child, stop_child
 from storage.ids import hash_key
 from storage.metadata import MetadataStore
 from tests.live import free_port
@@ -132,7 +132,7 @@ def _umask(mask: int) -> Iterator[None]:
 
 def _rotate(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "rotate-secret-key"],
+        [sys.executable, "-m", "batchgate.cli", "rotate-secret-key"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -381,7 +381,7 @@ def test_up_over_an_older_install_leaves_nothing_open_or_in_clear(tmp_path: Path
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "batchgate.cli",
                 "mock-upstream",
                 "--port",
                 str(mock_port),
@@ -393,7 +393,7 @@ def test_up_over_an_older_install_leaves_nothing_open_or_in_clear(tmp_path: Path
         )
         _older_install(data, f"http://127.0.0.1:{mock_port}")
         up = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up"],
+            [sys.executable, "-m", "batchgate.cli", "up"],
             cwd=ROOT,
             env=clean_env(data, port, prefect_port),
             stdout=subprocess.PIPE,

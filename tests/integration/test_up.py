@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from gateway.supervisor import (
+from batchgate.up.supervisor import (
     Child,
     CrashLoop,
     RestartPolicy,
@@ -112,7 +112,7 @@ def test_up_refuses_a_taken_prefect_port(tmp_path: Path) -> None:
         taken.listen()
         prefect_port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "up"],
+            [sys.executable, "-m", "batchgate.cli", "up"],
             cwd=ROOT,
             env=clean_env(tmp_path / "data", free_port(), prefect_port),
             capture_output=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.supervisor import Shutdown, StopRequest
+from batchgate.up.supervisor import Shutdown, StopRequest
 from tests.up_support import Up
 
 # Nothing of a SIGKILLed `up` may be running this long after it died.

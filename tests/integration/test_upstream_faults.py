@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.mock_upstream import MockConfig, create_mock_app
+from batchgate.mock_provider.server import MockConfig, create_mock_app
 from tests.crash_support import chat_lines
 from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness

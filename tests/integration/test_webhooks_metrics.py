@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.supervisor import stop_child
+from batchgate.up.supervisor import stop_child
 from tests.crash_support import (
     chat_lines,
     check_batch,

@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from batchgate.mock_provider.server import MockConfig, create_mock_app
 from flows.process_batch import drive_batch
 from gateway.app import create_app
 from gateway.loops.reconciler import reconcile_once
-from gateway.mock_upstream import MockConfig, create_mock_app
 from storage import ids
 from storage.metadata import now
 from storage.records import FileRecord

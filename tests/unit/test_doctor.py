@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.cli import main
-from gateway.doctor import examine
+from batchgate.cli import main
+from batchgate.ops.doctor import examine
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.records import BatchRecord
@@ -200,7 +200,7 @@ def test_cli_exit_codes_and_a_locked_database(
         assert not (tmp_path / "secret_key.next").exists()  # the rotation changed nothing
         # As the operator runs it: the same line, no traceback.
         created = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "create-key", "x"],
+            [sys.executable, "-m", "batchgate.cli", "create-key", "x"],
             cwd=ROOT,
             env={**os.environ, "BATCHGATE_DATA_DIR": str(tmp_path)},
             capture_output=True,

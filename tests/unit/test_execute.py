@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.mock_upstream import MockConfig, serve_mock_in_thread
+from batchgate.mock_provider.server import MockConfig, serve_mock_in_thread
 from storage.records import ProviderRecord
 from tasks.execute import execute_lines
 from tasks.upstream import UpstreamClient, UpstreamResult

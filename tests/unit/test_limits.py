@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
+from batchgate.mock_provider.server import MockConfig, format_duration, serve_mock_in_thread
 from bench.rate_limits import Sample, execution_rate, fair_shares, replace_section
-from gateway.mock_upstream import MockConfig, format_duration, serve_mock_in_thread
 from storage.records import ProviderRecord
 from tasks.limits import (
     BETA,

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from gateway.mock_upstream import FLOAT_KNOBS, MockConfig, add_arguments, config_from_args
+from batchgate.mock_provider.server import FLOAT_KNOBS, MockConfig, add_arguments, config_from_args
 
 
 def parse(*argv: str) -> MockConfig:

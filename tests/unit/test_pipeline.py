@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
+from batchgate.mock_provider.server import MockConfig, create_mock_app
 from flows.process_batch import drive_batch
 from gateway.errors import APIError
-from gateway.mock_upstream import MockConfig, create_mock_app
 from gateway.results_builds import ensure_built
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now

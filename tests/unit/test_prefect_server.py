@@ -1,4 +1,4 @@
-"""The local Prefect server bounds SQLite's busy timeout (gateway/prefect_server.py)."""
+"""The local Prefect server bounds SQLite's busy timeout (batchgate/up/prefect_server.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prefect.server.database.configurations import AioSqliteConfiguration
 
-from gateway.prefect_server import SQLITE_BUSY_TIMEOUT_MS, bound_sqlite_busy_timeout, command
-from gateway.supervisor import prefect_server_command
+from batchgate.up.prefect_server import SQLITE_BUSY_TIMEOUT_MS, bound_sqlite_busy_timeout, command
+from batchgate.up.supervisor import prefect_server_command
 
 
 def busy_timeout_after_setup(path: Path) -> int:
@@ -44,5 +44,5 @@ def test_the_wrap_bounds_every_new_connection(tmp_path: Path) -> None:
 def test_batchgate_up_and_the_test_stack_start_this_server() -> None:
     argv = prefect_server_command(4999)
     assert argv == command("127.0.0.1", 4999)
-    assert argv[1:3] == ["-m", "gateway.prefect_server"]
+    assert argv[1:3] == ["-m", "batchgate.up.prefect_server"]
     assert argv[3:5] == ["server", "start"]

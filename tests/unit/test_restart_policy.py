@@ -1,9 +1,9 @@
-"""The restart policy of `batchgate up` (gateway/supervisor.py `restart_step`):
+"""The restart policy of `batchgate up` (batchgate/up/supervisor.py `restart_step`):
 backoff, its reset after a stable run, and the crash-loop limit."""
 
 from __future__ import annotations
 
-from gateway.supervisor import RestartPolicy, RestartRecord, restart_step
+from batchgate.up.supervisor import RestartPolicy, RestartRecord, restart_step
 
 POLICY = RestartPolicy(first_delay=1, max_delay=30, max_restarts=5, window=300, stable_after=60)
 

@@ -14,8 +14,8 @@ import duckdb
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
+from batchgate.ops.secret_rotation import RotationError, rotate_secret_key
 from gateway.auth import load_or_create_secret
-from gateway.secret_rotation import RotationError, rotate_secret_key
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.private import tighten_tree
@@ -151,7 +151,7 @@ def test_a_rotation_cut_short_still_opens_and_finishes_when_run_again(tmp_path: 
 
 def test_the_gateway_refuses_to_start_with_a_malformed_secret_key(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve"],
+        [sys.executable, "-m", "batchgate.cli", "serve"],
         cwd=ROOT,
         env={**os.environ, "BATCHGATE_DATA_DIR": str(tmp_path), "BATCHGATE_SECRET_KEY": "hunter2"},
         capture_output=True,
@@ -189,7 +189,7 @@ def test_rotation_refuses_while_the_gateway_holds_the_database(tmp_path: Path) -
     add_provider(store)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "rotate-secret-key"],
+            [sys.executable, "-m", "batchgate.cli", "rotate-secret-key"],
             cwd=ROOT,
             env={**os.environ, "BATCHGATE_DATA_DIR": str(tmp_path)},
             capture_output=True,

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.mock_upstream import MockConfig, serve_mock_in_thread
+from batchgate.mock_provider.server import MockConfig, serve_mock_in_thread
 from storage.records import ProviderRecord
 from tasks.upstream import (
     NON_JSON_BODY,

@@ -1,6 +1,6 @@
 """What a child of `batchgate up` does so that it never outlives `up`.
 
-`up` starts each child in its own process group (gateway/supervisor.py) and
+`up` starts each child in its own process group (batchgate/up/supervisor.py) and
 stops them itself. When `up` cannot - it was SIGKILLed, or the OOM killer
 took it - nothing else would: the children, the runner's forkserver and its
 flow runs would run on for good, holding the data directory's DuckDB lock and

@@ -129,7 +129,7 @@ def run_command(args: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        from gateway import run_display
+        from batchgate.run import display as run_display
 
         console = Console(highlight=False)
     if mode == "bar":

@@ -1,6 +1,6 @@
 """The fake provider's settings (`MockConfig`) and its command-line flags.
 
-Apart from gateway/mock_upstream.py, so that building `batchgate`'s command
+Apart from batchgate/mock_provider/server.py, so that building `batchgate`'s command
 line (every subcommand's flags) does not import Starlette and the mock's
 app: `batchgate run` starts ~0.15 s sooner.
 """

@@ -31,10 +31,10 @@ import httpx
 import psutil
 from pydantic import ValidationError
 
+from batchgate.up import prefect_server
+from batchgate.up.supervised import SUPERVISOR_PID_ENV, die_with_parent, group_members
 from flows.serve import SERVED_DEPLOYMENTS
-from gateway import prefect_server
 from gateway.auth import load_or_create_secret
-from gateway.supervised import SUPERVISOR_PID_ENV, die_with_parent, group_members
 from tasks.settings import Settings, load_settings
 
 PREFECT_START_TIMEOUT = 90.0
@@ -175,7 +175,7 @@ def make_plan(settings: Settings, env: Mapping[str, str], internal_token: str) -
         BATCHGATE_DATA_DIR=str(data_dir),
         BATCHGATE_INTERNAL_TOKEN=internal_token,
     )
-    # Each child watches this process and stops with it (gateway/supervised.py).
+    # Each child watches this process and stops with it (batchgate/up/supervised.py).
     base_env[SUPERVISOR_PID_ENV] = str(os.getpid())
     if external:
         api_url, local_port = external, None
@@ -258,7 +258,7 @@ def start_child(
 ) -> Child:
     """Start a child in its own session (so one killpg reaches its whole tree),
     with stdout and stderr appended to its log file. A `supervised` child gets
-    SIGTERM from the kernel if this process dies (gateway/supervised.py); only
+    SIGTERM from the kernel if this process dies (batchgate/up/supervised.py); only
     a single-threaded caller may ask for it, as it runs code between fork
     and exec."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -586,14 +586,14 @@ def run(settings: Settings, children: list[Child], log_level: str = "info") -> N
     # The gateway does not need Prefect to start, so both come up together.
     print(f"starting gateway on {settings.host}:{settings.port}", flush=True)
     supervisor.start(
-        "gateway", [python, "-m", "gateway.cli", "--log-level", log_level, "serve"], plan.base_env
+        "gateway", [python, "-m", "batchgate.cli", "--log-level", log_level, "serve"], plan.base_env
     )
 
     # The runner waits for the Prefect API itself; starting it now overlaps
     # its imports with the server's start-up.
     supervisor.start(
         "runner",
-        [python, "-m", "gateway.cli", "--log-level", log_level, "worker"],
+        [python, "-m", "batchgate.cli", "--log-level", log_level, "worker"],
         runner_env(plan, settings),
     )
     wait_until(

@@ -55,14 +55,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.errors import EXCEPTION_HANDLERS, envelope
-from gateway.mock_config import (  # noqa: F401 (re-exported: tests and bench build mocks from here)
+from batchgate.mock_provider.config import (  # noqa: F401 (re-exported: tests and bench build mocks from here)
     FLOAT_KNOBS,
     SHARES,
     MockConfig,
     add_arguments,
     config_from_args,
 )
+from gateway.errors import EXCEPTION_HANDLERS, envelope
 
 EMBEDDING_DIMENSIONS = 8
 _MODERATION_CATEGORIES = (

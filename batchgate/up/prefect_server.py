@@ -55,7 +55,7 @@ def bound_sqlite_busy_timeout(milliseconds: int = SQLITE_BUSY_TIMEOUT_MS) -> Non
 def command(host: str, port: int) -> list[str]:
     """The argv that starts this server on host:port (its SQLite file lives in
     PREFECT_HOME)."""
-    return [sys.executable, "-m", "gateway.prefect_server", "server", "start",
+    return [sys.executable, "-m", "batchgate.up.prefect_server", "server", "start",
             "--host", host, "--port", str(port), "--analytics-off"]  # fmt: skip
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     """`prefect <args>` in this process, with the busy timeout bounded (the
     server runs in-process with one worker, so the wrap applies to it).
     Prefect's CLI reads its arguments from `sys.argv`."""
-    from gateway.supervised import watch_supervisor
+    from batchgate.up.supervised import watch_supervisor
 
     watch_supervisor()  # started by `up`: stop with it, even a SIGKILLed one
     bound_sqlite_busy_timeout()

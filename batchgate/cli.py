@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.supervised import watch_supervisor
+from batchgate.up.supervised import watch_supervisor
 from storage.db_lock import DatabaseInUse
 from storage.private import PRIVATE_UMASK
 
@@ -60,7 +60,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from gateway.supervisor import up
+    from batchgate.up.supervisor import up
 
     return up(args)
 
@@ -73,13 +73,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.run_command import run_command
+    from batchgate.run.command import run_command
 
     return run_command(args)
 
 
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
-    from gateway.mock_upstream import run_mock_upstream
+    from batchgate.mock_provider.server import run_mock_upstream
 
     return run_mock_upstream(args)
 
@@ -99,7 +99,7 @@ def _cmd_create_key(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     """Check the data directory; exit 1 if problems, 2 if it cannot be opened
     (a held file: `main`)."""
-    from gateway.doctor import examine
+    from batchgate.ops.doctor import examine
     from storage.blobs import BlobStore
     from storage.metadata import MetadataStore
     from tasks.settings import load_settings
@@ -125,7 +125,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_rotate_secret_key(args: argparse.Namespace) -> int:
     """Exit 0 when rotated, 2 when nothing could be changed."""
-    from gateway.secret_rotation import RotationError, rotate_secret_key
+    from batchgate.ops.secret_rotation import RotationError, rotate_secret_key
     from storage.secrets import SecretKeyError
     from tasks.settings import load_settings
 
@@ -178,13 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
             "file or arguments (nothing sent), 130 interrupted (run again to resume)."
         ),
     )
-    from gateway.run_command import add_arguments as add_run_arguments
+    from batchgate.run.command import add_arguments as add_run_arguments
 
     add_run_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     mock = sub.add_parser("mock-upstream", help="a fake OpenAI-compatible provider")
-    from gateway.mock_config import add_arguments
+    from batchgate.mock_provider.config import add_arguments
 
     add_arguments(mock)
     mock.set_defaults(func=_cmd_mock_upstream)

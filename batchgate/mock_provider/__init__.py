@@ -1,0 +1,2 @@
+"""`batchgate mock-upstream`: a fake OpenAI-compatible provider, for tests,
+dry runs and benchmarks."""
