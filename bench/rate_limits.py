@@ -300,7 +300,7 @@ this 2-core machine when other work runs (an earlier run beside other test
 suites: 185 requests/s, 1.4 % 429s). "Lost" is a line missing from the output
 file or answered 2xx more than once.
 
-How it works (tasks/limits.py): each worker process keeps one limiter per
+How it works (tasks/aimd.py): each worker process keeps one limiter per
 provider, shared by all chunks of the batch it runs; its AIMD window starts at
 32 requests in flight, doubles per round trip until the first 429/503, then
 grows by one per round trip while answers are 2xx, not slow and the window is

@@ -37,8 +37,8 @@ from tasks.drive import (  # noqa: F401
     validate_input,
 )
 from tasks.ledger import LedgerError
-from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.settings import load_settings
+from tasks.summary_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI, WorkerAPI
 

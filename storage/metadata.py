@@ -1,6 +1,7 @@
 """The DuckDB metadata store: keys, files, batches, chunks, webhooks,
-providers, results - one repository per area (storage/repositories/) over
-one connection and its transactions (storage/database.py).
+providers, results, budgets, text stats, batch controls - one repository per
+area (storage/repositories/) over one connection and its transactions
+(storage/database.py).
 
 One object, not one per area: a checkpoint or a terminal status change
 writes several areas' tables in one transaction on the one connection, and
@@ -14,11 +15,14 @@ from pathlib import Path
 from storage import secrets as provider_secrets
 from storage.database import SCHEMA_VERSION, migrations, now, rewrite_database
 from storage.repositories.api_keys import ApiKeys
+from storage.repositories.batch_controls import BatchControls
 from storage.repositories.batches import Batches
+from storage.repositories.budgets import Budgets
 from storage.repositories.chunks import PLAN_ROWS_PER_INSERT, Chunks
 from storage.repositories.files import Files
 from storage.repositories.providers import Providers
 from storage.repositories.results import Results
+from storage.repositories.text_stats import TextStats
 
 __all__ = [
     "PLAN_ROWS_PER_INSERT",
@@ -30,7 +34,9 @@ __all__ = [
 ]
 
 
-class MetadataStore(ApiKeys, Files, Batches, Chunks, Providers, Results):
+class MetadataStore(
+    ApiKeys, Files, Batches, Chunks, Providers, Results, Budgets, TextStats, BatchControls
+):
     def __init__(
         self, path: Path | str, secret_keys: provider_secrets.SecretKeys | None = None
     ) -> None:

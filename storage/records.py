@@ -209,3 +209,23 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
         "model": record.model,
         "usage": record.usage,
     }
+
+
+@dataclass(frozen=True)
+class KeyBudget:
+    """A key's limits per period; None means no limit of that kind."""
+
+    api_key_id: str
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    budget_period: str | None = None  # "day", "month" or None (the key's lifetime)
+
+    @property
+    def limited(self) -> bool:
+        return self.max_tokens is not None or self.max_cost_usd is not None
+
+
+@dataclass(frozen=True)
+class Spend:
+    tokens: int = 0
+    cost_usd: float = 0.0

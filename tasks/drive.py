@@ -29,9 +29,9 @@ from tasks.crashpoints import crash_point
 from tasks.execute import execute_lines, parse_chunk
 from tasks.ledger import InputUnavailable, LeaseLost
 from tasks.line_journal import Journals
-from tasks.results_report import LineProgress
 from tasks.run_control import RunControl
 from tasks.settings import Settings
+from tasks.summary_report import LineProgress
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tasks.worker_api import WorkerAPI

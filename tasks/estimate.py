@@ -11,7 +11,7 @@ How input tokens are counted, best first:
    message, `REPLY_PRIMING` per request).
 2. learned: characters per token of this model, from the usage of finished
    chunks (the gateway adds up each chunk's input characters and input
-   tokens per model, `storage/control.py`). It is the provider's own count,
+   tokens per model, `storage/repositories/text_stats.py`). It is the provider's own count,
    message overheads included, and works for any model of any provider.
 3. the default of DEFAULT_CHARS_PER_TOKEN characters per token, the usual
    rule of thumb for English text on OpenAI's tokenizers.

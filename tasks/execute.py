@@ -21,7 +21,7 @@ from storage.records import USAGE_COUNTS, ProviderRecord
 from tasks.crashpoints import crash_point
 from tasks.estimate import input_chars
 from tasks.line_journal import ChunkJournal
-from tasks.results import result_line
+from tasks.result_lines import result_line
 from tasks.routing import UPSTREAM_PATHS, Route, RoutingError, prepare_body, resolve_route
 from tasks.upstream import UpstreamClient, log_failed_line
 from tasks.usage import Usage, add_into, empty_usage, usage_of
@@ -195,7 +195,7 @@ async def execute_lines(
     finished are taken from it instead of being sent again, and each line
     that ends (not one stopped) is written to it as it ends. `priority` is
     the chunk's place among the chunks in flight (its index): the client
-    serves lower values first (tasks/limits.py says why)."""
+    serves lower values first (tasks/aimd.py says why)."""
     path = UPSTREAM_PATHS[endpoint]
     results: list[bytes] = [b""] * len(lines)
     # per answered line: its usage and the model that answered (not the body)

@@ -27,9 +27,9 @@ from storage.jsonl import iter_chunk_lines
 from storage.records import BatchRecord, ChunkRecord, FileRecord
 from tasks import status as st
 from tasks.budgets import per_model
-from tasks.control import control_state, record_spend
+from tasks.control_state import control_state, record_spend
 from tasks.crashpoints import crash_point
-from tasks.results import result_line
+from tasks.result_lines import result_line
 from tasks.usage import sum_usage
 
 if TYPE_CHECKING:  # flow processes import this module for its errors: no DuckDB there
@@ -214,7 +214,7 @@ class BatchLedger:
 
     def control(self, batch: BatchRecord) -> dict[str, Any]:
         """What a run needs to know between requests: status and deadline,
-        and for a live batch its control state (`tasks/control.py`): paused,
+        and for a live batch its control state (`tasks/control_state.py`): paused,
         a stop reason (budget), each provider's concurrency ceiling."""
         answer = {
             "status": batch.status,

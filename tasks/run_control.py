@@ -3,7 +3,7 @@ pause, budget stop and concurrency ceilings.
 
 A heartbeat renews the run's lease through the worker API every few
 seconds and brings back the batch's status and control state
-(`tasks/control.py`), so a cancel, a pause or a budget stop is seen within a
+(`tasks/control_state.py`), so a cancel, a pause or a budget stop is seen within a
 heartbeat and expiry is checked against the clock before every request. A
 paused run keeps beating, so it keeps its lease however long the pause.
 """

@@ -15,7 +15,7 @@ provider asks in `retry-after-ms` / `Retry-After` (seconds or an HTTP date);
 other 4xx are final at once. `should_stop` (cancel, expiry) is checked before
 every attempt and during backoff sleeps.
 
-How many attempts are in flight to a provider is adaptive (tasks/limits.py):
+How many attempts are in flight to a provider is adaptive (tasks/aimd.py):
 an AIMD window under the provider's `max_concurrency`, which shrinks on 429,
 503 and timeouts, pauses the provider for a `Retry-After`, and reads the
 `x-ratelimit-*` headers, so a rate-limited provider is paced instead of
@@ -52,9 +52,9 @@ import orjson
 
 from storage.ids import new_http_request_id
 from storage.records import ProviderRecord
+from tasks.aimd import AdaptiveLimiter, Budget, budgets_from_raw
 from tasks.deadlines import Deadlines
 from tasks.http1 import InvalidRequestError, Pool
-from tasks.limits import AdaptiveLimiter, Budget, budgets_from_raw
 from tasks.run_metrics import RunMetrics
 from tasks.usage import Usage, usage_of
 
@@ -309,7 +309,7 @@ class UpstreamClient:
         first slot is granted, so the many lines of a chunk that queue behind
         a full window hold no encoded body meanwhile. `gate` is awaited
         before each attempt (a paused batch waits there, holding no slot).
-        `priority` orders the waiters for a slot (tasks/limits.py): the
+        `priority` orders the waiters for a slot (tasks/aimd.py): the
         chunk index, so the earliest chunk in flight goes first."""
         loop = asyncio.get_running_loop()
         client, deadlines = (self._client, self._deadlines) if loop is self._loop else (None, None)

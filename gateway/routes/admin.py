@@ -23,11 +23,10 @@ from starlette.routing import Route
 from gateway.auth import require_admin
 from gateway.errors import APIError, bad_request
 from gateway.state import GatewayState, gateway_state
-from storage import control as control_store
 from storage.metadata import MetadataStore, now
-from storage.records import ApiKeyRecord, BatchRecord, ProviderRecord
+from storage.records import ApiKeyRecord, BatchRecord, KeyBudget, ProviderRecord
 from tasks.budgets import PERIODS
-from tasks.control import budget_state
+from tasks.control_state import budget_state
 
 log = logging.getLogger("batchgate.gateway")
 MAX_NAME_CHARS = 200
@@ -61,7 +60,7 @@ MAX_TOKENS_LIMIT = 10**15
 MAX_COST_LIMIT = 1e9
 
 
-def parse_budget(body: dict[str, Any], api_key_id: str) -> control_store.KeyBudget:
+def parse_budget(body: dict[str, Any], api_key_id: str) -> KeyBudget:
     """`max_tokens`, `max_cost_usd` and `budget_period` of an admin request."""
     max_tokens = _typed(body, "max_tokens", int, None)
     if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
@@ -89,9 +88,7 @@ def parse_budget(body: dict[str, Any], api_key_id: str) -> control_store.KeyBudg
             param="budget_period",
             code="invalid_value",
         )
-    return control_store.KeyBudget(
-        api_key_id, max_tokens, None if max_cost is None else float(max_cost), period
-    )
+    return KeyBudget(api_key_id, max_tokens, None if max_cost is None else float(max_cost), period)
 
 
 def provider_object(record: ProviderRecord) -> dict[str, Any]:
@@ -246,7 +243,7 @@ def keys_collection(request: Request, body: dict[str, Any]) -> Response:
         name = _name(body)
         parse_budget(body, "")  # refuse a bad budget before the key exists
         record, clear = store.create_api_key(name)
-        control_store.set_budget(store, parse_budget(body, record.id))
+        store.set_budget(parse_budget(body, record.id))
         return JSONResponse({**key_object(record, store), "key": clear}, status_code=201)
     data = [key_object(r, store) for r in store.list_api_keys()]
     return JSONResponse({"object": "list", "data": data})
@@ -267,7 +264,7 @@ def key_budget(request: Request, body: dict[str, Any]) -> Response:
     record = next((k for k in store.list_api_keys() if k.id == key_id), None)
     if record is None:
         raise APIError(404, f"No such API key: {key_id}")
-    control_store.set_budget(store, parse_budget(body, key_id))
+    store.set_budget(parse_budget(body, key_id))
     return JSONResponse(key_object(record, store))
 
 
@@ -302,7 +299,7 @@ def provider_concurrency(request: Request, body: dict[str, Any]) -> Response:
             param="max_concurrency",
             code="invalid_value",
         )
-    if not control_store.set_provider_ceiling(store, name, max_concurrency):
+    if not store.set_provider_ceiling(name, max_concurrency):
         raise APIError(404, f"No such provider: {name}")
     record = store.get_provider(name)
     if record is None:
@@ -325,7 +322,7 @@ def _set_paused(request: Request, paused: bool) -> BatchRecord:
             code="batch_not_live",
             headers={"x-should-retry": "false"},
         )
-    control_store.set_paused(store, batch_id, paused)
+    store.set_paused(batch_id, paused)
     return batch
 
 

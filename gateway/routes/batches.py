@@ -18,12 +18,11 @@ from gateway.loops.reconciler import launch_in_background, launch_reserved_until
 from gateway.pagination import parse_order
 from gateway.state import gateway_state
 from storage import ids
-from storage.control import text_stats
 from storage.metadata import now
 from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object
 from tasks import status as st
 from tasks.batch_rules import BatchRequest, RuleViolation, parse_batch_request
-from tasks.control import budget_state
+from tasks.control_state import budget_state
 from tasks.crashpoints import crash_point
 from tasks.estimate import EstimateTally
 from tasks.validate import validate_jsonl
@@ -143,7 +142,7 @@ def _estimate(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> d
         # exactly the `errors` the batch would end `failed` with
         "errors": {"object": "list", "data": errors} if errors else None,
         "total_lines": result.total,
-        **tally.result(text_stats(state.store), settings.prices),
+        **tally.result(state.store.text_stats(), settings.prices),
     }
 
 

@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from gateway.auth import require_internal
 from gateway.errors import APIError
-from gateway.results_builds import ensure_built, read_summary
 from gateway.state import gateway_state
+from gateway.table_builds import ensure_built, read_summary
 from tasks.ledger import OUTCOMES, BatchLedger, LedgerError, chunk_view
 from tasks.retention import sweep
 
@@ -235,7 +235,7 @@ async def fail(request: Request) -> Response:
 
 async def results_summary(request: Request) -> Response:
     """An ended batch's summary for its flow run's report: the first ask
-    builds the results table and summary (gateway/results_builds.py)."""
+    builds the results table and summary (gateway/table_builds.py)."""
     state = gateway_state(request)
     batch = await _call(_ledger(request).batch, request.path_params["batch_id"])
     if not batch.is_terminal:

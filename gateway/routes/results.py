@@ -1,7 +1,7 @@
 """Results as data: live results, the results table, the summary,
 retry of failures, and usage over time. Thin adapters: the logic is in
 `tasks/live_results.py`, `tasks/results_table.py` (through
-`gateway/results_builds.py`), `tasks/retry_failed.py` and the store."""
+`gateway/table_builds.py`), `tasks/retry_failed.py` and the store."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from starlette.routing import Route
 from gateway.auth import require_admin, require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background
-from gateway.results_builds import ensure_built, read_summary, require_result_files
 from gateway.routes.batches import _record_batch, refuse_over_budget
 from gateway.state import GatewayState, gateway_state
+from gateway.table_builds import ensure_built, read_summary, require_result_files
 from storage import ids
 from storage.metadata import now
 from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object

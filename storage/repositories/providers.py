@@ -106,3 +106,16 @@ class Providers(Database):
         return bool(
             self._write("DELETE FROM providers WHERE name = ? RETURNING 1", [name], ["providers"])
         )
+
+    def provider_ceilings(self) -> dict[str, int]:
+        """Each provider's `max_concurrency`, without opening its key."""
+        rows = self.query("SELECT name, max_concurrency FROM providers")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def set_provider_ceiling(self, name: str, max_concurrency: int) -> bool:
+        rows = self._write(
+            "UPDATE providers SET max_concurrency = ? WHERE name = ? RETURNING 1",
+            [max_concurrency, name],
+            ["providers"],
+        )
+        return bool(rows)

@@ -17,7 +17,7 @@ import orjson
 import psutil
 import pytest
 
-from tests.integration.control_cases import (  # batch control, on this Stack
+from tests.integration.batch_control_cases import (  # batch control, on this Stack
     CONTROL_SETTINGS,
     control_finished,  # noqa: F401 (fixture)
     test_a_budget_lets_half_a_batch_through_then_stops_it_and_refuses_more,  # noqa: F401

@@ -20,7 +20,6 @@ import pytest
 from starlette.routing import Route
 
 from gateway.app import ROUTES
-from storage import control as control_store
 from tests.objects import Objects, make_objects
 from tests.parity.test_batches_parity import ADMIN, TOKEN, Env
 
@@ -194,9 +193,9 @@ def _state(two: Two) -> tuple[object, ...]:
         keys,
         store.list_providers(),
         store.list_webhook_endpoints(),
-        control_store.all_budgets(store),
-        control_store.provider_ceilings(store),
-        [control_store.is_paused(store, o.live_batch_id) for o in (two.a, two.b)],
+        store.all_budgets(),
+        store.provider_ceilings(),
+        [store.is_paused(o.live_batch_id) for o in (two.a, two.b)],
         [store.list_files(k.id)[0] for k in keys],
         [store.list_batches(k.id, limit=100)[0] for k in keys],
     )

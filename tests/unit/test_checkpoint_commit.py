@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from storage import control as control_store
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.secrets import SecretKeys, new_key
@@ -75,12 +74,12 @@ def test_writes_inside_a_transaction_land_together_or_not_at_all(ledger: BatchLe
     with pytest.raises(RuntimeError), store.transaction(writes=["batches"]):
         store.complete_chunk(batch_id, 0, completed=1, failed=0, usage=None, model="m")
         store.update_batch(batch_id, lease_expires_at=123.0)
-        control_store.add_spend(store, key_id, 0, 12, 0.0)
+        store.add_spend(key_id, 0, 12, 0.0)
         raise RuntimeError("the gateway failed halfway through a checkpoint")
     batch = store.get_batch(batch_id)
     assert batch is not None and batch.completed == 0 and batch.lease_expires_at != 123.0
     assert not store.get_chunks(batch_id)[0].done
-    assert control_store.get_spend(store, key_id, 0).tokens == 0
+    assert store.get_spend(key_id, 0).tokens == 0
 
     with store.transaction(writes=["batches"]):
         store.complete_chunk(batch_id, 0, completed=1, failed=0, usage=None, model="m")
@@ -115,7 +114,7 @@ def test_a_checkpoint_that_fails_midway_is_retried_whole_and_spends_once(
     done mark used to leave the chunk done and its spend never counted (the
     retried post found it done)."""
     batch_id, token, key_id = planned_batch(ledger)
-    real_add_spend = control_store.add_spend
+    real_add_spend = ledger.store.add_spend
     failures = iter([RuntimeError("disk full")])
 
     def flaky_add_spend(*args: Any) -> None:
@@ -123,17 +122,17 @@ def test_a_checkpoint_that_fails_midway_is_retried_whole_and_spends_once(
             raise exc
         real_add_spend(*args)
 
-    monkeypatch.setattr(control_store, "add_spend", flaky_add_spend)
+    monkeypatch.setattr(ledger.store, "add_spend", flaky_add_spend)
     with pytest.raises(RuntimeError, match="disk full"):
         post(ledger, batch_id, token)
     assert not ledger.chunks(batch_id)[0].done
-    assert control_store.get_spend(ledger.store, key_id, 0).tokens == 0
+    assert ledger.store.get_spend(key_id, 0).tokens == 0
 
     answer = post(ledger, batch_id, token)
     post(ledger, batch_id, token)  # a repeated post changes nothing
     assert answer["status"] == "in_progress"
     assert ledger.chunks(batch_id)[0].done
     assert ledger.blobs.exists(part_name(batch_id, 0, "out"))
-    assert control_store.get_spend(ledger.store, key_id, 0).tokens == 12
+    assert ledger.store.get_spend(key_id, 0).tokens == 12
     batch = ledger.batch(batch_id)
     assert batch.completed == 1 and (batch.lease_expires_at or 0) > 0

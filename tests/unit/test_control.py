@@ -16,17 +16,17 @@ import orjson
 import pytest
 
 from gateway.metrics import GatewayMetrics
-from storage import control as control_store
 from storage.metadata import MetadataStore
+from storage.records import KeyBudget, Spend
+from tasks.aimd import AdaptiveLimiter
 from tasks.budgets import budget_reached, cost_of, period_end, period_start, price_for, spend_of
-from tasks.control import budget_state, control_state, record_spend
+from tasks.control_state import budget_state, control_state, record_spend
 from tasks.estimate import (
     DEFAULT_CHARS_PER_TOKEN,
     EstimateTally,
     input_chars,
     max_output_tokens,
 )
-from tasks.limits import AdaptiveLimiter
 from tasks.run_control import RunControl
 from tasks.settings import PriceConfig, load_settings
 from tasks.upstream import UpstreamClient
@@ -108,13 +108,13 @@ def test_spend_of_a_chunk_sums_models_and_a_budget_is_reached_at_equality() -> N
 def test_spend_is_kept_per_day_and_a_month_budget_sums_the_days(tmp_path: Path) -> None:
     store = MetadataStore(tmp_path / "m.duckdb")
     try:
-        control_store.add_spend(store, "k", utc(2026, 11, 1), 10, 0.5)
-        control_store.add_spend(store, "k", utc(2026, 11, 2), 5, 0.25)
-        control_store.add_spend(store, "k", utc(2026, 11, 2), 5, 0.25)
-        control_store.add_spend(store, "other", utc(2026, 11, 2), 99, 9.0)
-        assert control_store.get_spend(store, "k", utc(2026, 11, 2)).tokens == 10
-        assert control_store.get_spend(store, "k", 0) == control_store.Spend(20, 1.0)
-        assert control_store.get_spend(store, "nobody", 0) == control_store.Spend()
+        store.add_spend("k", utc(2026, 11, 1), 10, 0.5)
+        store.add_spend("k", utc(2026, 11, 2), 5, 0.25)
+        store.add_spend("k", utc(2026, 11, 2), 5, 0.25)
+        store.add_spend("other", utc(2026, 11, 2), 99, 9.0)
+        assert store.get_spend("k", utc(2026, 11, 2)).tokens == 10
+        assert store.get_spend("k", 0) == Spend(20, 1.0)
+        assert store.get_spend("nobody", 0) == Spend()
     finally:
         store.close()
 
@@ -237,9 +237,9 @@ def test_control_state_carries_pause_budget_stop_and_ceilings(h: Harness) -> Non
         "stop_reason": None,
         "ceilings": {"openai": 16, "mistral": 64},
     }
-    control_store.set_paused(h.store, batch_id, True)
-    control_store.set_provider_ceiling(h.store, "openai", 4)
-    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=100))
+    h.store.set_paused(batch_id, True)
+    h.store.set_provider_ceiling("openai", 4)
+    h.store.set_budget(KeyBudget(h.key.id, max_tokens=100))
     record_spend(h.store, h.key.id, {"m": {"input_tokens": 60, "output_tokens": 40}}, [])
     state = control_state(h.store, batch_id, h.key.id)
     assert state["paused"] and state["stop_reason"] == "budget_exceeded"
@@ -290,7 +290,7 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
 ) -> None:
     # A mock answer to "hi N" costs 14 or 15 tokens: about 48 lines fit.
     budget = 700
-    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=budget))
+    h.store.set_budget(KeyBudget(h.key.id, max_tokens=budget))
     metrics = GatewayMetrics(h.store.batch_status_counts)
     h.ledger.on_chunk = metrics.add_chunk
     batch_id = h.add_batch([chat(i) for i in range(100)])
@@ -320,9 +320,7 @@ async def test_a_budget_stops_the_run_and_fails_the_batch_keeping_finished_lines
 
 
 def test_a_cost_budget_counts_dollars_from_the_price_table(h: Harness) -> None:
-    control_store.set_budget(
-        h.store, control_store.KeyBudget(h.key.id, max_cost_usd=1.0, budget_period="month")
-    )
+    h.store.set_budget(KeyBudget(h.key.id, max_cost_usd=1.0, budget_period="month"))
     chunk = {"plain": {"input_tokens": 600_000, "output_tokens": 100_000, "lines": 3}}
     record_spend(h.store, h.key.id, chunk, PRICES)
     state = budget_state(h.store, h.key.id)

@@ -21,7 +21,7 @@ from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.records import BatchRecord
 from tasks.ledger import BatchLedger, part_name
-from tasks.results import result_line
+from tasks.result_lines import result_line
 from tests.records import store_batch
 
 ROOT = Path(__file__).resolve().parents[2]

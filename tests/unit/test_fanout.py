@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from storage import control as control_store
 from storage.metadata import now
+from storage.records import KeyBudget
 from tasks.drive import Steps, drive_batch, help_batch, shared_chunk_size
 from tasks.ledger import BatchLedger, LeaseLost
 from tasks.upstream import UpstreamClient
@@ -241,7 +241,7 @@ async def test_a_dead_helper_s_chunk_is_done_by_the_batch_s_run_once_its_claim_l
 
 async def test_a_budget_reached_stops_every_run_and_fails_the_batch(h: Harness) -> None:
     # A mock answer to "hi N" costs 14 or 15 tokens: about 48 lines fit.
-    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=700))
+    h.store.set_budget(KeyBudget(h.key.id, max_tokens=700))
     httpx.post(f"{h.mock_url}/config", json={"latency_ms": 20})
     h.settings.chunk_parallelism = 1
     batch_id = h.add_batch([chat(i) for i in range(100)])

@@ -12,7 +12,7 @@ import orjson
 from storage.records import ProviderRecord
 from tasks.execute import execute_lines
 from tasks.line_journal import ChunkJournal, Journals
-from tasks.results import result_line
+from tasks.result_lines import result_line
 from tests.unit.test_execute import FakeUpstream
 
 CHAT = "/v1/chat/completions"

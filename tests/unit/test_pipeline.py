@@ -16,7 +16,7 @@ import pytest
 from batchgate.mock_provider.server import MockConfig, create_mock_app
 from flows.process_batch import drive_batch
 from gateway.errors import APIError
-from gateway.results_builds import ensure_built
+from gateway.table_builds import ensure_built
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ProviderRecord

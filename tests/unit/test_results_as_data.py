@@ -16,16 +16,15 @@ import polars as pl
 import pytest
 
 from flows.process_batch import Steps, drive_batch, finalize_batch
-from storage import control as control_store
 from storage.metadata import now
-from storage.records import BatchRecord, FileRecord
+from storage.records import BatchRecord, FileRecord, KeyBudget
 from tasks import live_results
 from tasks.drive import _progress_of
 from tasks.ledger import derived_blob_name, derived_file_id
-from tasks.results_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.results_table import TABLE_SCHEMA, build_table, csv_frame, summarize
 from tasks.retention import sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
+from tasks.summary_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.upstream import UpstreamClient
 from tests.live import asgi_client, inprocess_app
 from tests.servers import ThreadedServer
@@ -271,7 +270,7 @@ def test_live_results_of_a_batch_failed_after_it_ran(
     that ran and the lines it never sent, each once (cancelled and expired
     are in tests/unit/test_pipeline.py)."""
     h = Harness(tmp_path, mock.url, chunk_size=10, chunk_parallelism=2)
-    control_store.set_budget(h.store, control_store.KeyBudget(h.key.id, max_tokens=60))
+    h.store.set_budget(KeyBudget(h.key.id, max_tokens=60))
     batch = asyncio.run(h.run(h.add_batch([chat(i) for i in range(50)])))
     assert batch.status == "failed" and batch.completed > 0 and batch.failed > 0
     assert sorted(h.read_live(batch.id)[1]) == sorted(h.final_lines(batch))

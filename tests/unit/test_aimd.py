@@ -1,4 +1,4 @@
-"""The adaptive limiter (tasks/limits.py): the AIMD rules and header parsing
+"""The adaptive limiter (tasks/aimd.py): the AIMD rules and header parsing
 with the clock passed in, the asyncio semaphore they drive, and the upstream
 client pacing itself against the mock's rate limit."""
 
@@ -14,7 +14,7 @@ import pytest
 from batchgate.mock_provider.server import MockConfig, format_duration, serve_mock_in_thread
 from bench.rate_limits import Sample, execution_rate, fair_shares, replace_section
 from storage.records import ProviderRecord
-from tasks.limits import (
+from tasks.aimd import (
     BETA,
     AdaptiveLimiter,
     Budget,

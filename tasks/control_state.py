@@ -28,13 +28,11 @@ BUDGET_EXCEEDED = "budget_exceeded"
 
 def budget_state(store: MetadataStore, api_key_id: str | None) -> dict[str, Any] | None:
     """The key's budget and its spend in the current period, or None without a budget."""
-    from storage.control import get_budget, get_spend
-
-    budget = get_budget(store, api_key_id)
+    budget = store.get_budget(api_key_id)
     if budget is None or api_key_id is None:
         return None
     start = period_start(budget.budget_period)
-    spend = get_spend(store, api_key_id, start)
+    spend = store.get_spend(api_key_id, start)
     return {
         "max_tokens": budget.max_tokens,
         "max_cost_usd": budget.max_cost_usd,
@@ -49,13 +47,11 @@ def budget_state(store: MetadataStore, api_key_id: str | None) -> dict[str, Any]
 
 
 def control_state(store: MetadataStore, batch_id: str, api_key_id: str | None) -> dict[str, Any]:
-    from storage.control import is_paused, provider_ceilings
-
     budget = budget_state(store, api_key_id)
     return {
-        "paused": is_paused(store, batch_id),
+        "paused": store.is_paused(batch_id),
         "stop_reason": BUDGET_EXCEEDED if budget and budget["exceeded"] else None,
-        "ceilings": provider_ceilings(store),
+        "ceilings": store.provider_ceilings(),
     }
 
 
@@ -69,11 +65,9 @@ def record_spend(
     month or a lifetime budget sums the days, so a budget set later counts
     what was spent before it) and its characters and tokens to what
     estimates learn."""
-    from storage.control import add_spend, add_text_stats
-
-    add_text_stats(store, model_stats)
+    store.add_text_stats(model_stats)
     if api_key_id is None:
         return
     tokens, cost = spend_of(model_stats, prices)
     if tokens or cost:
-        add_spend(store, api_key_id, period_start("day"), tokens, cost)
+        store.add_spend(api_key_id, period_start("day"), tokens, cost)
