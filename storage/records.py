@@ -7,10 +7,25 @@ pick the OpenAI fields and nothing else (no owner, blob name or MIME type).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
-LIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+# A batch's status, as OpenAI names them; tasks/status.py holds the moves.
+BatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+TERMINAL_STATUSES: frozenset[BatchStatus] = frozenset(
+    {"completed", "failed", "expired", "cancelled"}
+)
+LIVE_STATUSES: frozenset[BatchStatus] = frozenset(
+    {"validating", "in_progress", "finalizing", "cancelling"}
+)
 
 # The counts of a `chunk_usage` row (storage/schema.sql, migration 3): what
 # /admin/usage sums and the per-batch summary reports per model and provider.
@@ -211,6 +226,10 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
     }
 
 
+# The periods a key budget resets over (tasks/budgets.py does the arithmetic).
+BudgetPeriod = Literal["day", "month"]
+
+
 @dataclass(frozen=True)
 class KeyBudget:
     """A key's limits per period; None means no limit of that kind."""
@@ -218,7 +237,7 @@ class KeyBudget:
     api_key_id: str
     max_tokens: int | None = None
     max_cost_usd: float | None = None
-    budget_period: str | None = None  # "day", "month" or None (the key's lifetime)
+    budget_period: BudgetPeriod | None = None  # None: the key's lifetime
 
     @property
     def limited(self) -> bool:

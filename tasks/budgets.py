@@ -15,9 +15,11 @@ from __future__ import annotations
 import calendar
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
-PERIODS = ("day", "month")
+from storage.records import BudgetPeriod
+
+PERIODS: tuple[BudgetPeriod, ...] = get_args(BudgetPeriod)
 
 
 class Price(Protocol):

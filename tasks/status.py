@@ -11,9 +11,11 @@ legal and which timestamp a move stamps.
 
 from __future__ import annotations
 
-from storage.records import LIVE_STATUSES, TERMINAL_STATUSES
+from storage.records import LIVE_STATUSES, TERMINAL_STATUSES, BatchStatus
 
-TRANSITIONS: dict[str, frozenset[str]] = {
+__all__ = ["LIVE_STATUSES", "TERMINAL_STATUSES", "BatchStatus"]
+
+TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     "validating": frozenset({"in_progress", "failed", "cancelling", "expired"}),
     "in_progress": frozenset({"finalizing", "expired", "cancelling", "failed"}),
     "finalizing": frozenset({"completed", "failed", "cancelling"}),
@@ -25,7 +27,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 # The timestamp column each status stamps when entered.
-STAMPS: dict[str, str] = {
+STAMPS: dict[BatchStatus, str] = {
     "in_progress": "in_progress_at",
     "finalizing": "finalizing_at",
     "completed": "completed_at",
@@ -35,7 +37,7 @@ STAMPS: dict[str, str] = {
     "cancelled": "cancelled_at",
 }
 
-CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
+CANCELLABLE: frozenset[BatchStatus] = frozenset({"validating", "in_progress", "finalizing"})
 
 
 def is_terminal(status: str) -> bool:

@@ -22,14 +22,19 @@ from starlette.routing import Route
 
 from gateway.auth import require_admin
 from gateway.errors import APIError, bad_request
+from gateway.models.admin import (
+    KeyBudgetFields,
+    KeyCreate,
+    ProviderConcurrency,
+    ProviderCreate,
+)
+from gateway.models.body import parse
 from gateway.state import GatewayState, gateway_state
 from storage.metadata import MetadataStore, now
 from storage.records import ApiKeyRecord, BatchRecord, KeyBudget, ProviderRecord
-from tasks.budgets import PERIODS
 from tasks.control_state import budget_state
 
 log = logging.getLogger("batchgate.gateway")
-MAX_NAME_CHARS = 200
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -56,39 +61,8 @@ def key_object(record: ApiKeyRecord, store: MetadataStore | None = None) -> dict
     return found
 
 
-MAX_TOKENS_LIMIT = 10**15
-MAX_COST_LIMIT = 1e9
-
-
-def parse_budget(body: dict[str, Any], api_key_id: str) -> KeyBudget:
-    """`max_tokens`, `max_cost_usd` and `budget_period` of an admin request."""
-    max_tokens = _typed(body, "max_tokens", int, None)
-    if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise bad_request(
-            f"Invalid 'max_tokens': expected an integer from 1 to {MAX_TOKENS_LIMIT}, or null.",
-            param="max_tokens",
-            code="invalid_value",
-        )
-    max_cost = body.get("max_cost_usd")
-    if max_cost is not None and (
-        isinstance(max_cost, bool)
-        or not isinstance(max_cost, int | float)
-        or not 0 < max_cost <= MAX_COST_LIMIT
-    ):
-        raise bad_request(
-            "Invalid 'max_cost_usd': expected a number above 0 and at most "
-            f"{MAX_COST_LIMIT:g}, or null.",
-            param="max_cost_usd",
-            code="invalid_value",
-        )
-    period = body.get("budget_period")
-    if period is not None and period not in PERIODS:
-        raise bad_request(
-            "Invalid 'budget_period': expected 'day', 'month' or null.",
-            param="budget_period",
-            code="invalid_value",
-        )
-    return KeyBudget(api_key_id, max_tokens, None if max_cost is None else float(max_cost), period)
+def key_budget(body: KeyBudgetFields, api_key_id: str) -> KeyBudget:
+    return KeyBudget(api_key_id, body.max_tokens, body.max_cost_usd, body.budget_period)
 
 
 def provider_object(record: ProviderRecord) -> dict[str, Any]:
@@ -105,79 +79,16 @@ def provider_object(record: ProviderRecord) -> dict[str, Any]:
     }
 
 
-def _name(body: dict[str, Any], param: str = "name") -> str:
-    value = body.get(param)
-    if value is None:
-        raise bad_request(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
-        raise bad_request(
-            f"Invalid '{param}': expected a non-empty string of at most "
-            f"{MAX_NAME_CHARS} characters.",
-            param=param,
-            code="invalid_value",
-        )
-    return value.strip()
-
-
-def _typed(body: dict[str, Any], param: str, kind: type, default: Any) -> Any:
-    value = body.get(param, default)
-    # JSON has one number type: 8.0 is the integer 8 (as JSON Schema says).
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    # bool is an int in Python; an integer field must not take true/false.
-    if value is not None and (
-        not isinstance(value, kind) or (kind is int and isinstance(value, bool))
-    ):
-        raise bad_request(
-            f"Invalid '{param}': expected {kind.__name__}.", param=param, code="invalid_value"
-        )
-    return value
-
-
-def parse_provider(body: dict[str, Any], created_at: int) -> ProviderRecord:
+def provider_record(body: ProviderCreate, created_at: int) -> ProviderRecord:
     """A provider connection from an admin request body."""
-    name = _name(body)
-    if "/" in name:
-        raise bad_request(
-            "Invalid 'name': a provider name cannot contain '/' (it prefixes "
-            "model names as 'provider/model').",
-            param="name",
-            code="invalid_value",
-        )
-    base_url = _name(body, "base_url")
-    if not base_url.startswith(("http://", "https://")):
-        raise bad_request(
-            "Invalid 'base_url': expected an http(s) URL.", param="base_url", code="invalid_value"
-        )
-    api_key = _typed(body, "api_key", str, "") or ""
-    is_active = _typed(body, "is_active", bool, True)
-    max_concurrency = _typed(body, "max_concurrency", int, 64)
-    if max_concurrency is None or not 1 <= max_concurrency <= 10000:
-        raise bad_request(
-            "Invalid 'max_concurrency': expected an integer from 1 to 10000.",
-            param="max_concurrency",
-            code="invalid_value",
-        )
-    models = _typed(body, "models", list, None)
-    if models is not None and not all(isinstance(m, str) and m for m in models):
-        raise bad_request(
-            "Invalid 'models': expected a list of model names.",
-            param="models",
-            code="invalid_value",
-        )
-    is_default = _typed(body, "default", bool, False)
     return ProviderRecord(
-        name=name,
-        base_url=base_url.rstrip("/"),
-        api_key=api_key,
-        is_active=True if is_active is None else is_active,
-        max_concurrency=max_concurrency,
-        models=models,
-        is_default=bool(is_default),
+        name=body.name,
+        base_url=body.base_url.rstrip("/"),
+        api_key=body.api_key or "",
+        is_active=True if body.is_active is None else body.is_active,
+        max_concurrency=body.max_concurrency,
+        models=body.models,
+        is_default=bool(body.default),
         created_at=created_at,
     )
 
@@ -240,10 +151,9 @@ def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 def keys_collection(request: Request, body: dict[str, Any]) -> Response:
     store = gateway_state(request).store
     if request.method == "POST":
-        name = _name(body)
-        parse_budget(body, "")  # refuse a bad budget before the key exists
-        record, clear = store.create_api_key(name)
-        store.set_budget(parse_budget(body, record.id))
+        fields = parse(KeyCreate, body)  # the whole body checked before the key exists
+        record, clear = store.create_api_key(fields.name)
+        store.set_budget(key_budget(fields, record.id))
         return JSONResponse({**key_object(record, store), "key": clear}, status_code=201)
     data = [key_object(r, store) for r in store.list_api_keys()]
     return JSONResponse({"object": "list", "data": data})
@@ -256,7 +166,7 @@ def key_item(request: Request, body: dict[str, Any]) -> Response:
     return JSONResponse({"id": key_id, "object": "api_key", "deleted": True})
 
 
-def key_budget(request: Request, body: dict[str, Any]) -> Response:
+def replace_key_budget(request: Request, body: dict[str, Any]) -> Response:
     """PATCH /admin/keys/{key_id}: replace the key's budget (all three fields;
     none of them, or nulls, removes it). Spend already counted stays."""
     store = gateway_state(request).store
@@ -264,14 +174,14 @@ def key_budget(request: Request, body: dict[str, Any]) -> Response:
     record = next((k for k in store.list_api_keys() if k.id == key_id), None)
     if record is None:
         raise APIError(404, f"No such API key: {key_id}")
-    store.set_budget(parse_budget(body, key_id))
+    store.set_budget(key_budget(parse(KeyBudgetFields, body), key_id))
     return JSONResponse(key_object(record, store))
 
 
 def providers_collection(request: Request, body: dict[str, Any]) -> Response:
     store = gateway_state(request).store
     if request.method == "POST":
-        record = parse_provider(body, now())
+        record = provider_record(parse(ProviderCreate, body), now())
         existing = store.get_provider(record.name)
         if existing is not None:
             record = dataclasses.replace(record, created_at=existing.created_at)
@@ -286,19 +196,7 @@ def provider_concurrency(request: Request, body: dict[str, Any]) -> Response:
     for new runs at once and for running batches within one heartbeat."""
     store = gateway_state(request).store
     name = request.path_params["name"]
-    if "max_concurrency" not in body:
-        raise bad_request(
-            "Missing required parameter: 'max_concurrency'.",
-            param="max_concurrency",
-            code="missing_required_parameter",
-        )
-    max_concurrency = _typed(body, "max_concurrency", int, None)
-    if max_concurrency is None or not 1 <= max_concurrency <= 10000:
-        raise bad_request(
-            "Invalid 'max_concurrency': expected an integer from 1 to 10000.",
-            param="max_concurrency",
-            code="invalid_value",
-        )
+    max_concurrency = parse(ProviderConcurrency, body).max_concurrency
     if not store.set_provider_ceiling(name, max_concurrency):
         raise APIError(404, f"No such provider: {name}")
     record = store.get_provider(name)
@@ -366,7 +264,7 @@ def provider_item(request: Request, body: dict[str, Any]) -> Response:
 routes: list[Route] = [
     Route("/admin/keys", _admin(keys_collection), methods=["GET", "POST"]),
     Route("/admin/keys/{key_id}", _admin(key_item), methods=["DELETE"]),
-    Route("/admin/keys/{key_id}", _admin(key_budget), methods=["PATCH"]),
+    Route("/admin/keys/{key_id}", _admin(replace_key_budget), methods=["PATCH"]),
     Route("/admin/providers", _admin(providers_collection), methods=["GET", "POST"]),
     Route("/admin/providers/{name}", _admin(provider_item), methods=["DELETE"]),
     Route("/admin/providers/{name}", _admin(provider_concurrency), methods=["PATCH"]),

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.models import admin as admin_models
+from gateway.models.schemas import component_schemas
 from gateway.routes.files import (
     ALL_PURPOSES,
     MAX_EXPIRES_SECONDS,
@@ -287,72 +289,11 @@ SCHEMAS: dict[str, Schema] = {
             "models": {"type": "array", "items": ref("BatchEstimateModel")},
         }
     ),
-    "KeyBudgetFields": obj(
-        {
-            "max_tokens": nullable("integer", minimum=1, maximum=10**15),
-            "max_cost_usd": nullable("number", exclusiveMinimum=0, maximum=1e9),
-            "budget_period": {"enum": ["day", "month", None]},
-        },
-        required=[],
-    ),
-    "KeyCreate": {
-        "allOf": [
-            ref("KeyBudgetFields"),
-            obj(
-                {"name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}},
-                required=["name"],
-            ),
-        ]
-    },
-    "KeyBudget": obj(
-        {
-            "max_tokens": nullable("integer"),
-            "max_cost_usd": nullable("number"),
-            "budget_period": nullable("string"),
-            "period_start": {"type": "integer", "description": "Unix seconds; 0: no period."},
-            "spent_tokens": {"type": "integer"},
-            "spent_cost_usd": {"type": "number"},
-            "exceeded": {"type": "boolean"},
-        }
-    ),
-    "ApiKey": obj(
-        {
-            "id": {"type": "string"},
-            "object": {"type": "string", "const": "api_key"},
-            "name": {"type": "string"},
-            "created_at": UNIX_TIME,
-            "budget": {"anyOf": [{"type": "null"}, ref("KeyBudget")]},
-            "key": {"type": "string", "description": "The clear key: in the create answer only."},
-        },
-        required=["id", "object", "name", "created_at", "budget"],
-    ),
     "ApiKeyList": obj(
         {
             "object": {"type": "string", "const": "list"},
             "data": {"type": "array", "items": ref("ApiKey")},
         }
-    ),
-    "ProviderCreate": obj(
-        {
-            "name": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 200,
-                "pattern": r"^[^/]*\S[^/]*$",
-            },
-            "base_url": {"type": "string", "pattern": "^https?://", "maxLength": 200},
-            "api_key": {"type": "string"},
-            "is_active": {"type": "boolean", "default": True},
-            "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64},
-            "models": {
-                "anyOf": [
-                    {"type": "null"},
-                    {"type": "array", "items": {"type": "string", "minLength": 1}},
-                ]
-            },
-            "default": {"type": "boolean", "default": False},
-        },
-        required=["name", "base_url"],
     ),
     "ProviderList": obj(
         {
@@ -368,30 +309,6 @@ SCHEMAS: dict[str, Schema] = {
             "deleted": {"type": "boolean", "const": True},
         },
         required=["object", "deleted"],
-    ),
-    "ProviderConcurrency": obj(
-        {"max_concurrency": {"type": "integer", "minimum": 1, "maximum": 10000}}
-    ),
-    "Provider": obj(
-        {
-            "name": {"type": "string"},
-            "object": {"type": "string", "const": "provider"},
-            "base_url": {"type": "string"},
-            "api_key": {"type": "string", "description": "Masked."},
-            "is_active": {"type": "boolean"},
-            "max_concurrency": {"type": "integer"},
-            "models": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"type": "string"}}]},
-            "default": {"type": "boolean"},
-            "created_at": UNIX_TIME,
-        }
-    ),
-    "BatchControl": obj(
-        {
-            "id": {"type": "string"},
-            "object": {"type": "string", "const": "batch.control"},
-            "status": {"type": "string", "enum": BATCH_STATUSES},
-            "paused": {"type": "boolean"},
-        }
     ),
     # Results as data.
     "UsageCounts": obj(
@@ -476,6 +393,8 @@ SCHEMAS: dict[str, Schema] = {
         required=["status"],
     ),
 }
+# The admin bodies and answers, from their models.
+SCHEMAS.update(component_schemas(admin_models.REQUESTS, admin_models.ANSWERS))
 
 TIME_PARAM = {
     "anyOf": [

@@ -181,3 +181,52 @@ def test_only_key_hashes_reach_the_database(tmp_path: Path) -> None:
     assert stored
     for key in clear:
         assert key.encode() not in stored
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "unknown"),
+    [
+        ("POST", "/admin/providers", {"name": "p", "base_url": "http://x", "proxy": "h"}, "proxy"),
+        (
+            "POST",
+            "/admin/providers",
+            {"name": "p", "base_url": "http://x", "batch_api": {}},
+            "batch_api",
+        ),
+        ("POST", "/admin/keys", {"name": "k", "max_token": 5}, "max_token"),
+        ("PATCH", "/admin/providers/configured", {"max_concurrency": 4, "limit": 1}, "limit"),
+    ],
+)
+def test_a_field_the_body_does_not_know_is_refused_naming_it(
+    gw: LiveGateway, method: str, path: str, body: dict[str, object], unknown: str
+) -> None:
+    """A misspelled (or not yet supported) setting is refused, not dropped:
+    nothing is created or changed."""
+    before = admin(gw, "GET", "/admin/providers").json()["data"]
+    keys_before = len(admin(gw, "GET", "/admin/keys").json()["data"])
+    answer = admin(gw, method, path, json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == unknown
+    assert error["message"] == f"Unrecognized request argument supplied: {unknown}"
+    assert error["code"] == "unknown_parameter"
+    assert admin(gw, "GET", "/admin/providers").json()["data"] == before
+    assert len(admin(gw, "GET", "/admin/keys").json()["data"]) == keys_before
+
+
+def test_numbers_are_json_numbers_and_strings_are_not_numbers(gw: LiveGateway) -> None:
+    """8.0 is the integer 8 (JSON has one number type); "8" and true are not."""
+    made = admin(gw, "POST", "/admin/keys", json={"name": "whole", "max_tokens": 8.0})
+    assert made.status_code == 201, made.text
+    assert made.json()["budget"]["max_tokens"] == 8
+    for value in ("8", True, 8.5):
+        refused = admin(gw, "POST", "/admin/keys", json={"name": "typed", "max_tokens": value})
+        assert refused.status_code == 400, (value, refused.text)
+        assert refused.json()["error"]["param"] == "max_tokens"
+    refused = admin(gw, "PATCH", "/admin/providers/configured", json={"max_concurrency": "8"})
+    assert refused.json()["error"] == {
+        "message": "Invalid 'max_concurrency': expected int.",
+        "type": "invalid_request_error",
+        "param": "max_concurrency",
+        "code": "invalid_value",
+    }
