@@ -226,6 +226,16 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
     }
 
 
+# What a batch's lines may call (OpenAI's batch endpoints), and its window.
+BatchEndpoint = Literal[
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/moderations",
+]
+CompletionWindow = Literal["24h"]
+
 # The periods a key budget resets over (tasks/budgets.py does the arithmetic).
 BudgetPeriod = Literal["day", "month"]
 

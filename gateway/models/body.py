@@ -36,15 +36,15 @@ class Body(BaseModel):
 class Expect:
     """The answer when a field's value is wrong (as `Annotated` metadata)."""
 
-    message: str
-    code: str = "invalid_value"
+    message: str  # "{value}" in it: the value given
+    code: str | None = "invalid_value"
     # For a value of the wrong JSON type (not null), where that reads better.
     type_message: str | None = None
 
 
-def rule_error(message: str) -> PydanticCustomError:
+def rule_error(message: str, code: str | None = "invalid_value") -> PydanticCustomError:
     """Raised by a field's own validator: `message` is the client's answer."""
-    return PydanticCustomError(RULE_ERROR, "{message}", {"message": message})
+    return PydanticCustomError(RULE_ERROR, "{message}", {"message": message, "code": code})
 
 
 def _whole_number(value: Any) -> Any:
@@ -61,8 +61,10 @@ WHOLE_NUMBER = BeforeValidator(_whole_number)
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse(model: type[M], body: Mapping[str, Any]) -> M:
+def parse(model: type[M], body: object) -> M:
     """`body` as `model`, or the APIError (400) naming the first problem."""
+    if not isinstance(body, Mapping):
+        raise bad_request("The request body must be a JSON object.", param="body")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -90,14 +92,19 @@ def body_error(model: type[BaseModel], errors: list[ErrorDetails]) -> APIError:
             code="missing_required_parameter",
         )
     if kind == RULE_ERROR:
-        return bad_request(first["msg"], param=param, code="invalid_value")
+        return bad_request(first["msg"], param=param, code=(first.get("ctx") or {}).get("code"))
     found = _expectation(model, loc)
     if found is None:
         return bad_request(f"Invalid '{param}': {first['msg']}.", param=param, code="invalid_value")
     expect, depth = found
-    wrong_type = kind.endswith("_type") and first["input"] is not None and depth == len(loc)
-    message = expect.type_message if wrong_type and expect.type_message else expect.message
-    return bad_request(message, param=param, code=expect.code)
+    given = first["input"]
+    # A value of another JSON type (a number where a name is expected), not null.
+    wrong_type = (
+        kind.endswith("_type") or (kind == "literal_error" and not isinstance(given, str))
+    ) and given is not None
+    message = expect.type_message if wrong_type and depth == len(loc) else None
+    text = (message or expect.message).replace("{value}", str(given))
+    return bad_request(text, param=param, code=expect.code)
 
 
 def _expectation(model: type[BaseModel], loc: list[str]) -> tuple[Expect, int] | None:

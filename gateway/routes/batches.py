@@ -15,13 +15,15 @@ from starlette.routing import Route
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background, launch_reserved_until
+from gateway.models.batches import BatchCreate, BatchEstimateRequest
+from gateway.models.body import parse
 from gateway.pagination import parse_order
 from gateway.state import gateway_state
 from storage import ids
 from storage.metadata import now
 from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object
 from tasks import status as st
-from tasks.batch_rules import BatchRequest, RuleViolation, parse_batch_request
+from tasks.batch_rules import BatchRequest
 from tasks.control_state import budget_state
 from tasks.crashpoints import crash_point
 from tasks.estimate import EstimateTally
@@ -109,10 +111,7 @@ async def _json_body(request: Request) -> Any:
 async def create_batch(request: Request) -> Response:
     key = require_key(request)
     state = gateway_state(request)
-    body = await _json_body(request)
-    parsed = parse_batch_request(body)
-    if isinstance(parsed, RuleViolation):
-        raise bad_request(parsed.message, param=parsed.param)
+    parsed = parse(BatchCreate, await _json_body(request)).request()
     batch = await run_in_threadpool(_record_batch, state, key, parsed)
     crash_point("create:after_insert")
     launch_in_background(state, batch)
@@ -150,12 +149,7 @@ async def estimate_batch(request: Request) -> Response:
     """POST /v1/batches/estimate {input_file_id, endpoint}: a dry run."""
     key = require_key(request)
     state = gateway_state(request)
-    body = await _json_body(request)
-    if isinstance(body, dict):
-        body = {"completion_window": "24h", **body}
-    parsed = parse_batch_request(body)
-    if isinstance(parsed, RuleViolation):
-        raise bad_request(parsed.message, param=parsed.param)
+    parsed = parse(BatchEstimateRequest, await _json_body(request)).request()
     return JSONResponse(await run_in_threadpool(_estimate, state, key, parsed))
 
 

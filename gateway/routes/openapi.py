@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.models import admin as admin_models
+from gateway.models import batches as batch_models
 from gateway.models.schemas import component_schemas
 from gateway.routes.files import (
     ALL_PURPOSES,
@@ -231,32 +232,6 @@ SCHEMAS: dict[str, Schema] = {
             "has_more": {"type": "boolean"},
         }
     ),
-    "BatchCreate": obj(
-        {
-            "input_file_id": {"type": "string", "minLength": 1},
-            "endpoint": {"type": "string", "enum": BATCH_ENDPOINTS},
-            "completion_window": {"type": "string", "enum": ["24h"]},
-            "metadata": METADATA,
-            "output_expires_after": obj(
-                {
-                    "anchor": {"type": "string", "enum": ["created_at"]},
-                    "seconds": {
-                        "type": "integer",
-                        "minimum": MIN_EXPIRES_SECONDS,
-                        "maximum": MAX_EXPIRES_SECONDS,
-                    },
-                }
-            ),
-        },
-        required=["input_file_id", "endpoint", "completion_window"],
-    ),
-    "BatchEstimateRequest": obj(
-        {
-            "input_file_id": {"type": "string", "minLength": 1},
-            "endpoint": {"type": "string", "enum": BATCH_ENDPOINTS},
-        },
-        additionalProperties=False,
-    ),
     "BatchEstimateModel": obj(
         {
             "model": nullable("string"),
@@ -393,8 +368,10 @@ SCHEMAS: dict[str, Schema] = {
         required=["status"],
     ),
 }
-# The admin bodies and answers, from their models.
-SCHEMAS.update(component_schemas(admin_models.REQUESTS, admin_models.ANSWERS))
+# The bodies and answers that are models, from the models.
+SCHEMAS.update(
+    component_schemas([*admin_models.REQUESTS, *batch_models.REQUESTS], admin_models.ANSWERS)
+)
 
 TIME_PARAM = {
     "anyOf": [

@@ -195,11 +195,20 @@ async def retry(request: Request) -> Response:
 USAGE_GROUPS = ("key", "model", "provider", "day", "batch")
 
 
-def _parse_time(raw: str | None, param: str) -> int | None:
+# The last second an ISO 8601 date can name; DuckDB's BIGINT holds far more.
+MAX_EPOCH_SECONDS = 253_402_300_799
+
+
+def parse_time(raw: str | None, param: str) -> int | None:
     """Epoch seconds, or an ISO date / date-time (UTC unless it says otherwise)."""
     if raw is None or raw == "":
         return None
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():  # not "¹": str.isdigit takes every digit
+        if len(raw) > len(str(MAX_EPOCH_SECONDS)) or int(raw) > MAX_EPOCH_SECONDS:
+            raise bad_request(
+                f"Invalid '{param}': epoch seconds up to {MAX_EPOCH_SECONDS} (9999-12-31).",
+                param=param,
+            )
         return int(raw)
     try:
         when = dt.datetime.fromisoformat(raw)
@@ -222,8 +231,8 @@ async def usage(request: Request) -> Response:
             f"Invalid 'group_by': expected a comma-separated subset of {', '.join(USAGE_GROUPS)}.",
             param="group_by",
         )
-    since = _parse_time(request.query_params.get("since"), "since")
-    until = _parse_time(request.query_params.get("until"), "until")
+    since = parse_time(request.query_params.get("since"), "since")
+    until = parse_time(request.query_params.get("until"), "until")
     store = gateway_state(request).store
     rows = await run_in_threadpool(store.usage_report, group_by, since, until)
     data = [

@@ -182,6 +182,26 @@ def test_bad_lines_fail_with_their_line_numbers(client: openai.OpenAI, tmp_path:
     assert {e.code for e in batch.errors.data} == {"invalid_json_line"}
 
 
+def test_an_unknown_create_argument_is_refused_and_creates_nothing(
+    client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """Through the SDK, as OpenAI answers it: 400 naming the argument, and no
+    batch is made (a misspelled option must not be dropped silently)."""
+    file_id = upload(client, tmp_path, [chat_line(0)])
+    before = [b.id for b in client.batches.list(limit=100)]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"batchgate_mode": "native"},
+        )
+    assert refused.value.param == "batchgate_mode"
+    assert refused.value.code == "unknown_parameter"
+    assert "Unrecognized request argument supplied: batchgate_mode" in refused.value.message
+    assert [b.id for b in client.batches.list(limit=100)] == before
+
+
 def test_url_endpoint_mismatch_fails(client: openai.OpenAI, tmp_path: Path) -> None:
     line = {
         "custom_id": "x",

@@ -16,6 +16,8 @@ import polars as pl
 import pytest
 
 from flows.process_batch import Steps, drive_batch, finalize_batch
+from gateway.errors import APIError
+from gateway.routes.results import parse_time
 from storage.metadata import now
 from storage.records import BatchRecord, FileRecord, KeyBudget
 from tasks import live_results
@@ -438,3 +440,14 @@ async def test_deleting_an_output_file_deletes_the_batch_s_table_and_summary(
             assert response.status_code == 404, response.text
             assert response.json()["error"]["code"] == "results_unavailable"
     state.store.close()
+
+
+@pytest.mark.parametrize("raw", ["¹", "²⁰²⁶", "225171279444564267962500294639616", "253402300800"])
+def test_a_usage_time_that_is_no_epoch_second_is_a_400_not_a_500(raw: str) -> None:
+    """Found by the conformance soak: "¹" passed str.isdigit and int() then
+    raised; a 33-digit number overflowed DuckDB's BIGINT."""
+    with pytest.raises(APIError) as refused:
+        parse_time(raw, "since")
+    assert refused.value.status == 400
+    assert refused.value.param == "since"
+    assert parse_time("253402300799", "since") == 253_402_300_799
