@@ -1,8 +1,5 @@
-"""Plain records for what the metadata store holds, and their public shapes.
-
-The `*_object` functions are the only way a record reaches a client: they
-pick the OpenAI fields and nothing else (no owner, blob name or MIME type).
-"""
+"""Plain records for what the metadata store holds, and the Literals their
+fields take. What a client sees of them is built in gateway/models/objects.py."""
 
 from __future__ import annotations
 
@@ -26,6 +23,21 @@ TERMINAL_STATUSES: frozenset[BatchStatus] = frozenset(
 LIVE_STATUSES: frozenset[BatchStatus] = frozenset(
     {"validating", "in_progress", "finalizing", "cancelling"}
 )
+
+# What a batch's lines may call (OpenAI's batch endpoints), and its window.
+BatchEndpoint = Literal[
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/moderations",
+]
+CompletionWindow = Literal["24h"]
+
+# What a file is for: the uploads' purposes and the one of the files batches write.
+FilePurpose = Literal[
+    "assistants", "batch", "batch_output", "evals", "fine-tune", "user_data", "vision"
+]
 
 # The counts of a `chunk_usage` row (storage/schema.sql, migration 3): what
 # /admin/usage sums and the per-batch summary reports per model and provider.
@@ -61,7 +73,7 @@ class FileRecord:
     id: str
     api_key_id: str | None
     filename: str
-    purpose: str
+    purpose: FilePurpose
     bytes: int
     created_at: int
     expires_at: int | None
@@ -145,10 +157,10 @@ class ChunkRecord:
 class BatchRecord:
     id: str
     api_key_id: str | None
-    endpoint: str
+    endpoint: BatchEndpoint
     input_file_id: str
-    completion_window: str
-    status: str
+    completion_window: CompletionWindow
+    status: BatchStatus
     created_at: int
     expires_at: int | None = None
     output_file_id: str | None = None
@@ -179,62 +191,6 @@ class BatchRecord:
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
-
-def file_object(record: FileRecord) -> dict[str, Any]:
-    """The OpenAI File object for a record."""
-    return {
-        "id": record.id,
-        "object": "file",
-        "bytes": record.bytes,
-        "created_at": record.created_at,
-        "filename": record.filename,
-        "purpose": record.purpose,
-        "expires_at": record.expires_at,
-    }
-
-
-def batch_object(record: BatchRecord) -> dict[str, Any]:
-    """The OpenAI Batch object for a record."""
-    errors = {"object": "list", "data": record.errors} if record.errors else None
-    return {
-        "id": record.id,
-        "object": "batch",
-        "endpoint": record.endpoint,
-        "errors": errors,
-        "input_file_id": record.input_file_id,
-        "completion_window": record.completion_window,
-        "status": record.status,
-        "output_file_id": record.output_file_id,
-        "error_file_id": record.error_file_id,
-        "created_at": record.created_at,
-        "in_progress_at": record.in_progress_at,
-        "expires_at": record.expires_at,
-        "finalizing_at": record.finalizing_at,
-        "completed_at": record.completed_at,
-        "failed_at": record.failed_at,
-        "expired_at": record.expired_at,
-        "cancelling_at": record.cancelling_at,
-        "cancelled_at": record.cancelled_at,
-        "request_counts": {
-            "total": record.total,
-            "completed": record.completed,
-            "failed": record.failed,
-        },
-        "metadata": record.metadata,
-        "model": record.model,
-        "usage": record.usage,
-    }
-
-
-# What a batch's lines may call (OpenAI's batch endpoints), and its window.
-BatchEndpoint = Literal[
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/responses",
-    "/v1/moderations",
-]
-CompletionWindow = Literal["24h"]
 
 # The periods a key budget resets over (tasks/budgets.py does the arithmetic).
 BudgetPeriod = Literal["day", "month"]

@@ -17,11 +17,12 @@ from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background, launch_reserved_until
 from gateway.models.batches import BatchCreate, BatchEstimateRequest
 from gateway.models.body import parse
+from gateway.models.objects import batch_object
 from gateway.pagination import parse_order
 from gateway.state import gateway_state
 from storage import ids
 from storage.metadata import now
-from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object
+from storage.records import ApiKeyRecord, BatchRecord, FileRecord
 from tasks import status as st
 from tasks.batch_rules import BatchRequest
 from tasks.control_state import budget_state

@@ -20,12 +20,13 @@ from starlette.routing import Route
 
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
+from gateway.models.objects import file_object
 from gateway.pagination import list_envelope, parse_choice, parse_int, parse_limit, parse_order
 from gateway.state import gateway_state
 from gateway.uploads import StreamingFormParser, UploadForm, UploadMalformed, UploadTooLarge
 from storage import ids
 from storage.metadata import now
-from storage.records import ApiKeyRecord, FileRecord, file_object
+from storage.records import ApiKeyRecord, FileRecord
 from tasks.retention import delete_file
 
 UPLOAD_PURPOSES = frozenset({"batch", "user_data", "assistants", "fine-tune", "vision", "evals"})

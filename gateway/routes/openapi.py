@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from gateway.models import admin as admin_models
 from gateway.models import batches as batch_models
+from gateway.models import objects
 from gateway.models.schemas import component_schemas
 from gateway.routes.files import (
     ALL_PURPOSES,
@@ -130,34 +131,6 @@ SCHEMAS: dict[str, Schema] = {
             ),
         }
     ),
-    "File": obj(
-        {
-            "id": {"type": "string"},
-            "object": {"type": "string", "const": "file"},
-            "bytes": {"type": "integer", "minimum": 0},
-            "created_at": UNIX_TIME,
-            "filename": {"type": "string"},
-            "purpose": {"type": "string", "enum": sorted(ALL_PURPOSES)},
-            "expires_at": nullable("integer", description="Unix seconds; null: never expires."),
-        },
-        additionalProperties=False,
-    ),
-    "FileList": obj(
-        {
-            "object": {"type": "string", "const": "list"},
-            "data": {"type": "array", "items": ref("File")},
-            "first_id": nullable("string"),
-            "last_id": nullable("string"),
-            "has_more": {"type": "boolean"},
-        }
-    ),
-    "FileDeleted": obj(
-        {
-            "id": {"type": "string"},
-            "object": {"type": "string", "const": "file"},
-            "deleted": {"type": "boolean", "const": True},
-        }
-    ),
     "FileUpload": obj(
         {
             "file": {"type": "string", "format": "binary"},
@@ -172,65 +145,6 @@ SCHEMAS: dict[str, Schema] = {
         required=["file", "purpose"],
         # The anchor alone names no expiry; the route refuses it (400).
         dependentRequired={"expires_after[anchor]": ["expires_after[seconds]"]},
-    ),
-    "BatchError": obj(
-        {
-            "code": {"type": "string"},
-            "message": {"type": "string"},
-            "param": nullable("string"),
-            "line": nullable("integer"),
-        },
-        required=["code", "message"],
-    ),
-    "BatchUsage": obj(
-        {
-            "input_tokens": {"type": "integer"},
-            "output_tokens": {"type": "integer"},
-            "total_tokens": {"type": "integer"},
-            "input_tokens_details": obj({"cached_tokens": {"type": "integer"}}),
-            "output_tokens_details": obj({"reasoning_tokens": {"type": "integer"}}),
-        }
-    ),
-    "Batch": obj(
-        {
-            "id": {"type": "string"},
-            "object": {"type": "string", "const": "batch"},
-            "endpoint": {"type": "string"},
-            "errors": BATCH_ERRORS,
-            "input_file_id": {"type": "string"},
-            "completion_window": {"type": "string"},
-            "status": {"type": "string", "enum": BATCH_STATUSES},
-            "output_file_id": nullable("string"),
-            "error_file_id": nullable("string"),
-            "created_at": UNIX_TIME,
-            "in_progress_at": nullable("integer"),
-            "expires_at": nullable("integer"),
-            "finalizing_at": nullable("integer"),
-            "completed_at": nullable("integer"),
-            "failed_at": nullable("integer"),
-            "expired_at": nullable("integer"),
-            "cancelling_at": nullable("integer"),
-            "cancelled_at": nullable("integer"),
-            "request_counts": obj(
-                {
-                    "total": {"type": "integer"},
-                    "completed": {"type": "integer"},
-                    "failed": {"type": "integer"},
-                }
-            ),
-            "metadata": METADATA,
-            "model": nullable("string"),
-            "usage": {"anyOf": [{"type": "null"}, ref("BatchUsage")]},
-        }
-    ),
-    "BatchList": obj(
-        {
-            "object": {"type": "string", "const": "list"},
-            "data": {"type": "array", "items": ref("Batch")},
-            "first_id": nullable("string"),
-            "last_id": nullable("string"),
-            "has_more": {"type": "boolean"},
-        }
     ),
     "BatchEstimateModel": obj(
         {
@@ -370,7 +284,10 @@ SCHEMAS: dict[str, Schema] = {
 }
 # The bodies and answers that are models, from the models.
 SCHEMAS.update(
-    component_schemas([*admin_models.REQUESTS, *batch_models.REQUESTS], admin_models.ANSWERS)
+    component_schemas(
+        [*admin_models.REQUESTS, *batch_models.REQUESTS],
+        [*admin_models.ANSWERS, *objects.ANSWERS],
+    )
 )
 
 TIME_PARAM = {

@@ -16,12 +16,13 @@ from starlette.routing import Route
 from gateway.auth import require_admin, require_key
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background
+from gateway.models.objects import batch_object
 from gateway.routes.batches import _record_batch, refuse_over_budget
 from gateway.state import GatewayState, gateway_state
 from gateway.table_builds import ensure_built, read_summary, require_result_files
 from storage import ids
 from storage.metadata import now
-from storage.records import ApiKeyRecord, BatchRecord, FileRecord, batch_object
+from storage.records import ApiKeyRecord, BatchRecord, FileRecord
 from tasks import live_results
 from tasks.batch_rules import BatchRequest
 from tasks.ledger import derived_blob_name

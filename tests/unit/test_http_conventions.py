@@ -15,9 +15,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
+from gateway.models.objects import batch_object
 from gateway.routes.openapi import DOCUMENT
 from storage.metadata import now
-from storage.records import BatchRecord, FileRecord, batch_object
+from storage.records import BatchRecord, FileRecord
 from tests.live import FakeFlowRuns, asgi_client, inprocess_app
 
 ENVELOPE = {"message", "type", "param", "code"}

@@ -9,10 +9,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from gateway.models.objects import file_object
 from storage import ids, metadata
 from storage.blobs import BlobStore
 from storage.metadata import SCHEMA_VERSION, MetadataStore, migrations, now
-from storage.records import FileRecord, ProviderRecord, file_object
+from storage.records import FileRecord, ProviderRecord
 from storage.secrets import SecretKeys, new_key
 from tests.records import batch_record
 
