@@ -51,7 +51,8 @@ USAGE_COUNTS = (
     "reasoning_tokens",
 )
 # The webhook event each terminal status sends (OpenAI's event types).
-WEBHOOK_EVENTS = {
+WebhookEvent = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
+WEBHOOK_EVENTS: dict[BatchStatus, WebhookEvent] = {
     "completed": "batch.completed",
     "failed": "batch.failed",
     "expired": "batch.expired",
@@ -110,7 +111,7 @@ class WebhookEndpointRecord:
 
     id: str
     url: str
-    events: list[str]
+    events: list[WebhookEvent]
     api_key_id: str | None
     secret: str
     created_at: int

@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 from standardwebhooks import Webhook
 
-from storage.records import WEBHOOK_EVENTS
+from storage.records import WEBHOOK_EVENTS, WebhookEvent
 
-EVENT_TYPES = sorted(WEBHOOK_EVENTS.values())
+__all__ = ["EVENT_TYPES", "WEBHOOK_EVENTS", "WebhookEvent"]
+EVENT_TYPES: list[WebhookEvent] = sorted(WEBHOOK_EVENTS.values())
 
 
 def event_payload(event_id: str, event_type: str, created_at: int, batch_id: str) -> bytes:

@@ -14,14 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import require_admin
-from gateway.errors import APIError, bad_request
+from gateway.errors import APIError
+from gateway.json_body import json_object
 from gateway.models.admin import (
     KeyBudgetFields,
     KeyCreate,
@@ -35,7 +35,6 @@ from storage.records import ApiKeyRecord, BatchRecord, KeyBudget, ProviderRecord
 from tasks.control_state import budget_state
 
 log = logging.getLogger("batchgate.gateway")
-MAX_BODY_BYTES = 1 << 20
 
 
 def mask_secret(secret: str) -> str:
@@ -93,20 +92,6 @@ def provider_record(body: ProviderCreate, created_at: int) -> ProviderRecord:
     )
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 400 in the envelope."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, "Request body too large.")
-    try:
-        body = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError:
-        raise bad_request("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    return body
-
-
 def load_configured_providers(state: GatewayState) -> None:
     """Upsert the providers declared in settings (the config file) at start-up.
     The config file wins over a same-named connection made at run time."""
@@ -132,7 +117,7 @@ def load_configured_providers(state: GatewayState) -> None:
 # chunk checkpoint's commit holds, and must not hold the event loop (every
 # other request) meanwhile.
 
-Handler = Callable[[Request, dict[str, Any]], Response]
+Handler = Callable[[Request, dict[str, object]], Response]
 
 
 def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -140,7 +125,7 @@ def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         require_admin(request)
-        body = await json_body(request) if request.method in {"POST", "PATCH"} else {}
+        body = await json_object(request) if request.method in {"POST", "PATCH"} else {}
         return await run_in_threadpool(handler, request, body)
 
     endpoint.__name__ = handler.__name__
@@ -148,7 +133,7 @@ def _admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def keys_collection(request: Request, body: dict[str, Any]) -> Response:
+def keys_collection(request: Request, body: dict[str, object]) -> Response:
     store = gateway_state(request).store
     if request.method == "POST":
         fields = parse(KeyCreate, body)  # the whole body checked before the key exists
@@ -159,14 +144,14 @@ def keys_collection(request: Request, body: dict[str, Any]) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-def key_item(request: Request, body: dict[str, Any]) -> Response:
+def key_item(request: Request, body: dict[str, object]) -> Response:
     key_id = request.path_params["key_id"]
     if not gateway_state(request).store.revoke_api_key(key_id):
         raise APIError(404, f"No such API key: {key_id}")
     return JSONResponse({"id": key_id, "object": "api_key", "deleted": True})
 
 
-def replace_key_budget(request: Request, body: dict[str, Any]) -> Response:
+def replace_key_budget(request: Request, body: dict[str, object]) -> Response:
     """PATCH /admin/keys/{key_id}: replace the key's budget (all three fields;
     none of them, or nulls, removes it). Spend already counted stays."""
     store = gateway_state(request).store
@@ -178,7 +163,7 @@ def replace_key_budget(request: Request, body: dict[str, Any]) -> Response:
     return JSONResponse(key_object(record, store))
 
 
-def providers_collection(request: Request, body: dict[str, Any]) -> Response:
+def providers_collection(request: Request, body: dict[str, object]) -> Response:
     store = gateway_state(request).store
     if request.method == "POST":
         record = provider_record(parse(ProviderCreate, body), now())
@@ -191,7 +176,7 @@ def providers_collection(request: Request, body: dict[str, Any]) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-def provider_concurrency(request: Request, body: dict[str, Any]) -> Response:
+def provider_concurrency(request: Request, body: dict[str, object]) -> Response:
     """PATCH /admin/providers/{name} {max_concurrency}: the new ceiling holds
     for new runs at once and for running batches within one heartbeat."""
     store = gateway_state(request).store
@@ -230,7 +215,7 @@ def _control_object(batch: BatchRecord, paused: bool) -> Response:
     )
 
 
-def pause_batch(request: Request, body: dict[str, Any]) -> Response:
+def pause_batch(request: Request, body: dict[str, object]) -> Response:
     return _control_object(_set_paused(request, True), True)
 
 
@@ -254,7 +239,7 @@ async def resume_batch(request: Request) -> Response:
     return _control_object(batch, False)
 
 
-def provider_item(request: Request, body: dict[str, Any]) -> Response:
+def provider_item(request: Request, body: dict[str, object]) -> Response:
     name = request.path_params["name"]
     if not gateway_state(request).store.delete_provider(name):
         raise APIError(404, f"No such provider: {name}")

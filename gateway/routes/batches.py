@@ -4,7 +4,7 @@ dry-run estimate. The flow run a new batch needs is started by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_key
 from gateway.errors import APIError, bad_request, not_found
+from gateway.json_body import json_value
 from gateway.loops.reconciler import launch_in_background, launch_reserved_until
 from gateway.models.batches import BatchCreate, BatchEstimateRequest
 from gateway.models.body import parse
@@ -102,17 +103,10 @@ def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) 
     return batch
 
 
-async def _json_body(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("The request body is not valid JSON.") from exc
-
-
 async def create_batch(request: Request) -> Response:
     key = require_key(request)
     state = gateway_state(request)
-    parsed = parse(BatchCreate, await _json_body(request)).request()
+    parsed = parse(BatchCreate, await json_value(request)).request()
     batch = await run_in_threadpool(_record_batch, state, key, parsed)
     crash_point("create:after_insert")
     launch_in_background(state, batch)
@@ -150,7 +144,7 @@ async def estimate_batch(request: Request) -> Response:
     """POST /v1/batches/estimate {input_file_id, endpoint}: a dry run."""
     key = require_key(request)
     state = gateway_state(request)
-    parsed = parse(BatchEstimateRequest, await _json_body(request)).request()
+    parsed = parse(BatchEstimateRequest, await json_value(request)).request()
     return JSONResponse(await run_in_threadpool(_estimate, state, key, parsed))
 
 

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway.models import admin as admin_models
 from gateway.models import batches as batch_models
 from gateway.models import objects
+from gateway.models import webhooks as webhook_models
 from gateway.models.schemas import component_schemas
 from gateway.routes.files import (
     ALL_PURPOSES,
@@ -759,27 +760,8 @@ PATHS: dict[str, Any] = {
 # -- webhooks and metrics (admin key; /metrics also a read-only metrics token) --
 
 WEBHOOK_EVENT_TYPES = EVENT_TYPES
-WEBHOOK_ENDPOINT = {
-    "id": {"type": "string"},
-    "object": {"type": "string", "const": "webhook_endpoint"},
-    "url": {"type": "string"},
-    "events": {"type": "array", "items": {"type": "string", "enum": WEBHOOK_EVENT_TYPES}},
-    "key_id": nullable("string", description="null: a global endpoint (every key's batches)."),
-    "created_at": UNIX_TIME,
-}
 SCHEMAS.update(
     {
-        "WebhookEndpoint": obj(WEBHOOK_ENDPOINT),
-        "WebhookEndpointCreated": obj(
-            {
-                **WEBHOOK_ENDPOINT,
-                "secret": {
-                    "type": "string",
-                    "pattern": "^whsec_",
-                    "description": "The Standard Webhooks signing secret; shown only here.",
-                },
-            }
-        ),
         "WebhookEndpointList": obj(
             {
                 "object": {"type": "string", "const": "list"},
@@ -793,21 +775,7 @@ SCHEMAS.update(
                 "deleted": {"type": "boolean", "const": True},
             }
         ),
-        "WebhookEndpointCreate": obj(
-            {
-                "url": {"type": "string", "pattern": "^https?://\\S+$", "maxLength": 2000},
-                "events": {
-                    "type": "array",
-                    "items": {"type": "string", "enum": WEBHOOK_EVENT_TYPES},
-                    "minItems": 1,
-                    "description": "Default: all four batch events.",
-                },
-                "key_id": nullable(
-                    "string", description="Only this API key's batches; null or absent: all."
-                ),
-            },
-            required=["url"],
-        ),
+        **component_schemas(webhook_models.REQUESTS, webhook_models.ANSWERS),
     }
 )
 PATHS.update(

@@ -6,6 +6,7 @@ shown once, at creation, and opened only to sign."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -20,6 +21,7 @@ from storage.database import (
 from storage.records import (
     WebhookDelivery,
     WebhookEndpointRecord,
+    WebhookEvent,
 )
 
 
@@ -49,7 +51,7 @@ class Webhooks(Database):
         return len(wanted)
 
     def create_webhook_endpoint(
-        self, url: str, events: list[str], api_key_id: str | None
+        self, url: str, events: Sequence[WebhookEvent], api_key_id: str | None
     ) -> WebhookEndpointRecord:
         """Store a new endpoint; the returned record holds the clear secret,
         which is not shown again."""

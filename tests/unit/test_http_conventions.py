@@ -15,6 +15,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
+from gateway.json_body import MAX_JSON_BODY_BYTES
 from gateway.models.objects import batch_object
 from gateway.routes.openapi import DOCUMENT
 from storage.metadata import now
@@ -79,6 +80,36 @@ async def test_every_error_status_uses_the_envelope(tmp_path: Path) -> None:
         assert assert_envelope(crashed, 500)["code"] == "internal_error"
         assert "boom" not in crashed.text
     app.state.gateway.store.close()
+
+
+async def test_a_json_body_over_the_limit_is_refused_before_it_is_read_whole(
+    tmp_path: Path,
+) -> None:
+    """Batch create, estimate and the admin routes take at most
+    MAX_JSON_BODY_BYTES of JSON: a larger body is a 413 in the envelope,
+    whether its Content-Length says so or it just keeps coming (chunked)."""
+    app = inprocess_app(tmp_path / "d")
+    key = new_key(app)
+    big = b'{"metadata": {"k": "' + b"x" * MAX_JSON_BODY_BYTES + b'"}}'
+
+    async def chunked() -> Any:
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        user = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        admin = {"Authorization": f"Bearer {app.state.gateway.admin_key}"}
+        for path, headers in [
+            ("/v1/batches", user),
+            ("/v1/batches/estimate", user),
+            ("/admin/keys", admin),
+        ]:
+            assert_envelope(await client.post(path, content=big, headers=headers), 413)
+            assert_envelope(await client.post(path, content=chunked(), headers=headers), 413)
+    store = app.state.gateway.store
+    assert store.list_batches(store.find_api_key(key).id)[0] == []
+    store.close()
 
 
 async def test_malformed_internal_posts_are_400_naming_the_field(tmp_path: Path) -> None:
