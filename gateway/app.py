@@ -110,7 +110,7 @@ def create_app(settings: Settings, flow_runs: FlowRunStarter | None = None) -> S
             Middleware(RequestIdMiddleware),
             Middleware(CorsMiddleware, allow_origins=settings.cors_origins),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.gateway = state

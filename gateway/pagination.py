@@ -6,8 +6,7 @@ parameter, so every list route validates the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.errors import bad_request
 
@@ -62,7 +61,7 @@ def parse_order(query: Mapping[str, str]) -> str:
     return parse_choice(query, "order", ("asc", "desc"), default="desc") or "desc"
 
 
-def list_envelope(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+def list_envelope(data: Sequence[Mapping[str, object]], has_more: bool) -> dict[str, object]:
     """`{"object": "list", "data", "first_id", "last_id", "has_more"}`."""
     return {
         "object": "list",

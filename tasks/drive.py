@@ -209,7 +209,7 @@ async def drive_batch(
         return "skipped"
     token = claim.get("lease_token")
     if token is None:
-        return claim["status"]
+        return str(claim["status"])
     crash_point("run:after_claim")
     fanout = max(1, int(claim.get("fanout_runs") or 1))
     notes: set[asyncio.Task[None]] = set()
@@ -307,7 +307,7 @@ async def _drive(
     batch = steps.finalize(api, batch_id, token, outcome)
     crash_point("finalize:after")
     await steps.summary(batch)
-    return batch["status"]
+    return str(batch["status"])
 
 
 async def _execute_all(

@@ -47,6 +47,7 @@ class ChunkHook(Protocol):
         completed: int,
         failed: int,
         metrics: dict[str, Any] | None,
+        /,
         *,
         batch_id: str,
         run: str | None,

@@ -142,7 +142,19 @@ def _text(value: Any) -> str:
     return value
 
 
-def _parse(report: Any) -> tuple[list, list, list, list, list, dict[str, int]]:
+# A checked report: requests by (provider, code), retries and throttles by
+# provider, latency histograms, tokens by (model, kind), AIMD windows.
+ParsedReport = tuple[
+    list[tuple[tuple[str, str], int]],
+    list[tuple[str, int]],
+    list[tuple[str, int]],
+    list[tuple[str, list[int], float]],
+    list[tuple[tuple[str, str], int]],
+    dict[str, int],
+]
+
+
+def _parse(report: Any) -> ParsedReport:
     """A report checked all through before any of it is added."""
     if not isinstance(report, dict):
         raise TypeError("a report is an object")

@@ -48,12 +48,12 @@ def is_live(status: str) -> bool:
     return status in LIVE_STATUSES
 
 
-def sources_of(target: str) -> list[str]:
+def sources_of(target: BatchStatus) -> list[BatchStatus]:
     """The statuses from which `target` may be entered."""
     return sorted(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
-def stamp(target: str, at: int) -> dict[str, int]:
+def stamp(target: BatchStatus, at: int) -> dict[str, int]:
     """The fields a move into `target` sets besides the status."""
     column = STAMPS.get(target)
     return {column: at} if column else {}

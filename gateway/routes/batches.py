@@ -111,10 +111,10 @@ async def create_batch(request: Request) -> Response:
     crash_point("create:after_insert")
     launch_in_background(state, batch)
     stored = await run_in_threadpool(state.store.get_batch, batch.id)
-    return JSONResponse(batch_object(stored))
+    return JSONResponse(batch_object(stored or batch))
 
 
-def _estimate(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> dict:
+def _estimate(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> dict[str, object]:
     """Validate the file exactly as a batch's run does and count what it
     would send (blocking: runs in a thread). No provider is called."""
     input_file = _batch_input(state, key, parsed.input_file_id)

@@ -26,12 +26,16 @@ from gateway.state import gateway_state
 from gateway.uploads import StreamingFormParser, UploadForm, UploadMalformed, UploadTooLarge
 from storage import ids
 from storage.metadata import now
-from storage.records import ApiKeyRecord, FileRecord
+from storage.records import ApiKeyRecord, FilePurpose, FileRecord
 from tasks.retention import delete_file
 
-UPLOAD_PURPOSES = frozenset({"batch", "user_data", "assistants", "fine-tune", "vision", "evals"})
+UPLOAD_PURPOSES: frozenset[FilePurpose] = frozenset(
+    {"batch", "user_data", "assistants", "fine-tune", "vision", "evals"}
+)
+# A name as a purpose (the dict types the lookup: str in, FilePurpose out).
+_UPLOAD_PURPOSE: dict[str, FilePurpose] = {purpose: purpose for purpose in UPLOAD_PURPOSES}
 # Purposes of files the system writes (batch output and error files).
-SYSTEM_PURPOSES = frozenset({"batch_output"})
+SYSTEM_PURPOSES: frozenset[FilePurpose] = frozenset({"batch_output"})
 ALL_PURPOSES = UPLOAD_PURPOSES | SYSTEM_PURPOSES
 MIN_EXPIRES_SECONDS = 3600
 MAX_EXPIRES_SECONDS = 30 * 24 * 3600
@@ -48,7 +52,7 @@ JSONL_MIME = "application/jsonl"
 @dataclass(frozen=True)
 class UploadParams:
     filename: str
-    purpose: str
+    purpose: FilePurpose
     expires_at: int | None
     mime_type: str
 
@@ -105,13 +109,13 @@ def upload_params(form: UploadForm, created_at: int, batch_ttl_seconds: int) -> 
     """Validate an upload's fields; its rules in one place."""
     if form.filename is None:
         raise _missing("file")
-    purpose = form.fields.get("purpose")
-    if purpose is None or purpose == "":
+    given = form.fields.get("purpose")
+    if given is None or given == "":
         raise _missing("purpose")
-    if purpose not in UPLOAD_PURPOSES:
+    purpose = _UPLOAD_PURPOSE.get(given)
+    if purpose is None:
         raise bad_request(
-            f"Invalid 'purpose': {purpose!r}. Expected one of "
-            f"{', '.join(sorted(UPLOAD_PURPOSES))}.",
+            f"Invalid 'purpose': {given!r}. Expected one of {', '.join(sorted(UPLOAD_PURPOSES))}.",
             param="purpose",
             code="invalid_value",
         )

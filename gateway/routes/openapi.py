@@ -312,7 +312,7 @@ ORDER_TEXT = (
 )
 
 # Admin routes take the admin key (BATCHGATE_ADMIN_KEY), not an API key.
-ADMIN_SECURITY = [{"adminAuth": []}]
+ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminAuth": []}]
 ADMIN_UNAUTHORIZED = error_response("Missing or wrong admin key.")
 OVER_BUDGET = {
     "description": "`insufficient_quota`: the key has spent its budget for the period.",
