@@ -9,11 +9,12 @@ nullable fields use type arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from gateway.models import admin as admin_models
 from gateway.models import batches as batch_models
@@ -27,7 +28,7 @@ from gateway.routes.files import (
     MIN_EXPIRES_SECONDS,
     UPLOAD_PURPOSES,
 )
-from gateway.routes.results import USAGE_GROUPS
+from gateway.routes.results import MAX_EPOCH_SECONDS, USAGE_GROUPS
 from tasks.batch_rules import (
     ENDPOINTS,
     MAX_METADATA_KEY,
@@ -293,7 +294,7 @@ SCHEMAS.update(
 
 TIME_PARAM = {
     "anyOf": [
-        {"type": "integer", "minimum": 0, "maximum": 100_000_000_000},
+        {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH_SECONDS},
         {"type": "string", "format": "date"},
     ]
 }
@@ -325,7 +326,9 @@ NOT_LIVE = {
     **json_content(ref("Error")),
 }
 
-PATHS: dict[str, Any] = {
+# Each operation the gateway documents, by path and method; the document
+# takes those of the routes the app serves (`document`).
+OPERATIONS: dict[str, Any] = {
     "/v1/files": {
         "post": {
             "operationId": "createFile",
@@ -778,7 +781,7 @@ SCHEMAS.update(
         **component_schemas(webhook_models.REQUESTS, webhook_models.ANSWERS),
     }
 )
-PATHS.update(
+OPERATIONS.update(
     {
         "/admin/webhooks": {
             "post": {
@@ -832,7 +835,35 @@ PATHS.update(
 )
 
 
-def build_document() -> dict[str, Any]:
+# Served but not documented: the workers' internal API and this document.
+UNDOCUMENTED_PREFIXES = ("/internal/", "/openapi.json")
+
+
+class UndocumentedRoute(LookupError):
+    """A route the app serves has no operation here: add one to OPERATIONS."""
+
+
+def paths_of(routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """The document's paths, one operation per method of each route the app
+    serves, so the document lists exactly what is served."""
+    paths: dict[str, Any] = {}
+    for route in routes:
+        if not isinstance(route, Route) or route.path.startswith(UNDOCUMENTED_PREFIXES):
+            continue
+        item = OPERATIONS.get(route.path, {})
+        for method in sorted(route.methods or ()):
+            if method == "HEAD":
+                continue
+            if method.lower() not in item:
+                raise UndocumentedRoute(f"{method} {route.path}")
+            paths.setdefault(route.path, {})[method.lower()] = item[method.lower()]
+        if "parameters" in item:
+            paths[route.path]["parameters"] = item["parameters"]
+    return paths
+
+
+def document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI document of the app whose routes are `routes`."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -842,7 +873,7 @@ def build_document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "paths": PATHS,
+        "paths": paths_of(routes),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
@@ -864,11 +895,12 @@ def build_document() -> dict[str, Any]:
     }
 
 
-DOCUMENT = build_document()
-
-
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(DOCUMENT)
+    """Built from the serving app's routes on first ask, then kept."""
+    state = request.app.state
+    if getattr(state, "openapi_document", None) is None:
+        state.openapi_document = document(request.app.routes)
+    return JSONResponse(state.openapi_document)
 
 
 routes: list[Route] = [Route("/openapi.json", openapi_json, methods=["GET"])]

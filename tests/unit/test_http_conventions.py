@@ -15,12 +15,15 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
+from gateway.app import ROUTES
 from gateway.json_body import MAX_JSON_BODY_BYTES
 from gateway.models.objects import batch_object
-from gateway.routes.openapi import DOCUMENT
+from gateway.routes.openapi import UndocumentedRoute, document
 from storage.metadata import now
 from storage.records import BatchRecord, FileRecord
 from tests.live import FakeFlowRuns, asgi_client, inprocess_app
+
+DOCUMENT = document(ROUTES)
 
 ENVELOPE = {"message", "type", "param", "code"}
 REGISTRY = Registry().with_resource(
@@ -334,6 +337,17 @@ async def test_file_responses_match_the_document(inproc_app: Any) -> None:
     assert not schema_errors("FileList", empty) and empty["first_id"] is None
     assert not schema_errors("FileDeleted", deleted)
     assert schema_errors("File", {**created, "status": "processed", "bytes": "3"})
+
+
+def test_a_route_without_its_operation_cannot_make_a_document() -> None:
+    """The document is built from the app's routes: a route added without an
+    operation fails the document (and so every test that reads it)."""
+
+    async def extra(request: Any) -> None:
+        return None
+
+    with pytest.raises(UndocumentedRoute, match="GET /v1/extra"):
+        document([*ROUTES, Route("/v1/extra", extra, methods=["GET"])])
 
 
 def test_every_public_and_admin_route_is_in_the_openapi_document(tmp_path: Path) -> None:
