@@ -28,13 +28,17 @@ from gateway.routes.files import (
     MIN_EXPIRES_SECONDS,
     UPLOAD_PURPOSES,
 )
+from gateway.routes.results import FORMATS as RESULT_FORMATS
 from gateway.routes.results import MAX_EPOCH_SECONDS, USAGE_GROUPS
+from storage.records import USAGE_COUNTS
+from tasks import live_results
 from tasks.batch_rules import (
     ENDPOINTS,
     MAX_METADATA_KEY,
     MAX_METADATA_PAIRS,
     MAX_METADATA_VALUE,
 )
+from tasks.retry_failed import MAX_CODES_CHARS
 from tasks.status import TRANSITIONS
 from tasks.webhooks import EVENT_TYPES
 
@@ -43,6 +47,8 @@ BATCH_ENDPOINTS = sorted(ENDPOINTS)
 BATCH_STATUSES = list(TRANSITIONS)
 _USAGE_GROUP = "|".join(USAGE_GROUPS)
 Schema = dict[str, Any]
+# The counts of a batch's lines and tokens, as every usage answer has them.
+USAGE_PROPERTIES: dict[str, Schema] = {name: {"type": "integer"} for name in USAGE_COUNTS}
 
 
 def ref(name: str) -> Schema:
@@ -202,30 +208,14 @@ SCHEMAS: dict[str, Schema] = {
         required=["object", "deleted"],
     ),
     # Results as data.
-    "UsageCounts": obj(
-        {
-            "lines": {"type": "integer"},
-            "succeeded": {"type": "integer"},
-            "failed": {"type": "integer"},
-            "input_tokens": {"type": "integer"},
-            "output_tokens": {"type": "integer"},
-            "cached_tokens": {"type": "integer"},
-            "reasoning_tokens": {"type": "integer"},
-        }
-    ),
+    "UsageCounts": obj(USAGE_PROPERTIES),
     "SummaryGroup": {
         "type": "object",
         "description": "One model's or provider's lines (the key is `model` or `provider`).",
         "properties": {
             "model": nullable("string"),
             "provider": nullable("string"),
-            "lines": {"type": "integer"},
-            "succeeded": {"type": "integer"},
-            "failed": {"type": "integer"},
-            "input_tokens": {"type": "integer"},
-            "output_tokens": {"type": "integer"},
-            "cached_tokens": {"type": "integer"},
-            "reasoning_tokens": {"type": "integer"},
+            **USAGE_PROPERTIES,
             "latency_ms_p50": nullable("number"),
             "latency_ms_p95": nullable("number"),
             "latency_ms_max": nullable("number"),
@@ -641,12 +631,12 @@ OPERATIONS: dict[str, Any] = {
                 ),
                 query_param(
                     "kind",
-                    {"type": "string", "enum": ["output", "error"]},
+                    {"type": "string", "enum": list(live_results.KINDS)},
                     "Only output lines or only error lines (JSONL only).",
                 ),
                 query_param(
                     "format",
-                    {"type": "string", "enum": ["jsonl", "parquet", "csv"], "default": "jsonl"},
+                    {"type": "string", "enum": ["jsonl", *RESULT_FORMATS], "default": "jsonl"},
                     "`parquet` / `csv`: the results table (CSV holds `embedding` as JSON text).",
                 ),
             ],
@@ -698,7 +688,7 @@ OPERATIONS: dict[str, Any] = {
             "parameters": [
                 query_param(
                     "codes",
-                    {"type": "string", "maxLength": 2000},
+                    {"type": "string", "maxLength": MAX_CODES_CHARS},
                     "Only lines with one of these comma-separated error codes or HTTP "
                     "statuses, e.g. `429,500,batch_expired`.",
                 )
