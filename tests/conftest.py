@@ -1,5 +1,10 @@
-"""Test-wide set-up: importable `tests.live`, no Prefect telemetry, and an
-in-process gateway fixture for fast HTTP tests."""
+"""Test-wide set-up: importable `tests.live`, no Prefect telemetry, an
+in-process gateway fixture for fast HTTP tests, and the two tiers.
+
+A test that uses a fixture which starts real servers - a Prefect server,
+`batchgate up`, a gateway process - is marked `e2e` at collection
+(`E2E_FIXTURES`): `make quick` runs the rest, `make test` everything but
+the `soak` runs."""
 
 from __future__ import annotations
 
@@ -17,6 +22,40 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from tests.live import FakeFlowRuns, inprocess_app  # noqa: E402
+
+# Fixtures that start a Prefect server, `batchgate up` or a gateway process.
+E2E_FIXTURES = frozenset(
+    {
+        "prefect_server",
+        "up_dir",
+        "gateway_dir",
+        "stack",
+        "gw",
+        "limited_gw",
+        "env",
+        "target",
+        "two",
+        "run",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def up_dir(tmp_path: Path) -> Path:
+    """A directory for a real `batchgate up` (tests/up_support.py `Up`)."""
+    return tmp_path
+
+
+@pytest.fixture
+def gateway_dir(tmp_path: Path) -> Path:
+    """A directory for a gateway process of the test's own (tests/live.py `LiveGateway`)."""
+    return tmp_path
 
 
 @pytest.fixture

@@ -166,8 +166,8 @@ def test_health_needs_no_key_and_says_starting_without_prefect(gw: LiveGateway) 
     assert response.headers.get("x-request-id")
 
 
-def test_only_key_hashes_reach_the_database(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_only_key_hashes_reach_the_database(gateway_dir: Path) -> None:
+    data_dir = gateway_dir / "data"
     with LiveGateway(data_dir) as gateway:
         clear = [gateway.create_key(f"k{i}") for i in range(3)]
     with duckdb.connect(str(data_dir / "batchgate.duckdb"), read_only=True) as db:

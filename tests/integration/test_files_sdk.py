@@ -354,8 +354,8 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(limited_gw: LiveGateway
     assert sorted(p.name for p in (limited_gw.data_dir / "blobs").iterdir()) == [exact.id]
 
 
-def test_delete_is_soft_in_duckdb_and_removes_the_blob(tmp_path: Path) -> None:
-    with LiveGateway(tmp_path / "data") as gateway:
+def test_delete_is_soft_in_duckdb_and_removes_the_blob(gateway_dir: Path) -> None:
+    with LiveGateway(gateway_dir / "data") as gateway:
         client = client_for(gateway, "soft")
         kept = client.files.create(file=("kept.jsonl", b"{}\n"), purpose="batch")
         doomed = client.files.create(file=("doomed.jsonl", b"{}\n"), purpose="batch")
@@ -364,7 +364,7 @@ def test_delete_is_soft_in_duckdb_and_removes_the_blob(tmp_path: Path) -> None:
         assert not (blobs / doomed.id).exists()  # removed at once, not at the next sweep
         assert (blobs / kept.id).exists()
     # DuckDB admits one process at a time: read the file once the gateway is gone.
-    with duckdb.connect(str(tmp_path / "data" / "batchgate.duckdb"), read_only=True) as db:
+    with duckdb.connect(str(gateway_dir / "data" / "batchgate.duckdb"), read_only=True) as db:
         rows = dict(db.execute("SELECT id, deleted_at FROM files").fetchall())
     assert rows[doomed.id] is not None
     assert rows[kept.id] is None

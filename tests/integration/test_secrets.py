@@ -366,14 +366,14 @@ def _older_install(data: Path, mock_url: str) -> None:
     assert LEGACY_KEY.encode() in (data / DB_NAME).read_bytes()
 
 
-def test_up_over_an_older_install_leaves_nothing_open_or_in_clear(tmp_path: Path) -> None:
+def test_up_over_an_older_install_leaves_nothing_open_or_in_clear(up_dir: Path) -> None:
     """`batchgate up` started with umask 022 over an older install: after a
     batch, every path (DuckDB, blobs, logs, Prefect's SQLite database, the
     generated secrets) is 0600/0700 and no file holds the provider key, the
     API key, the admin key or the internal token in clear - except the two
     files that are those secrets' own stores (admin_key, internal_token),
     each checked for the others."""
-    data = tmp_path / "data"
+    data = up_dir / "data"
     port, prefect_port, mock_port = free_port(), free_port(), free_port()
     with _umask(0o022):
         mock = start_child(
@@ -388,8 +388,8 @@ def test_up_over_an_older_install_leaves_nothing_open_or_in_clear(tmp_path: Path
                 "--api-key",
                 LEGACY_KEY,
             ],  # fmt: skip
-            clean_env(tmp_path / "unused", port, prefect_port),
-            tmp_path / "mock-logs",
+            clean_env(up_dir / "unused", port, prefect_port),
+            up_dir / "mock-logs",
         )
         _older_install(data, f"http://127.0.0.1:{mock_port}")
         up = subprocess.Popen(

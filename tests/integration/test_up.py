@@ -46,14 +46,14 @@ from tests.live import free_port
 from tests.up_support import ROOT, Up, clean_env, live
 
 
-def test_up_serves_restarts_a_killed_runner_and_stops_every_child(tmp_path: Path) -> None:
+def test_up_serves_restarts_a_killed_runner_and_stops_every_child(up_dir: Path) -> None:
     """`up` prints where things are and a working key, and registers both
     deployments. Then `kill -9` of the runner mid-batch: `up` says so, starts
     it again, the gateway keeps answering, the batch completes with every
     line once, a new batch completes too, and Ctrl-C still stops every
     child. (One `up` for both: each start costs ~25 s of the suite.)"""
     lines = 400
-    with Up(tmp_path, lease_seconds=5, reconcile_interval_seconds=1, chunk_size=50) as up:
+    with Up(up_dir, lease_seconds=5, reconcile_interval_seconds=1, chunk_size=50) as up:
         up.wait_ready()
         assert f"http://127.0.0.1:{up.port}/v1" in up.text
         assert f"http://127.0.0.1:{up.prefect_port}" in up.text
@@ -72,7 +72,7 @@ def test_up_serves_restarts_a_killed_runner_and_stops_every_child(tmp_path: Path
         # Slow answers while the batch runs, so the kill lands mid-batch.
         up.add_mock_provider("--latency-ms", "1000")
         client = up.client()
-        batch_id = create_batch(client, upload(client, tmp_path, chat_lines("req", lines)))
+        batch_id = create_batch(client, upload(client, up_dir, chat_lines("req", lines)))
         deadline = time.monotonic() + 60
         while client.batches.retrieve(batch_id).request_counts.completed == 0:
             assert time.monotonic() < deadline, "no chunk done within 60 s"
@@ -90,10 +90,10 @@ def test_up_serves_restarts_a_killed_runner_and_stops_every_child(tmp_path: Path
         assert check.problems == []
         marker = "=== restarting runner (exit code -9, restart 1)"
         assert marker in up.text
-        assert marker in (tmp_path / "data" / "logs" / "runner.log").read_text()
+        assert marker in (up_dir / "data" / "logs" / "runner.log").read_text()
 
         [again] = wait_all_terminal(
-            client, [create_batch(client, upload(client, tmp_path, chat_lines("new", 20)))], 120
+            client, [create_batch(client, upload(client, up_dir, chat_lines("new", 20)))], 120
         )
         assert again.status == "completed"
         assert up.proc is not None

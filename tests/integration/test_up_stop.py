@@ -20,9 +20,9 @@ ORPHAN_DEADLINE_SECONDS = 20.0
 
 
 def test_a_sigkilled_up_leaves_nothing_and_up_starts_again_on_its_directory(
-    tmp_path: Path,
+    up_dir: Path,
 ) -> None:
-    with Up(tmp_path) as up:
+    with Up(up_dir) as up:
         up.wait_ready()
         before = up.processes()
         # up, Prefect server, gateway, runner, and the runner's forkserver
@@ -33,7 +33,7 @@ def test_a_sigkilled_up_leaves_nothing_and_up_starts_again_on_its_directory(
         left = up.wait_gone(ORPHAN_DEADLINE_SECONDS)
         assert not left, [p.cmdline() for p in left]
     # The same directory and ports: nothing holds the DuckDB file or a port.
-    with Up(tmp_path, ports=(up.port, up.prefect_port)) as again:
+    with Up(up_dir, ports=(up.port, up.prefect_port)) as again:
         again.wait_ready()
         assert again.client().files.list().data == []
         assert again.stop("SIGTERM to the group, then to up") == 0

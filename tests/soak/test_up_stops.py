@@ -49,10 +49,10 @@ MOMENTS: dict[str, Callable[[Up, Path], None]] = {
 
 
 @pytest.mark.parametrize("how", list(STOPS))
-def test_every_stop_leaves_nothing_running(how: str, tmp_path: Path) -> None:
+def test_every_stop_leaves_nothing_running(how: str, up_dir: Path) -> None:
     stop_seconds: list[float] = []
     for number, (moment, wait) in enumerate(MOMENTS.items()):
-        root = tmp_path / str(number)
+        root = up_dir / str(number)
         with Up(root) as up:
             wait(up, root)
             assert up.proc is not None
