@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 
 from gateway.models.body import WHOLE_NUMBER, Body, Expect, rule_error
+from gateway.models.objects import MetadataPairs
 from storage.records import BatchEndpoint, CompletionWindow
 from tasks.batch_rules import (
     ENDPOINTS,
@@ -45,15 +46,7 @@ def _checked_metadata(value: Any) -> Any:
     return value
 
 
-Metadata = Annotated[
-    dict[
-        Annotated[str, Field(max_length=MAX_METADATA_KEY)],
-        Annotated[str, Field(max_length=MAX_METADATA_VALUE)],
-    ]
-    | None,
-    Field(max_length=MAX_METADATA_PAIRS),
-    BeforeValidator(_checked_metadata),
-]
+Metadata = Annotated[MetadataPairs, BeforeValidator(_checked_metadata)]
 
 
 class OutputExpiry(Body):
@@ -86,19 +79,20 @@ ENDPOINT = Annotated[
 ]
 
 
+WINDOW = Annotated[
+    CompletionWindow,
+    Expect(
+        "completion_window must be '24h'.", code=None, type_message=_missing("completion_window")
+    ),
+]
+
+
 class BatchCreate(Body):
     """POST /v1/batches."""
 
     input_file_id: INPUT_FILE_ID
     endpoint: ENDPOINT
-    completion_window: Annotated[
-        CompletionWindow,
-        Expect(
-            "completion_window must be '24h'.",
-            code=None,
-            type_message=_missing("completion_window"),
-        ),
-    ]
+    completion_window: WINDOW
     metadata: Metadata = None
     output_expires_after: Annotated[
         OutputExpiry | None,
@@ -120,14 +114,7 @@ class BatchCreate(Body):
 class BatchEstimateRequest(BatchCreate):
     """POST /v1/batches/estimate: what a create would take, the window optional."""
 
-    completion_window: Annotated[
-        CompletionWindow,
-        Expect(
-            "completion_window must be '24h'.",
-            code=None,
-            type_message=_missing("completion_window"),
-        ),
-    ] = "24h"
+    completion_window: WINDOW = "24h"
 
 
 REQUESTS = (BatchCreate, BatchEstimateRequest)

@@ -21,7 +21,8 @@ from storage.records import (
 from tasks.batch_rules import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 
 UnixTime = Annotated[int, Field(description="Unix seconds.")]
-Metadata = Annotated[
+# A batch's metadata: up to 16 pairs of short strings.
+MetadataPairs = Annotated[
     dict[
         Annotated[str, Field(max_length=MAX_METADATA_KEY)],
         Annotated[str, Field(max_length=MAX_METADATA_VALUE)],
@@ -102,7 +103,7 @@ class Batch(TypedDict):
     cancelling_at: int | None
     cancelled_at: int | None
     request_counts: RequestCounts
-    metadata: Metadata
+    metadata: MetadataPairs
     model: str | None
     usage: BatchUsage | None
 
