@@ -40,6 +40,7 @@ lint: env
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports
 
 format: env
 	$(RUN) ruff check --fix .

@@ -13,7 +13,7 @@ Two worker modes, the two of docs/scale-out.md:
 - `served`: `batchgate worker` (a Prefect runner serving every deployment);
 - `pool`: `prefect worker start --pool batchgate` (a process work pool) on
   the deployments `prefect deploy` made from prefect.yaml (all of
-  `flows.serve.DEPLOYMENT_NAMES`, `process-chunks` included, so a fanned-out
+  `flows.deployments.DEPLOYMENT_NAMES`, `process-chunks` included, so a fanned-out
   batch gets its helper runs there too).
 """
 
@@ -36,7 +36,7 @@ import openai
 from batchgate.up import prefect_server
 from batchgate.up.supervisor import Child, http_status, start_child, stop_child, stop_children
 from bench.scale_net import ROOT_ADDRESS, Host
-from flows.serve import DEPLOYMENT_NAMES
+from flows.deployments import DEPLOYMENT_NAMES
 from tests.live import GatewayAdmin, free_port
 from tests.stack import prefect_env, wait_for
 

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed, Failed
 
 # The orchestration itself is Prefect-free (tasks/drive.py); re-exported here.
-from flows.serve import PROCESS_BATCH_DEPLOYMENT, PROCESS_CHUNKS_DEPLOYMENT
+from flows.deployments import PROCESS_BATCH_DEPLOYMENT, PROCESS_CHUNKS_DEPLOYMENT
 from tasks.drive import (  # noqa: F401
     OUTCOME_OF_REASON,
     ProgressReporter,

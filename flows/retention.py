@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.serve import RETENTION_DEPLOYMENT
+from flows.deployments import RETENTION_DEPLOYMENT
 from tasks.settings import load_settings
 from tasks.worker_api import HttpWorkerAPI
 

@@ -14,19 +14,15 @@ import os
 import time
 from typing import Any
 
+from flows.deployments import (
+    PROCESS_BATCH_DEPLOYMENT,
+    PROCESS_CHUNKS_DEPLOYMENT,
+    RETENTION_DEPLOYMENT,
+)
 from tasks.settings import Settings, load_settings
 
 log = logging.getLogger("batchgate.runner")
 
-PROCESS_BATCH_DEPLOYMENT = "process-batch"
-PROCESS_CHUNKS_DEPLOYMENT = "process-chunks"  # helper runs of one batch
-RETENTION_DEPLOYMENT = "retention"
-# The deployments the runner serves and prefect.yaml declares (a work pool's
-# `prefect deploy` deploys each of them: bench/scale_stack.py).
-DEPLOYMENT_NAMES = (PROCESS_BATCH_DEPLOYMENT, PROCESS_CHUNKS_DEPLOYMENT, RETENTION_DEPLOYMENT)
-# "flow/deployment" of each (each flow is named as its deployment): what
-# `batchgate up` waits for before it says ready.
-SERVED_DEPLOYMENTS = tuple(f"{name}/{name}" for name in DEPLOYMENT_NAMES)
 API_WAIT_SECONDS = 120.0
 DEFAULT_POLL_SECONDS = 0.5  # Prefect's default (10 s) makes every batch start late
 

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
-from flows.serve import PROCESS_BATCH_DEPLOYMENT
+from flows.deployments import PROCESS_BATCH_DEPLOYMENT
 from storage.records import BatchRecord
 from tasks.settings import Settings
 

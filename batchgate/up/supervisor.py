@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from batchgate.up import prefect_server
 from batchgate.up.supervised import SUPERVISOR_PID_ENV, die_with_parent, group_members
-from flows.serve import SERVED_DEPLOYMENTS
+from flows.deployments import SERVED_DEPLOYMENTS
 from gateway.auth import load_or_create_secret
 from tasks.settings import Settings, load_settings
 

@@ -282,9 +282,9 @@ def test_only_the_gateway_gets_batchgates_secrets(tmp_path: Path) -> None:
 
 def test_prefect_yaml_points_at_the_served_flows() -> None:
     """prefect.yaml and `batchgate up` must deploy the same flows under the same names."""
+    from flows.deployments import DEPLOYMENT_NAMES
     from flows.process_batch import process_batch
     from flows.retention import retention
-    from flows.serve import DEPLOYMENT_NAMES
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in config["deployments"]}
