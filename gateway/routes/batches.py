@@ -4,110 +4,35 @@ dry-run estimate. The flow run a new batch needs is started by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import require_key
+from gateway.batch_creation import batch_input, record_batch
 from gateway.errors import APIError, bad_request, not_found
 from gateway.json_body import json_value
-from gateway.loops.reconciler import launch_in_background, launch_reserved_until
+from gateway.loops.reconciler import launch_in_background
 from gateway.models.batches import BatchCreate, BatchEstimateRequest
 from gateway.models.body import parse
 from gateway.models.objects import batch_object
 from gateway.pagination import parse_order
-from gateway.state import gateway_state
-from storage import ids
+from gateway.state import GatewayState, gateway_state
 from storage.metadata import now
-from storage.records import ApiKeyRecord, BatchRecord, FileRecord
+from storage.records import ApiKeyRecord
 from tasks import status as st
 from tasks.batch_rules import BatchRequest
-from tasks.control_state import budget_state
 from tasks.crashpoints import crash_point
 from tasks.estimate import EstimateTally
 from tasks.validate import validate_jsonl
-
-if TYPE_CHECKING:
-    from gateway.state import GatewayState
-
-
-def _first_model(state: GatewayState, blob_name: str) -> str | None:
-    """The model of the input's first line, for the flow run's tags (best effort)."""
-    try:
-        with state.blobs.open(blob_name) as handle:
-            first = handle.readline(1 << 20)
-        body = orjson.loads(first).get("body") or {}
-        model = body.get("model")
-        return model if isinstance(model, str) else None
-    except (OSError, orjson.JSONDecodeError, AttributeError):
-        return None
-
-
-def _batch_input(state: GatewayState, key: ApiKeyRecord, file_id: str) -> FileRecord:
-    """The caller's `batch` file named by `input_file_id`, or the 404/400."""
-    input_file = state.store.get_file(file_id, key.id)
-    if input_file is None:
-        raise not_found("File", file_id, param="input_file_id")
-    if input_file.purpose != "batch":
-        raise bad_request(
-            f"File {input_file.id} has purpose '{input_file.purpose}'; a batch "
-            "needs a file uploaded with purpose 'batch'.",
-            param="input_file_id",
-        )
-    return input_file
-
-
-def refuse_over_budget(state: GatewayState, key: ApiKeyRecord) -> None:
-    """429 `insufficient_quota` (OpenAI's code and type) once the key has
-    spent its budget for the period; `x-should-retry: false` because the
-    SDK's automatic retries cannot help before the period ends."""
-    budget = budget_state(state.store, key.id)
-    if budget is not None and budget["exceeded"]:
-        raise APIError(
-            429,
-            "You exceeded your current quota: this API key has reached its budget for the period.",
-            code="insufficient_quota",
-            type_="insufficient_quota",
-            headers={"x-should-retry": "false"},
-        )
-
-
-def _record_batch(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> BatchRecord:
-    """Check the input file and store the new batch (blocking: runs in a thread)."""
-    input_file = _batch_input(state, key, parsed.input_file_id)
-    refuse_over_budget(state, key)
-    created = now()
-    batch = BatchRecord(
-        id=ids.new_batch_id(),
-        api_key_id=key.id,
-        endpoint=parsed.endpoint,
-        input_file_id=input_file.id,
-        completion_window=parsed.completion_window,
-        status="validating",
-        created_at=created,
-        expires_at=created + state.settings.completion_window_seconds,
-        metadata=parsed.metadata,
-        output_expires_after_seconds=parsed.output_expires_after_seconds,
-        output_expires_after_anchor="created_at" if parsed.output_expires_after_seconds else None,
-        model=_first_model(state, input_file.blob_name),
-        # Stored already reserved for the run `create_batch` starts next: a
-        # reconciler pass between the insert and a later reservation would
-        # start a second flow run for the same batch.
-        lease_expires_at=launch_reserved_until(state.settings),
-    )
-    state.store.insert_batch(batch)
-    return batch
 
 
 async def create_batch(request: Request) -> Response:
     key = require_key(request)
     state = gateway_state(request)
     parsed = parse(BatchCreate, await json_value(request)).request()
-    batch = await run_in_threadpool(_record_batch, state, key, parsed)
+    batch = await run_in_threadpool(record_batch, state, key, parsed)
     crash_point("create:after_insert")
     launch_in_background(state, batch)
     stored = await run_in_threadpool(state.store.get_batch, batch.id)
@@ -117,7 +42,7 @@ async def create_batch(request: Request) -> Response:
 def _estimate(state: GatewayState, key: ApiKeyRecord, parsed: BatchRequest) -> dict[str, object]:
     """Validate the file exactly as a batch's run does and count what it
     would send (blocking: runs in a thread). No provider is called."""
-    input_file = _batch_input(state, key, parsed.input_file_id)
+    input_file = batch_input(state, key, parsed.input_file_id)
     tally = EstimateTally(state.store.list_providers())
     settings = state.settings
     result = validate_jsonl(

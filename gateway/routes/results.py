@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import require_admin, require_key
+from gateway.batch_creation import record_batch, refuse_over_budget
 from gateway.errors import APIError, bad_request, not_found
 from gateway.loops.reconciler import launch_in_background
 from gateway.models.objects import batch_object
-from gateway.routes.batches import _record_batch, refuse_over_budget
 from gateway.state import GatewayState, gateway_state
 from gateway.table_builds import ensure_built, read_summary, require_result_files
 from storage import ids
@@ -184,7 +184,7 @@ async def retry(request: Request) -> Response:
         output_expires_after_seconds=parent.output_expires_after_seconds,
     )
     try:
-        batch = await run_in_threadpool(_record_batch, state, key, parsed)
+        batch = await run_in_threadpool(record_batch, state, key, parsed)
     except APIError:  # refused after all (the budget ran out meanwhile): no stray file
         await run_in_threadpool(delete_file, state.store, state.blobs, file_id)
         raise

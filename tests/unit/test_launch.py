@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.batch_creation import record_batch
 from gateway.flow_runs import launch_key
 from gateway.loops.reconciler import lease_is_live, reconcile_once
-from gateway.routes.batches import _record_batch
 from storage.blobs import BlobStore
 from storage.records import BatchRecord
 from tasks.batch_rules import BatchRequest
@@ -43,7 +43,7 @@ def test_a_new_batch_is_stored_reserved_so_a_reconciler_pass_leaves_it(tmp_path:
     key, _ = state.store.create_api_key("create")
     earlier = stored_batch(state, key.id)
 
-    batch = _record_batch(state, key, BatchRequest(earlier.input_file_id, CHAT, "24h", None, None))
+    batch = record_batch(state, key, BatchRequest(earlier.input_file_id, CHAT, "24h", None, None))
 
     stored = state.store.get_batch(batch.id)
     assert stored is not None and stored.lease_token is None
