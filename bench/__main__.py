@@ -32,7 +32,7 @@ import psutil
 from bench import scenarios
 from bench.report import Section, render_report, render_section, write_report
 from bench.system import BenchSystem
-from tests.stack import PrefectServer
+from harness.stack import PrefectServer
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SCENARIOS = ("latency", "overhead", "start", "big")

@@ -3,7 +3,7 @@
 Pure functions only: how long a simulated provider takes per chunk, how a
 ramp step is judged against the ideal, where the knee is, which step to try
 next, and what a day of N lines asks of the gateway against the measured
-ceilings. Unit-tested with made-up numbers (tests/unit/test_ceiling_model.py).
+ceilings. Unit-tested with made-up numbers (bench/tests/test_ceiling_model.py).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class Day:
     lines: int = 10_000_000
     busy_hours: float = 8.0  # the day's lines arrive within these hours
     peak_factor: float = 3.0  # the busiest minutes against the busy hours' mean
-    input_bytes_per_line: int = 265  # bench/workload.py's chat lines
+    input_bytes_per_line: int = 265  # harness/workload.py's chat lines
     output_bytes_per_line: int = 625  # the mock's answers as output lines
     lines_per_batch: int = 50_000
 

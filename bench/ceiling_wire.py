@@ -23,7 +23,7 @@ import aiohttp
 import httpx
 import orjson
 
-from bench.workload import ENDPOINT, chat_request
+from harness.workload import ENDPOINT, chat_request
 from storage.records import ProviderRecord
 from tasks.worker_api import HttpWorkerAPI
 

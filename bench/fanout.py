@@ -28,8 +28,8 @@ import httpx
 import orjson
 
 from bench.report import markdown_table, ratio
-from tests.crash_support import chat_lines, check_batch
-from tests.stack import INTERNAL_TOKEN, PrefectServer, Stack
+from harness.batches import chat_lines, check_batch
+from harness.stack import INTERNAL_TOKEN, PrefectServer, Stack
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 

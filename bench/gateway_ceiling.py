@@ -58,10 +58,10 @@ from bench.ceiling_model import (
 )
 from bench.ceiling_wire import ChunkPost, Timing, Wire, renew_body, sample_result
 from bench.report import Section, render_section
-from bench.workload import ENDPOINT, write_input
+from harness.live import LiveGateway, free_port
+from harness.workload import ENDPOINT, write_input
 from tasks.validate import validate_jsonl
 from tasks.worker_api import HttpWorkerAPI
-from tests.live import LiveGateway, free_port
 
 INTERNAL_TOKEN = "internal-ceiling-token"
 HEARTBEAT_SECONDS = 5.0  # a run's lease renewal at the default 30 s lease

@@ -33,7 +33,7 @@ import httpx
 import orjson
 
 from bench.system import BenchSystem
-from tests.stack import PrefectServer
+from harness.stack import PrefectServer
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- rate-limits:start -->", "<!-- rate-limits:end -->"

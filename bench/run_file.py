@@ -36,8 +36,8 @@ import orjson
 from batchgate.up.supervisor import http_status
 from bench.report import Run, Section, mb, ratio, render_section, seconds, write_block
 from bench.system import RssSampler
-from bench.workload import write_input
-from tests.live import free_port
+from harness.live import free_port
+from harness.workload import write_input
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- run-file:start -->", "<!-- run-file:end -->"

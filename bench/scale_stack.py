@@ -37,8 +37,8 @@ from batchgate.up import prefect_server
 from batchgate.up.supervisor import Child, http_status, start_child, stop_child, stop_children
 from bench.scale_net import ROOT_ADDRESS, Host
 from flows.deployments import DEPLOYMENT_NAMES
-from tests.live import GatewayAdmin, free_port
-from tests.stack import prefect_env, wait_for
+from harness.live import GatewayAdmin, free_port
+from harness.stack import prefect_env, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "admin-scale-key"

@@ -18,7 +18,7 @@ from bench.report import (
     seconds,
 )
 from bench.system import BenchSystem, RssSampler
-from bench.workload import ENDPOINT, write_input
+from harness.workload import ENDPOINT, write_input
 from tasks.validate import validate_jsonl
 
 PROCESSES = ("gateway", "runner", "mock", "baseline")

@@ -1,5 +1,5 @@
 """The real system for the benchmarks: Prefect server, gateway, runner and
-`batchgate mock-upstream`, as separate processes (tests/stack.py starts and
+`batchgate mock-upstream`, as separate processes (harness/stack.py starts and
 stops them, by process group, exactly as the end-to-end tests do), plus the
 tools to time batches through the official `openai` SDK and to sample each
 process's peak RSS.
@@ -20,8 +20,8 @@ import httpx
 import orjson
 import psutil
 
-from tests.stack import ADMIN_KEY, INTERNAL_TOKEN, PrefectServer, Stack
-from tests.webhook_receiver import Receiver
+from harness.stack import ADMIN_KEY, INTERNAL_TOKEN, PrefectServer, Stack
+from harness.webhook_receiver import Receiver
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 PROVIDER = "openai"

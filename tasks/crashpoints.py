@@ -18,7 +18,7 @@ Firing sends SIGKILL to the caller's whole process group - the runner and
 every flow run it spawned, or the gateway - exactly as `kill -9` of the
 process a user started would. With BATCHGATE_CRASH_SCOPE=process only the
 calling process dies (one flow run, not its runner). Arm it only in a
-process started in its own session (tests/stack.py does so); never set
+process started in its own session (harness/stack.py does so); never set
 these variables in production.
 
 When unset, `crash_point` costs one test of an empty set: the variables are

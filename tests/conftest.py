@@ -1,4 +1,4 @@
-"""Test-wide set-up: importable `tests.live`, no Prefect telemetry, an
+"""Test-wide set-up: importable `harness.live`, no Prefect telemetry, an
 in-process gateway fixture for fast HTTP tests, and the two tiers.
 
 A test that uses a fixture which starts real servers - a Prefect server,
@@ -21,7 +21,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tests.live import FakeFlowRuns, inprocess_app  # noqa: E402
+from harness.live import FakeFlowRuns, inprocess_app  # noqa: E402
 
 # Fixtures that start a Prefect server, `batchgate up` or a gateway process.
 E2E_FIXTURES = frozenset(
@@ -48,13 +48,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def up_dir(tmp_path: Path) -> Path:
-    """A directory for a real `batchgate up` (tests/up_support.py `Up`)."""
+    """A directory for a real `batchgate up` (harness/up.py `Up`)."""
     return tmp_path
 
 
 @pytest.fixture
 def gateway_dir(tmp_path: Path) -> Path:
-    """A directory for a gateway process of the test's own (tests/live.py `LiveGateway`)."""
+    """A directory for a gateway process of the test's own (harness/live.py `LiveGateway`)."""
     return tmp_path
 
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batchgate.mock_provider.server import _reply as mock_reply
 from batchgate.mock_provider.server import count_tokens
-from tests.stack import Stack
+from harness.stack import Stack
 
 CHUNK = 100
 ESTIMATED = 500  # lines of the batch the estimate learns from

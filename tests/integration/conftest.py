@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import PrefectServer
+from harness.stack import PrefectServer
 
 
 @pytest.fixture(scope="session")

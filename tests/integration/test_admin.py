@@ -11,7 +11,7 @@ import duckdb
 import httpx
 import pytest
 
-from tests.live import LiveGateway, free_port
+from harness.live import LiveGateway, free_port
 
 CONFIGURED = {
     "name": "configured",

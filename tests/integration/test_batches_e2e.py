@@ -17,6 +17,7 @@ import orjson
 import psutil
 import pytest
 
+from harness.stack import PrefectServer, Stack
 from tests.integration.batch_control_cases import (  # batch control, on this Stack
     CONTROL_SETTINGS,
     control_finished,  # noqa: F401 (fixture)
@@ -25,7 +26,6 @@ from tests.integration.batch_control_cases import (  # batch control, on this St
     test_the_estimate_is_within_ten_percent_once_a_batch_has_finished,  # noqa: F401
     test_the_estimate_reports_the_line_errors_a_batch_fails_with,  # noqa: F401
 )
-from tests.stack import PrefectServer, Stack
 
 pytestmark = pytest.mark.timeout(900)
 CHUNK = 100
@@ -461,8 +461,8 @@ async def _start_again(stack: Stack, batch_id: str, tmp_path: Path) -> str | Non
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gateway.flow_runs import PrefectFlowRuns
+    from harness.records import batch_record
     from tasks.settings import load_settings
-    from tests.records import batch_record
 
     runs = PrefectFlowRuns(load_settings(data_dir=tmp_path))
     with temporary_settings({PREFECT_API_URL: stack.prefect.api_url}):

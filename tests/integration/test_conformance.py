@@ -32,8 +32,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi import checks as oas
 
-from tests.objects import Objects, make_objects
-from tests.parity.test_batches_parity import ADMIN, Env
+from harness.inline_gateway import ADMIN, Env
+from harness.objects import Objects, make_objects
 
 QUICK_EXAMPLES = 8  # per operation and mode: ~450 cases over the 29 operations
 SOAK_EXAMPLES = 60  # ~3,400 cases

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.crash_support import (
+from harness.batches import (
     Restarter,
     chat_lines,
     check_batch,
@@ -33,9 +33,9 @@ from tests.crash_support import (
     upload,
     wait_all_terminal,
 )
-from tests.reliability_report import write_crash_matrix
-from tests.stack import PrefectServer, Stack
-from tests.webhook_receiver import Receiver
+from harness.reliability_report import write_crash_matrix
+from harness.stack import PrefectServer, Stack
+from harness.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(900)
 CHUNK = 50

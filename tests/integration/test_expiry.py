@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.parity.test_batches_parity import Env, chat_line
+from harness.inline_gateway import Env, chat_line
 
 WINDOW_SECONDS = 3
 LINES = 800

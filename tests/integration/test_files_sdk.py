@@ -17,7 +17,7 @@ import openai
 import psutil
 import pytest
 
-from tests.live import LiveGateway
+from harness.live import LiveGateway
 
 FILE_FIELDS = {"id", "object", "bytes", "created_at", "filename", "purpose", "expires_at"}
 ENVELOPE_FIELDS = {"message", "type", "param", "code"}

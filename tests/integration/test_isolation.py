@@ -5,7 +5,7 @@ not exist, and changes nothing. Every route of the app (gateway/app.py
 `ROUTES`, so a route added later is in the table too) refuses every
 credential but its own: /v1 takes API keys, /admin the admin key, /internal
 the internal token, /metrics the admin key or the metrics token; /health and
-/openapi.json are public. Objects come from real batch runs (tests/objects.py).
+/openapi.json are public. Objects come from real batch runs (harness/objects.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 from starlette.routing import Route
 
 from gateway.app import ROUTES
-from tests.objects import Objects, make_objects
-from tests.parity.test_batches_parity import ADMIN, TOKEN, Env
+from harness.inline_gateway import ADMIN, TOKEN, Env
+from harness.objects import Objects, make_objects
 
 METRICS = "metrics-isolation"
 PUBLIC = {("GET", "/health"), ("GET", "/openapi.json")}

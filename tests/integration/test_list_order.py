@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.parity.test_batches_parity import Env, chat_line
+from harness.inline_gateway import Env, chat_line
 
 FILES = 50
 BATCHES = 20

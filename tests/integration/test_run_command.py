@@ -20,8 +20,8 @@ import polars
 import pytest
 
 from batchgate.up.supervisor import Child, http_status, start_child, stop_child
-from tests.live import free_port
-from tests.stack import wait_for
+from harness.live import free_port
+from harness.stack import wait_for
 
 SECRET = "sk-run-secret-4711"
 ROOT = Path(__file__).resolve().parents[2]

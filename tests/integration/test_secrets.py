@@ -32,11 +32,11 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from batchgate.up.supervisor import start_child, stop_child
+from harness.live import free_port
+from harness.stack import ADMIN_KEY, INTERNAL_TOKEN, PrefectServer, Stack
+from harness.up import Output, clean_env, wait_ready
 from storage.ids import hash_key
 from storage.metadata import MetadataStore
-from tests.live import free_port
-from tests.stack import ADMIN_KEY, INTERNAL_TOKEN, PrefectServer, Stack
-from tests.up_support import Output, clean_env, wait_ready
 
 pytestmark = pytest.mark.timeout(600)
 TERMINAL = {"completed", "failed", "cancelled", "expired"}

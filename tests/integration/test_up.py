@@ -34,16 +34,16 @@ from batchgate.up.supervisor import (
     stop_children,
     ui_url_for,
 )
-from tasks.settings import load_settings
-from tests.crash_support import (
+from harness.batches import (
     chat_lines,
     check_batch,
     create_batch,
     upload,
     wait_all_terminal,
 )
-from tests.live import free_port
-from tests.up_support import ROOT, Up, clean_env, live
+from harness.live import free_port
+from harness.up import ROOT, Up, clean_env, live
+from tasks.settings import load_settings
 
 
 def test_up_serves_restarts_a_killed_runner_and_stops_every_child(up_dir: Path) -> None:

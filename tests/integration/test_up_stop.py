@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batchgate.up.supervisor import Shutdown, StopRequest
-from tests.up_support import Up
+from harness.up import Up
 
 # Nothing of a SIGKILLed `up` may be running this long after it died.
 ORPHAN_DEADLINE_SECONDS = 20.0

@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from batchgate.mock_provider.server import MockConfig, create_mock_app
-from tests.crash_support import chat_lines
-from tests.servers import ThreadedServer
+from harness.batches import chat_lines
+from harness.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness
 
 FAULTS_OFF = {
@@ -159,7 +159,7 @@ _ROWS: list[dict[str, Any]] = []
 def soak_rows() -> Iterator[list[dict[str, Any]]]:
     yield _ROWS
     if _ROWS:
-        from tests.reliability_report import write_upstream_faults
+        from harness.reliability_report import write_upstream_faults
 
         write_upstream_faults(_ROWS)
 

@@ -17,15 +17,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchgate.up.supervisor import stop_child
-from tests.crash_support import (
+from harness.batches import (
     chat_lines,
     check_batch,
     create_batch,
     upload,
     wait_all_terminal,
 )
-from tests.stack import INTERNAL_TOKEN, PrefectServer, Stack
-from tests.webhook_receiver import Receiver
+from harness.stack import INTERNAL_TOKEN, PrefectServer, Stack
+from harness.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(600)
 METRICS_TOKEN = "metrics-read-only-token"

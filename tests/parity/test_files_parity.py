@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
+from harness.live import asgi_client
 from storage import ids
 from storage.metadata import now
 from storage.records import FileRecord
-from tests.live import asgi_client
 
 INTERNAL_FIELDS = (
     "status",

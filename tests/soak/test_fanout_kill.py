@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.crash_support import chat_lines, check_batch, create_batch, upload, wait_all_terminal
-from tests.stack import INTERNAL_TOKEN, PrefectServer, Stack
+from harness.batches import chat_lines, check_batch, create_batch, upload, wait_all_terminal
+from harness.stack import INTERNAL_TOKEN, PrefectServer, Stack
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(600)]
 

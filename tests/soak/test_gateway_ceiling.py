@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.live import REPO_ROOT
+from harness.live import REPO_ROOT
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(600)]
 

@@ -33,9 +33,9 @@ import aiohttp
 import httpx
 import pytest
 
-from bench.workload import chat_request, write_input
-from tests.reliability_report import write_load
-from tests.stack import PrefectServer, Stack
+from harness.reliability_report import write_load
+from harness.stack import PrefectServer, Stack
+from harness.workload import chat_request, write_input
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
 

@@ -17,7 +17,7 @@ import openai
 import psutil
 import pytest
 
-from tests.crash_support import (
+from harness.batches import (
     _retrying,
     chat_lines,
     check_batch,
@@ -25,8 +25,8 @@ from tests.crash_support import (
     upload,
     wait_all_terminal,
 )
-from tests.reliability_report import write_up_kills
-from tests.up_support import Up
+from harness.reliability_report import write_up_kills
+from harness.up import Up
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
 

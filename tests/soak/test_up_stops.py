@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash_support import chat_lines, create_batch, upload
-from tests.up_support import STOPS, Up
+from harness.batches import chat_lines, create_batch, upload
+from harness.up import STOPS, Up
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
 

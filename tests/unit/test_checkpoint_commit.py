@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from harness.records import store_batch
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.secrets import SecretKeys, new_key
 from tasks.ledger import BatchLedger, part_name
-from tests.records import store_batch
 
 CHAT = "/v1/chat/completions"
 LINE = b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}\n'

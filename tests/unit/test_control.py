@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gateway.metrics import GatewayMetrics
+from harness.servers import ThreadedServer
 from storage.metadata import MetadataStore
 from storage.records import KeyBudget, Spend
 from tasks.aimd import AdaptiveLimiter
@@ -31,7 +32,6 @@ from tasks.run_control import RunControl
 from tasks.settings import PriceConfig, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
-from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import CHAT, Harness, chat, mock  # noqa: F401 (fixture)
 
 PRICES = [

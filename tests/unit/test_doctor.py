@@ -17,12 +17,12 @@ import pytest
 
 from batchgate.cli import main
 from batchgate.ops.doctor import examine
+from harness.records import store_batch
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore
 from storage.records import BatchRecord
 from tasks.ledger import BatchLedger, part_name
 from tasks.result_lines import result_line
-from tests.records import store_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,9 @@ from gateway.app import ROUTES
 from gateway.json_body import MAX_JSON_BODY_BYTES
 from gateway.models.objects import batch_object
 from gateway.routes.openapi import UndocumentedRoute, document
+from harness.live import FakeFlowRuns, asgi_client, inprocess_app
 from storage.metadata import now
 from storage.records import BatchRecord, FileRecord
-from tests.live import FakeFlowRuns, asgi_client, inprocess_app
 
 DOCUMENT = document(ROUTES)
 

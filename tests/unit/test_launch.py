@@ -12,11 +12,11 @@ from typing import Any
 from gateway.batch_creation import record_batch
 from gateway.flow_runs import launch_key
 from gateway.loops.reconciler import lease_is_live, reconcile_once
+from harness.live import FakeFlowRuns, inprocess_app
+from harness.records import batch_record, store_batch
 from storage.blobs import BlobStore
 from storage.records import BatchRecord
 from tasks.batch_rules import BatchRequest
-from tests.live import FakeFlowRuns, inprocess_app
-from tests.records import batch_record, store_batch
 
 CHAT = "/v1/chat/completions"
 

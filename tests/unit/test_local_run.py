@@ -101,8 +101,8 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_the_next_one_finishes(
     import orjson
 
     from batchgate.mock_provider.server import MockConfig, create_mock_app
+    from harness.servers import ThreadedServer
     from tasks.local_run import EXIT_INTERRUPTED, LocalRun, RunOptions, run_settings
-    from tests.servers import ThreadedServer
 
     lines = [
         {

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from gateway.routes.files import UPLOAD_PURPOSES
-from tests.live import inprocess_app
+from harness.live import inprocess_app
 
 LIMIT = 2048
 BOUNDARY = "fuzzb0undary"

@@ -17,6 +17,8 @@ from batchgate.mock_provider.server import MockConfig, create_mock_app
 from flows.process_batch import drive_batch
 from gateway.errors import APIError
 from gateway.table_builds import ensure_built
+from harness.records import store_batch
+from harness.servers import ThreadedServer
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, ProviderRecord
@@ -27,8 +29,6 @@ from tasks.retention import sweep
 from tasks.settings import Settings
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import LocalWorkerAPI
-from tests.records import store_batch
-from tests.servers import ThreadedServer
 
 CHAT = "/v1/chat/completions"
 

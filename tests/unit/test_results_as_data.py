@@ -18,6 +18,8 @@ import pytest
 from flows.process_batch import Steps, drive_batch, finalize_batch
 from gateway.errors import APIError
 from gateway.routes.results import parse_time
+from harness.live import asgi_client, inprocess_app
+from harness.servers import ThreadedServer
 from storage.metadata import now
 from storage.records import BatchRecord, FileRecord, KeyBudget
 from tasks import live_results
@@ -28,8 +30,6 @@ from tasks.retention import sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
 from tasks.summary_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.upstream import UpstreamClient
-from tests.live import asgi_client, inprocess_app
-from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness
 from tests.unit.test_pipeline import mock as mock  # noqa: F401  (the module fixture)
 

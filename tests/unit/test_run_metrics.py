@@ -12,10 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
+from harness.servers import ThreadedServer
 from tasks.run_metrics import LATENCY_BUCKETS, RunMetrics
 from tasks.usage import usage_of
 from tasks.worker_api import LocalWorkerAPI
-from tests.servers import ThreadedServer
 from tests.unit.test_pipeline import Harness, chat, mock  # noqa: F401  (the mock fixture)
 
 

@@ -10,12 +10,12 @@ import duckdb
 import pytest
 
 from gateway.models.objects import file_object
+from harness.records import batch_record
 from storage import ids, metadata
 from storage.blobs import BlobStore
 from storage.metadata import SCHEMA_VERSION, MetadataStore, migrations, now
 from storage.records import FileRecord, ProviderRecord
 from storage.secrets import SecretKeys, new_key
-from tests.records import batch_record
 
 
 @pytest.fixture

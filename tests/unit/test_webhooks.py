@@ -17,13 +17,13 @@ import standardwebhooks
 from gateway.app import build_state
 from gateway.loops import webhooks as webhook_loop
 from gateway.state import GatewayState
+from harness.records import batch_record
+from harness.webhook_receiver import Receiver
 from storage.ids import new_batch_id
 from storage.metadata import MetadataStore
 from storage.secrets import SecretKeys, new_key
 from tasks.settings import Settings
 from tasks.webhooks import EVENT_TYPES, event_payload, next_attempt, retry_delay, signed_headers
-from tests.records import batch_record
-from tests.webhook_receiver import Receiver
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
+from harness.live import free_port
 from tasks.worker_api import SUMMARY_PATIENCE, HttpWorkerAPI
-from tests.live import free_port
 
 
 def test_a_finished_runs_summary_waits_briefly_for_an_unreachable_gateway() -> None:

@@ -23,7 +23,7 @@ from batchgate.up.supervisor import (
     start_child,
     stop_child,
 )
-from tests.live import GatewayAdmin, free_port
+from harness.live import GatewayAdmin, free_port
 
 ADMIN_KEY = "admin-e2e-key"
 INTERNAL_TOKEN = "internal-e2e-token"

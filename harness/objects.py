@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tests.parity.test_batches_parity import Env, chat_line
+from harness.inline_gateway import Env, chat_line
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import uvicorn
 
-from tests.live import free_port
+from harness.live import free_port
 
 
 class ThreadedServer:

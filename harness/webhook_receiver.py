@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.live import free_port
-from tests.servers import ThreadedServer
+from harness.live import free_port
+from harness.servers import ThreadedServer
 
 
 @dataclass

@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from batchgate.up.supervisor import Child, http_status, start_child, stop_child
-from tests.live import GatewayAdmin, free_port
-from tests.stack import wait_for
+from harness.live import GatewayAdmin, free_port
+from harness.stack import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "admin-up-key"

@@ -22,8 +22,8 @@ import openai
 import orjson
 
 from batchgate.up.supervisor import stop_child
+from harness.stack import Stack
 from tasks.crashpoints import marker_path
-from tests.stack import Stack
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks' own code: their arithmetic, reports and scale-out runs."""
