@@ -35,6 +35,7 @@ from tasks.summary_report import LineProgress
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tasks.worker_api import WorkerAPI
+from tasks.worker_messages import Outcome
 
 log = logging.getLogger("batchgate.worker")
 
@@ -139,7 +140,7 @@ REFUSED = "chunk_refused"
 WAIT_POLL_SECONDS = 0.5
 
 
-def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
+def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
     return api.finalize(batch_id, token, outcome)
 
 
@@ -175,7 +176,7 @@ class Steps:
     fan_out: Callable[[int], Awaitable[None]] = _no_fan_out
 
 
-OUTCOME_OF_REASON = {
+OUTCOME_OF_REASON: dict[str | None, Outcome] = {
     None: "completed",
     "cancelled": "cancelled",
     "expired": "expired",
@@ -296,7 +297,7 @@ async def _drive(
             await _execute_all(api, client, control, settings, steps, chunks)
     if control.reason in {"lease_lost", "ended_elsewhere", "interrupted"}:
         return control.status
-    outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
+    outcome: Outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
     if outcome == "budget_exceeded" and not control.stopped_lines:
         # The last chunks' spend reached the budget, but nothing was left
         # unsent (by this run, or a helper run): the batch is complete, not stopped.

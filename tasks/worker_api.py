@@ -26,6 +26,19 @@ from tasks.ledger import (
     LedgerError,
     chunk_view,
 )
+from tasks.worker_messages import (
+    ChunkClaim,
+    ChunkResult,
+    Claim,
+    ClaimsRenewal,
+    Failure,
+    Finalize,
+    Outcome,
+    Plan,
+    Release,
+    Renewal,
+    WorkerMessage,
+)
 
 if TYPE_CHECKING:  # the flow process never opens DuckDB: keep it out of its imports
     import httpx  # imported when an HttpWorkerAPI is made: `batchgate run` never needs it
@@ -71,8 +84,9 @@ class WorkerAPI(Protocol):
         meta: Sequence[dict[str, Any]] | None = None,
         usage_rows: Sequence[dict[str, Any]] | None = None,
         metrics: dict[str, Any] | None = None,
+        stopped: int = 0,
     ) -> dict[str, Any]: ...
-    def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]: ...
+    def finalize(self, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]: ...
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]: ...
     def providers(self) -> list[ProviderRecord]: ...
     def retention(self) -> dict[str, Any]: ...
@@ -119,7 +133,7 @@ class LocalWorkerAPI:
     def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> dict[str, Any]:
         return self.ledger.record_chunk(batch_id, token, index, **result)
 
-    def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
+    def finalize(self, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
         return asdict(self.ledger.finalize(batch_id, token, outcome))
 
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
@@ -165,13 +179,18 @@ class HttpWorkerAPI:
         return cls(settings.public_url, settings.internal_token)
 
     def _request(
-        self, method: str, path: str, body: Any = None, *, patience: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: WorkerMessage | None = None,
+        *,
+        patience: float | None = None,
     ) -> httpx.Response:
         import httpx
 
         deadline = time.monotonic() + (self.patience if patience is None else patience)
         delay = 0.5
-        content = orjson.dumps(body) if body is not None else None
+        content = body.model_dump_json().encode() if body is not None else None
         while True:
             try:
                 response = self.http.request(
@@ -198,35 +217,34 @@ class HttpWorkerAPI:
             return response
 
     def _json(
-        self, method: str, path: str, body: Any = None, *, patience: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: WorkerMessage | None = None,
+        *,
+        patience: float | None = None,
     ) -> Any:
         return orjson.loads(self._request(method, path, body, patience=patience).content)
 
     def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/claim", {"flow_run_id": flow_run_id})
+        return self._json("POST", f"/batches/{batch_id}/claim", Claim(flow_run_id=flow_run_id))
 
     def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"lease_token": token}
-        if claims:
-            body["claims"] = True
+        body = Renewal(lease_token=token, claims=claims)
         return self._json("POST", f"/batches/{batch_id}/renew", body)
 
     def release(self, batch_id: str, token: str) -> None:
-        self._request("POST", f"/batches/{batch_id}/release", {"lease_token": token})
+        self._request("POST", f"/batches/{batch_id}/release", Release(lease_token=token))
 
     def claim_chunk(
         self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
     ) -> dict[str, Any]:
-        return self._json(
-            "POST",
-            f"/batches/{batch_id}/chunks/claim",
-            {"flow_run_id": flow_run_id, "lease_token": lease_token},
-        )
+        body = ChunkClaim(flow_run_id=flow_run_id, lease_token=lease_token)
+        return self._json("POST", f"/batches/{batch_id}/chunks/claim", body)
 
     def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
-        return self._json(
-            "POST", f"/batches/{batch_id}/chunks/renew", {"chunk_tokens": list(tokens)}
-        )
+        body = ClaimsRenewal(chunk_tokens=list(tokens))
+        return self._json("POST", f"/batches/{batch_id}/chunks/renew", body)
 
     @contextmanager
     def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
@@ -238,7 +256,7 @@ class HttpWorkerAPI:
             yield response.iter_bytes(1 << 20)
 
     def save_plan(self, batch_id: str, token: str, **plan: Any) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/plan", {"lease_token": token, **plan})
+        return self._json("POST", f"/batches/{batch_id}/plan", Plan(lease_token=token, **plan))
 
     def chunks(self, batch_id: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/batches/{batch_id}/chunks")
@@ -249,23 +267,18 @@ class HttpWorkerAPI:
     def record_chunk(
         self, batch_id: str, token: str, index: int, *, output: bytes, errors: bytes, **result: Any
     ) -> dict[str, Any]:
-        body = {
-            "lease_token": token,
-            "output": output.decode(),
-            "errors": errors.decode(),
-            **result,
-        }
+        body = ChunkResult(
+            lease_token=token, output=output.decode(), errors=errors.decode(), **result
+        )
         return self._json("POST", f"/batches/{batch_id}/chunks/{index}", body)
 
-    def finalize(self, batch_id: str, token: str, outcome: str) -> dict[str, Any]:
-        return self._json(
-            "POST", f"/batches/{batch_id}/finalize", {"lease_token": token, "outcome": outcome}
-        )
+    def finalize(self, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
+        body = Finalize(lease_token=token, outcome=outcome)
+        return self._json("POST", f"/batches/{batch_id}/finalize", body)
 
     def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
-        return self._json(
-            "POST", f"/batches/{batch_id}/fail", {"lease_token": token, "errors": list(errors)}
-        )
+        body = Failure(lease_token=token, errors=list(errors))
+        return self._json("POST", f"/batches/{batch_id}/fail", body)
 
     def providers(self) -> list[ProviderRecord]:
         return [ProviderRecord(**p) for p in self._json("GET", "/providers")]

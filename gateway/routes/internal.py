@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -20,8 +21,19 @@ from gateway.auth import require_internal
 from gateway.errors import APIError
 from gateway.state import gateway_state
 from gateway.table_builds import ensure_built, read_summary
-from tasks.ledger import OUTCOMES, BatchLedger, LedgerError, chunk_view
+from tasks.ledger import BatchLedger, LedgerError, chunk_view
 from tasks.retention import sweep
+from tasks.worker_messages import (
+    ChunkClaim,
+    ChunkResult,
+    Claim,
+    ClaimsRenewal,
+    Failure,
+    Finalize,
+    Plan,
+    Release,
+    Renewal,
+)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -30,63 +42,33 @@ def _ledger(request: Request) -> BatchLedger:
     return gateway_state(request).ledger
 
 
-async def _body(request: Request) -> dict[str, Any]:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """A field's path as a post names it: `chunks[].line_count`."""
+    text = ""
+    for part in loc:
+        text += "[]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+async def _message(request: Request, model: type[M]) -> M:
+    """The post as `model`: a worker of another version, or a broken post,
+    gets a 400 that names the field, before the ledger reads it."""
+    raw = await request.body()
     try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise APIError(400, "Body is not valid JSON.") from exc
-    if not isinstance(body, dict):
-        raise APIError(400, "Body must be a JSON object.")
-    return body
-
-
-# The fields of one planned chunk (`save_plan`), each an integer.
-PLAN_CHUNK_FIELDS = ("index", "start_offset", "end_offset", "first_line", "line_count")
-
-
-def _malformed(name: str, expected: str) -> APIError:
-    return APIError(400, f"'{name}' is missing or not {expected}.", param=name)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _int(body: dict[str, Any], name: str) -> int:
-    """A required count: a post of another version, or a broken one, gets a
-    400 naming the field, not a server error."""
-    value = body.get(name)
-    if not _is_count(value):
-        raise _malformed(name, "a non-negative integer")
-    return value
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise _malformed(name, "a string")
-    return value
-
-
-_KINDS = {dict: "an object", list: "a list", str: "a string"}
-
-
-def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if value is not None and not isinstance(value, kind):
-        raise _malformed(name, f"{_KINDS[kind]} or null")
-    return value
-
-
-def _objects(body: dict[str, Any], name: str, counts: tuple[str, ...] = ()) -> list[dict]:
-    """A required list of objects, each with the integer fields `counts`."""
-    value = body.get(name)
-    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
-        raise _malformed(name, "a list of objects")
-    for field in counts:
-        if not all(_is_count(item.get(field)) for item in value):
-            raise _malformed(f"{name}[].{field}", "a non-negative integer")
-    return value
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if not first["loc"]:
+            raise APIError(400, "Body must be a JSON object.") from None
+        param = _param(first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise APIError(400, f"Unrecognized field: '{param}'.", param=param) from None
+        raise APIError(
+            400, f"'{param}' is missing or not valid: {first['msg']}.", param=param
+        ) from None
 
 
 async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -101,56 +83,50 @@ def _json(data: Any) -> Response:
 
 
 async def claim(request: Request) -> Response:
-    body = await _body(request)
+    body = await _message(request, Claim)
     return _json(
-        await _call(
-            _ledger(request).claim, request.path_params["batch_id"], body.get("flow_run_id")
-        )
+        await _call(_ledger(request).claim, request.path_params["batch_id"], body.flow_run_id)
     )
 
 
 async def renew(request: Request) -> Response:
-    body = await _body(request)
+    body = await _message(request, Renewal)
     return _json(
         await _call(
             _ledger(request).renew,
             request.path_params["batch_id"],
-            str(body.get("lease_token")),
-            claims=bool(body.get("claims")),
+            body.lease_token,
+            claims=body.claims,
         )
     )
 
 
 async def claim_chunk(request: Request) -> Response:
     """The next free chunk for a run (tasks/ledger.py `claim_chunk`)."""
-    body = await _body(request)
-    token = body.get("lease_token")
+    body = await _message(request, ChunkClaim)
     return _json(
         await _call(
             _ledger(request).claim_chunk,
             request.path_params["batch_id"],
-            body.get("flow_run_id"),
-            None if token is None else str(token),
+            body.flow_run_id,
+            body.lease_token,
         )
     )
 
 
 async def renew_claims(request: Request) -> Response:
     """A helper run's heartbeat: its chunk claims renewed, the batch's control read."""
-    body = await _body(request)
-    tokens = body.get("chunk_tokens") or []
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise APIError(400, "chunk_tokens must be a list of strings.", param="chunk_tokens")
+    body = await _message(request, ClaimsRenewal)
     return _json(
-        await _call(_ledger(request).renew_claims, request.path_params["batch_id"], tokens)
+        await _call(
+            _ledger(request).renew_claims, request.path_params["batch_id"], body.chunk_tokens
+        )
     )
 
 
 async def release(request: Request) -> Response:
-    body = await _body(request)
-    await _call(
-        _ledger(request).release, request.path_params["batch_id"], str(body.get("lease_token"))
-    )
+    body = await _message(request, Release)
+    await _call(_ledger(request).release, request.path_params["batch_id"], body.lease_token)
     return _json({"released": True})
 
 
@@ -160,16 +136,16 @@ async def input_file(request: Request) -> Response:
 
 
 async def plan(request: Request) -> Response:
-    body = await _body(request)
+    body = await _message(request, Plan)
     return _json(
         await _call(
             _ledger(request).save_plan,
             request.path_params["batch_id"],
-            str(body.get("lease_token")),
-            total=_int(body, "total"),
-            chunks=_objects(body, "chunks", PLAN_CHUNK_FIELDS),
-            errors=_objects(body, "errors"),
-            models=body.get("models") or [],
+            body.lease_token,
+            total=body.total,
+            chunks=[chunk.model_dump() for chunk in body.chunks],
+            errors=body.errors,
+            models=body.models,
         )
     )
 
@@ -187,48 +163,40 @@ async def chunk_input(request: Request) -> Response:
 
 
 async def record_chunk(request: Request) -> Response:
-    body = await _body(request)
+    """The checkpoint: the chunk's lines and counts, written with its done mark."""
+    body = await _message(request, ChunkResult)
     return _json(
         await _call(
             _ledger(request).record_chunk,
             request.path_params["batch_id"],
-            str(body.get("lease_token")),
+            body.lease_token,
             request.path_params["index"],
-            output=_text(body, "output").encode(),
-            errors=_text(body, "errors").encode(),
-            completed=_int(body, "completed"),
-            failed=_int(body, "failed"),
-            usage=_optional(body, "usage", dict),
-            model=_optional(body, "model", str),
-            meta=_optional(body, "meta", list),
-            usage_rows=_optional(body, "usage_rows", list),
-            metrics=body.get("metrics"),
-            stopped=int(body.get("stopped") or 0),
+            output=body.output.encode(),
+            errors=body.errors.encode(),
+            completed=body.completed,
+            failed=body.failed,
+            usage=body.usage,
+            model=body.model,
+            meta=body.meta,
+            usage_rows=body.usage_rows,
+            metrics=body.metrics,
+            stopped=body.stopped,
         )
     )
 
 
 async def finalize(request: Request) -> Response:
-    body = await _body(request)
-    outcome = body.get("outcome", "completed")
-    if outcome not in OUTCOMES:
-        raise _malformed("outcome", f"one of {', '.join(sorted(OUTCOMES))}")
+    body = await _message(request, Finalize)
     batch = await _call(
-        _ledger(request).finalize,
-        request.path_params["batch_id"],
-        str(body.get("lease_token")),
-        outcome,
+        _ledger(request).finalize, request.path_params["batch_id"], body.lease_token, body.outcome
     )
     return _json(asdict(batch))
 
 
 async def fail(request: Request) -> Response:
-    body = await _body(request)
+    body = await _message(request, Failure)
     batch = await _call(
-        _ledger(request).fail,
-        request.path_params["batch_id"],
-        str(body.get("lease_token")),
-        body.get("errors") or [],
+        _ledger(request).fail, request.path_params["batch_id"], body.lease_token, body.errors
     )
     return _json(asdict(batch))
 

@@ -137,9 +137,14 @@ async def test_malformed_internal_posts_are_400_naming_the_field(tmp_path: Path)
         ),
         ("finalize", {"outcome": "done"}, "outcome"),
     ]
+    cases += [
+        ("plan", {"total": 3, "chunks": [], "errors": []}, "lease_token"),
+        ("chunks/0", {"output": "", "errors": "", "completed": 1, "failed": 0, "x": 1}, "x"),
+    ]
     async with asgi_client(app, "internal-test-token") as client:
         for path, body, param in cases:
-            response = await client.post(f"{base}/{path}", json=body)
+            signed = body if param == "lease_token" else {"lease_token": "t", **body}
+            response = await client.post(f"{base}/{path}", json=signed)
             assert assert_envelope(response, 400)["param"] == param, (path, body)
     app.state.gateway.store.close()
 
