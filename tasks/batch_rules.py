@@ -10,6 +10,8 @@ from storage.records import BatchEndpoint, CompletionWindow
 
 ENDPOINTS: frozenset[BatchEndpoint] = frozenset(get_args(BatchEndpoint))
 COMPLETION_WINDOWS: frozenset[CompletionWindow] = frozenset(get_args(CompletionWindow))
+# A name as an endpoint (the dict types the lookup: str in, BatchEndpoint out).
+ENDPOINT_NAMED: dict[str, BatchEndpoint] = {name: name for name in ENDPOINTS}
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512

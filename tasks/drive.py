@@ -35,7 +35,7 @@ from tasks.summary_report import LineProgress
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tasks.worker_api import WorkerAPI
-from tasks.worker_messages import Outcome
+from tasks.worker_messages import OutcomeName
 
 log = logging.getLogger("batchgate.worker")
 
@@ -140,7 +140,9 @@ REFUSED = "chunk_refused"
 WAIT_POLL_SECONDS = 0.5
 
 
-def finalize_batch(api: WorkerAPI, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
+def finalize_batch(
+    api: WorkerAPI, batch_id: str, token: str, outcome: OutcomeName
+) -> dict[str, Any]:
     return api.finalize(batch_id, token, outcome)
 
 
@@ -176,7 +178,7 @@ class Steps:
     fan_out: Callable[[int], Awaitable[None]] = _no_fan_out
 
 
-OUTCOME_OF_REASON: dict[str | None, Outcome] = {
+OUTCOME_OF_REASON: dict[str | None, OutcomeName] = {
     None: "completed",
     "cancelled": "cancelled",
     "expired": "expired",
@@ -297,7 +299,7 @@ async def _drive(
             await _execute_all(api, client, control, settings, steps, chunks)
     if control.reason in {"lease_lost", "ended_elsewhere", "interrupted"}:
         return control.status
-    outcome: Outcome = OUTCOME_OF_REASON.get(control.reason, "completed")
+    outcome: OutcomeName = OUTCOME_OF_REASON.get(control.reason, "completed")
     if outcome == "budget_exceeded" and not control.stopped_lines:
         # The last chunks' spend reached the budget, but nothing was left
         # unsent (by this run, or a helper run): the batch is complete, not stopped.

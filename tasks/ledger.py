@@ -24,7 +24,7 @@ import orjson
 
 from storage.blobs import BlobStore
 from storage.jsonl import iter_chunk_lines
-from storage.records import BatchRecord, ChunkRecord, FileRecord
+from storage.records import BatchRecord, BatchStatus, ChunkRecord, FileRecord
 from tasks import status as st
 from tasks.budgets import per_model
 from tasks.control_state import control_state, record_spend
@@ -103,7 +103,7 @@ class InputUnavailable(LedgerError):
 class Outcome:
     """How a run ends: which status, and the error code for lines that never ran."""
 
-    target: str
+    target: BatchStatus
     unrun_code: str | None
     unrun_message: str | None
     # An entry for the batch's `errors`, for outcomes that fail the batch.
@@ -357,8 +357,8 @@ class BatchLedger:
         token: str,
         *,
         total: int,
-        chunks: Sequence[dict],
-        errors: Sequence[dict],
+        chunks: Sequence[dict[str, Any]],
+        errors: Sequence[dict[str, Any]],
         models: Sequence[str],
     ) -> dict[str, Any]:
         """Record validation: a failed batch with its errors, or the chunk plan."""
@@ -495,7 +495,9 @@ class BatchLedger:
 
     # -- ending -------------------------------------------------------------
 
-    def fail(self, batch_id: str, token: str | None, errors: Sequence[dict]) -> BatchRecord:
+    def fail(
+        self, batch_id: str, token: str | None, errors: Sequence[dict[str, Any]]
+    ) -> BatchRecord:
         batch = self.batch(batch_id) if token is None else self._leased(batch_id, token)
         if not batch.is_terminal:
             self.store.transition_batch(

@@ -52,17 +52,17 @@ import uvloop
 
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
-from storage.records import BatchRecord, FileRecord, ProviderRecord
+from storage.records import BatchEndpoint, BatchRecord, FileRecord, ProviderRecord
+from tasks.batch_rules import ENDPOINT_NAMED
 from tasks.drive import Steps, drive_batch, run_chunk, validate_input
 from tasks.ledger import BatchLedger
 from tasks.line_journal import Journals
-from tasks.routing import UPSTREAM_PATHS
 from tasks.run_meter import Meter, MeteredClient
 from tasks.run_providers import RunError
 from tasks.settings import Settings
 from tasks.worker_api import LocalWorkerAPI
 
-DEFAULT_ENDPOINT = "/v1/chat/completions"
+DEFAULT_ENDPOINT: BatchEndpoint = "/v1/chat/completions"
 STATE_DIR_NAME = ".batchgate-run"
 # Lines per checkpoint. The journal, not the chunk, bounds what a kill loses,
 # so chunks need not be small: a checkpoint (parts, fsyncs, DuckDB rows) costs
@@ -97,7 +97,7 @@ class RunOptions:
     output_path: Path
     errors_path: Path
     state_root: Path
-    endpoint: str
+    endpoint: BatchEndpoint
     providers: list[ProviderRecord]
     max_lines: int | None = None
     chunk_size: int = RUN_CHUNK_SIZE
@@ -114,7 +114,7 @@ def default_errors_path(output_path: Path) -> Path:
     return output_path.with_name(stem + ".errors.jsonl")
 
 
-def infer_endpoint(input_path: Path) -> str:
+def infer_endpoint(input_path: Path) -> BatchEndpoint:
     """The `url` of the file's first line, if it names a batch endpoint; else chat.
     Validation then holds every line to it."""
     with open(input_path, "rb") as handle:
@@ -124,7 +124,11 @@ def infer_endpoint(input_path: Path) -> str:
                     url = orjson.loads(raw).get("url")
                 except (orjson.JSONDecodeError, AttributeError):
                     return DEFAULT_ENDPOINT
-                return url if url in UPSTREAM_PATHS else DEFAULT_ENDPOINT
+                return (
+                    ENDPOINT_NAMED.get(url, DEFAULT_ENDPOINT)
+                    if isinstance(url, str)
+                    else DEFAULT_ENDPOINT
+                )
     return DEFAULT_ENDPOINT
 
 

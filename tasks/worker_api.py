@@ -33,7 +33,7 @@ from tasks.worker_messages import (
     ClaimsRenewal,
     Failure,
     Finalize,
-    Outcome,
+    OutcomeName,
     Plan,
     Release,
     Renewal,
@@ -63,8 +63,8 @@ class WorkerAPI(Protocol):
         token: str,
         *,
         total: int,
-        chunks: Sequence[dict],
-        errors: Sequence[dict],
+        chunks: Sequence[dict[str, Any]],
+        errors: Sequence[dict[str, Any]],
         models: Sequence[str],
     ) -> dict[str, Any]: ...
     def chunks(self, batch_id: str) -> list[dict[str, Any]]: ...
@@ -86,8 +86,10 @@ class WorkerAPI(Protocol):
         metrics: dict[str, Any] | None = None,
         stopped: int = 0,
     ) -> dict[str, Any]: ...
-    def finalize(self, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]: ...
-    def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]: ...
+    def finalize(self, batch_id: str, token: str, outcome: OutcomeName) -> dict[str, Any]: ...
+    def fail(
+        self, batch_id: str, token: str, errors: Sequence[dict[str, Any]]
+    ) -> dict[str, Any]: ...
     def providers(self) -> list[ProviderRecord]: ...
     def retention(self) -> dict[str, Any]: ...
     def results_summary(self, batch_id: str) -> dict[str, Any] | None: ...
@@ -133,10 +135,10 @@ class LocalWorkerAPI:
     def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> dict[str, Any]:
         return self.ledger.record_chunk(batch_id, token, index, **result)
 
-    def finalize(self, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
+    def finalize(self, batch_id: str, token: str, outcome: OutcomeName) -> dict[str, Any]:
         return asdict(self.ledger.finalize(batch_id, token, outcome))
 
-    def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
+    def fail(self, batch_id: str, token: str, errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return asdict(self.ledger.fail(batch_id, token, errors))
 
     def providers(self) -> list[ProviderRecord]:
@@ -223,8 +225,19 @@ class HttpWorkerAPI:
         body: WorkerMessage | None = None,
         *,
         patience: float | None = None,
-    ) -> Any:
-        return orjson.loads(self._request(method, path, body, patience=patience).content)
+    ) -> dict[str, Any]:
+        """A JSON object answer (the gateway's own shapes: tasks/ledger.py)."""
+        answer = orjson.loads(self._request(method, path, body, patience=patience).content)
+        if not isinstance(answer, dict):
+            raise LedgerError(f"{path}: expected a JSON object, got {type(answer).__name__}")
+        return answer
+
+    def _json_list(self, path: str) -> list[dict[str, Any]]:
+        """A JSON list-of-objects answer (GET)."""
+        answer = orjson.loads(self._request("GET", path).content)
+        if not isinstance(answer, list):
+            raise LedgerError(f"{path}: expected a JSON list, got {type(answer).__name__}")
+        return answer
 
     def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
         return self._json("POST", f"/batches/{batch_id}/claim", Claim(flow_run_id=flow_run_id))
@@ -259,7 +272,7 @@ class HttpWorkerAPI:
         return self._json("POST", f"/batches/{batch_id}/plan", Plan(lease_token=token, **plan))
 
     def chunks(self, batch_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", f"/batches/{batch_id}/chunks")
+        return self._json_list(f"/batches/{batch_id}/chunks")
 
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         return self._request("GET", f"/batches/{batch_id}/chunks/{index}/input").content
@@ -272,16 +285,16 @@ class HttpWorkerAPI:
         )
         return self._json("POST", f"/batches/{batch_id}/chunks/{index}", body)
 
-    def finalize(self, batch_id: str, token: str, outcome: Outcome) -> dict[str, Any]:
+    def finalize(self, batch_id: str, token: str, outcome: OutcomeName) -> dict[str, Any]:
         body = Finalize(lease_token=token, outcome=outcome)
         return self._json("POST", f"/batches/{batch_id}/finalize", body)
 
-    def fail(self, batch_id: str, token: str, errors: Sequence[dict]) -> dict[str, Any]:
+    def fail(self, batch_id: str, token: str, errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
         body = Failure(lease_token=token, errors=list(errors))
         return self._json("POST", f"/batches/{batch_id}/fail", body)
 
     def providers(self) -> list[ProviderRecord]:
-        return [ProviderRecord(**p) for p in self._json("GET", "/providers")]
+        return [ProviderRecord(**p) for p in self._json_list("/providers")]
 
     def retention(self) -> dict[str, Any]:
         return self._json("POST", "/retention")

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# How a run ends a batch (`BatchLedger.finalize`, tasks/ledger.py OUTCOMES).
-Outcome = Literal["completed", "cancelled", "expired", "budget_exceeded"]
+# How a run ends a batch: a key of tasks/ledger.py OUTCOMES (`BatchLedger.finalize`).
+OutcomeName = Literal["completed", "cancelled", "expired", "budget_exceeded"]
 Count = Annotated[int, Field(ge=0)]
 
 
@@ -100,7 +100,7 @@ class Finalize(WorkerMessage):
     """End the batch (`/finalize`): write its files, set its status."""
 
     lease_token: str
-    outcome: Outcome = "completed"
+    outcome: OutcomeName = "completed"
 
 
 class Failure(WorkerMessage):

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.batch_rules import ENDPOINTS
+
 PROGRESS_MODES = ("auto", "bar", "json", "none")
 
 
@@ -33,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--provider", help="a provider named in the BATCHGATE_CONFIG file")
     parser.add_argument(
-        "--endpoint", help="batch endpoint, e.g. /v1/embeddings (default: the first line's url)"
+        "--endpoint",
+        choices=sorted(ENDPOINTS),
+        help="batch endpoint (default: the first line's url)",
     )
     parser.add_argument(
         "--max-concurrency", type=int, help="requests in flight per provider at most"

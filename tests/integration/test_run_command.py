@@ -179,6 +179,9 @@ def test_invalid_file_exits_2_with_line_numbers_and_sends_nothing(
         mock, write(tmp_path / "ok.jsonl", [chat(i) for i in range(5)]), "--max-lines", "4"
     )
     assert too_many.returncode == 2 and "more than 4 requests" in too_many.stderr
+    unknown = run(mock, write(tmp_path / "e.jsonl", [chat(0)]), "--endpoint", "/v1/chat")
+    assert unknown.returncode == 2 and "invalid choice: '/v1/chat'" in unknown.stderr
+    assert mock.stats()["total"] == 0
 
 
 def test_missing_key_variable_is_named_without_sending(mock: Mock, tmp_path: Path) -> None:
