@@ -28,7 +28,8 @@ import httpx
 import orjson
 
 from bench.report import markdown_table, ratio
-from harness.batches import chat_lines, check_batch
+from harness.batches import check_batch
+from harness.lines import chat_lines
 from harness.stack import INTERNAL_TOKEN, PrefectServer, Stack
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}

@@ -46,7 +46,8 @@ from typing import Any
 from bench.report import markdown_table
 from bench.scale_net import Host, can_run, network
 from bench.scale_stack import MODES, ScaleStack, wait_until
-from harness.batches import chat_lines, check_batch, create_batch, upload, wait_all_terminal
+from harness.batches import check_batch, create_batch, upload, wait_all_terminal
+from harness.lines import chat_lines
 
 SCENARIOS = ("spread", "fanout", "kill", "cut")
 SPREAD_TARGET = 2.5

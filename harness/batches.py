@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import openai
 import orjson
 
 from batchgate.up.supervisor import stop_child
+from harness.lines import chat_line
 from harness.stack import Stack
 from tasks.crashpoints import marker_path
 
@@ -61,18 +63,6 @@ class Restarter:
                     self.errors.append(f"restarting {name}: {exc}")
 
 
-def chat_lines(prefix: str, count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "custom_id": f"{prefix}-{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q {i}"}]},
-        }
-        for i in range(count)
-    ]
-
-
 def _retrying(call: Any, timeout: float = 120) -> Any:
     """Call the gateway, waiting out a restart (connection refused / reset)."""
     deadline = time.monotonic() + timeout
@@ -85,9 +75,12 @@ def _retrying(call: Any, timeout: float = 120) -> Any:
             time.sleep(0.5)
 
 
-def upload(client: openai.OpenAI, tmp_path: Path, lines: list[dict[str, Any]]) -> str:
+def upload(client: openai.OpenAI, tmp_path: Path, lines: Sequence[dict[str, Any] | bytes]) -> str:
+    """Upload `lines` (objects, or raw bytes for a broken line) as a batch file."""
     path = tmp_path / f"input-{time.monotonic_ns()}.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    path.write_bytes(
+        b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
+    )
 
     def send() -> str:
         with path.open("rb") as handle:
@@ -179,3 +172,43 @@ def run_doctor(stack: Stack) -> subprocess.CompletedProcess[str]:
 
 def fired(crash_dir: Path, points: list[str]) -> list[str]:
     return [p for p in points if marker_path(crash_dir, p).exists()]
+
+
+def numbered_chat_line(i: int, model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+    return chat_line(f"req-{i}", f"q {i}", model, **extra)
+
+
+def run_batch(
+    client: openai.OpenAI,
+    file_id: str,
+    endpoint: str = "/v1/chat/completions",
+    timeout: float = 180,
+    **kwargs: Any,
+) -> Any:
+    batch = client.batches.create(
+        input_file_id=file_id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        **kwargs,
+    )
+    assert batch.status == "validating"
+    return wait_terminal(client, batch.id, timeout)
+
+
+def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in {"completed", "failed", "expired", "cancelled"}:
+            return batch
+        assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
+        time.sleep(0.5)
+
+
+def wait_progress(client: openai.OpenAI, batch_id: str, at_least: int, timeout: float = 120) -> int:
+    """Wait until `at_least` lines of a running batch completed; return the count."""
+    deadline = time.monotonic() + timeout
+    while (done := client.batches.retrieve(batch_id).request_counts.completed) < at_least:
+        assert time.monotonic() < deadline, f"{batch_id}: {done} of {at_least} lines done"
+        time.sleep(0.1)
+    return done

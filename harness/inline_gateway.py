@@ -217,14 +217,3 @@ class Env(GatewayAdmin):
                 env.runs.held = False
 
         return Hold()
-
-
-def chat_line(
-    custom_id: str, content: str, model: str = "gpt-4o-mini", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": content}], **extra},
-    }

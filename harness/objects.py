@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.inline_gateway import Env, chat_line
+from harness.inline_gateway import Env
+from harness.lines import chat_line
 
 
 @dataclass(frozen=True)

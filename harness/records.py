@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from storage import ids
 from storage.blobs import BlobStore
 from storage.metadata import MetadataStore, now
 from storage.records import BatchRecord, FileRecord
@@ -60,3 +61,26 @@ def batch_record(batch_id: str = "batch_x", **fields: Any) -> BatchRecord:
         "expires_at": 10**10,
     }
     return BatchRecord(id=batch_id, **{**defaults, **fields})
+
+
+def file_record(
+    key_id: str,
+    *,
+    created_at: int,
+    purpose: str = "batch",
+    expires_at: int | None = None,
+    file_id: str | None = None,
+) -> FileRecord:
+    fid = file_id or ids.new_file_id()
+    return FileRecord(
+        id=fid,
+        api_key_id=key_id,
+        filename=f"{fid}.jsonl",
+        purpose=purpose,
+        bytes=3,
+        created_at=created_at,
+        expires_at=expires_at,
+        deleted_at=None,
+        blob_name=fid,
+        mime_type="application/jsonl",
+    )

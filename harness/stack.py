@@ -185,3 +185,14 @@ class Stack(GatewayAdmin):
     def reset_mock(self) -> None:
         httpx.post(f"{self.mock_url}/stats/reset").raise_for_status()
         self.mock_config(latency_ms=0, failure_rate=0, rate_429=0)
+
+
+def prefect_artifacts(stack: Stack, key: str) -> list[dict[str, Any]]:
+    """Artifacts by key, newest first (raw API: the client's filter model sends
+    nulls this server version refuses)."""
+    response = httpx.post(
+        f"{stack.prefect.api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 5},
+    )
+    response.raise_for_status()
+    return response.json()

@@ -17,7 +17,18 @@ import orjson
 import psutil
 import pytest
 
+from harness.batches import (
+    lines_of,
+    run_batch,
+    upload,
+    wait_progress,
+    wait_terminal,
+)
+from harness.batches import (
+    numbered_chat_line as chat_line,
+)
 from harness.stack import PrefectServer, Stack
+from harness.stack import prefect_artifacts as _artifacts
 from tests.integration.batch_control_cases import (  # batch control, on this Stack
     CONTROL_SETTINGS,
     control_finished,  # noqa: F401 (fixture)
@@ -60,66 +71,6 @@ def client(stack: Stack) -> openai.OpenAI:
 @pytest.fixture(autouse=True)
 def fresh_mock(stack: Stack) -> None:
     stack.reset_mock()
-
-
-def chat_line(i: int, model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
-    return {
-        "custom_id": f"req-{i}",
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": f"q {i}"}], **extra},
-    }
-
-
-def upload(client: openai.OpenAI, tmp_path: Path, lines: list[Any]) -> str:
-    path = tmp_path / f"input-{time.monotonic_ns()}.jsonl"
-    path.write_bytes(
-        b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in lines)
-    )
-    with path.open("rb") as handle:
-        return client.files.create(file=handle, purpose="batch").id
-
-
-def run_batch(
-    client: openai.OpenAI,
-    file_id: str,
-    endpoint: str = "/v1/chat/completions",
-    timeout: float = 180,
-    **kwargs: Any,
-) -> Any:
-    batch = client.batches.create(
-        input_file_id=file_id,
-        endpoint=endpoint,  # type: ignore[arg-type]
-        completion_window="24h",
-        **kwargs,
-    )
-    assert batch.status == "validating"
-    return wait_terminal(client, batch.id, timeout)
-
-
-def wait_terminal(client: openai.OpenAI, batch_id: str, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in {"completed", "failed", "expired", "cancelled"}:
-            return batch
-        assert time.monotonic() < deadline, f"{batch_id} still {batch.status}"
-        time.sleep(0.5)
-
-
-def wait_progress(client: openai.OpenAI, batch_id: str, at_least: int, timeout: float = 120) -> int:
-    """Wait until `at_least` lines of a running batch completed; return the count."""
-    deadline = time.monotonic() + timeout
-    while (done := client.batches.retrieve(batch_id).request_counts.completed) < at_least:
-        assert time.monotonic() < deadline, f"{batch_id}: {done} of {at_least} lines done"
-        time.sleep(0.1)
-    return done
-
-
-def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return [orjson.loads(x) for x in client.files.content(file_id).content.splitlines()]
 
 
 def test_chat_and_embeddings_batches_complete(
@@ -470,17 +421,6 @@ async def _start_again(stack: Stack, batch_id: str, tmp_path: Path) -> str | Non
             return await runs.start_batch(batch_record(batch_id))
         finally:
             await runs.aclose()
-
-
-def _artifacts(stack: Stack, key: str) -> list[dict[str, Any]]:
-    """Artifacts by key, newest first (raw API: the client's filter model sends
-    nulls this server version refuses)."""
-    response = httpx.post(
-        f"{stack.prefect.api_url}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 5},
-    )
-    response.raise_for_status()
-    return response.json()
 
 
 async def _prefect_view(stack: Stack, batch_id: str) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import pytest
 
 from harness.batches import (
     Restarter,
-    chat_lines,
     check_batch,
     create_batch,
     fired,
@@ -33,6 +32,7 @@ from harness.batches import (
     upload,
     wait_all_terminal,
 )
+from harness.lines import chat_lines
 from harness.reliability_report import write_crash_matrix
 from harness.stack import PrefectServer, Stack
 from harness.webhook_receiver import Receiver

@@ -15,7 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from harness.inline_gateway import Env, chat_line
+from harness.inline_gateway import Env
+from harness.lines import chat_line
 
 WINDOW_SECONDS = 3
 LINES = 800

@@ -21,7 +21,8 @@ from typing import Any
 import openai
 import pytest
 
-from harness.inline_gateway import Env, chat_line
+from harness.inline_gateway import Env
+from harness.lines import chat_line
 
 FILES = 50
 BATCHES = 20

@@ -22,12 +22,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.process_batch import artifact_key
+from harness.batches import numbered_chat_line as chat_line
+from harness.batches import run_batch, upload
+from harness.openapi_schemas import schema_errors
 from harness.stack import PrefectServer, Stack
+from harness.stack import prefect_artifacts as _artifacts
 from tasks.ledger import derived_blob_name
 from tasks.results_table import TABLE_SCHEMA
 from tasks.summary_report import summary_headline, summary_rows
-from tests.integration.test_batches_e2e import _artifacts, chat_line, run_batch, upload
-from tests.unit.test_http_conventions import schema_errors
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -34,13 +34,8 @@ from batchgate.up.supervisor import (
     stop_children,
     ui_url_for,
 )
-from harness.batches import (
-    chat_lines,
-    check_batch,
-    create_batch,
-    upload,
-    wait_all_terminal,
-)
+from harness.batches import check_batch, create_batch, upload, wait_all_terminal
+from harness.lines import chat_lines
 from harness.live import free_port
 from harness.up import ROOT, Up, clean_env, live
 from tasks.settings import load_settings

@@ -28,9 +28,9 @@ import httpx
 import pytest
 
 from batchgate.mock_provider.server import MockConfig, create_mock_app
-from harness.batches import chat_lines
+from harness.lines import chat_lines
+from harness.pipeline import Harness
 from harness.servers import ThreadedServer
-from tests.unit.test_pipeline import Harness
 
 FAULTS_OFF = {
     "latency_ms": 0,

@@ -17,13 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchgate.up.supervisor import stop_child
-from harness.batches import (
-    chat_lines,
-    check_batch,
-    create_batch,
-    upload,
-    wait_all_terminal,
-)
+from harness.batches import check_batch, create_batch, upload, wait_all_terminal
+from harness.lines import chat_lines
 from harness.stack import INTERNAL_TOKEN, PrefectServer, Stack
 from harness.webhook_receiver import Receiver
 

@@ -21,7 +21,8 @@ import orjson
 import pytest
 
 from gateway.loops.reconciler import reconcile_once
-from harness.inline_gateway import TERMINAL, TOKEN, Env, chat_line
+from harness.inline_gateway import TERMINAL, TOKEN, Env
+from harness.lines import chat_line
 from storage import ids
 from storage.metadata import now
 from storage.records import FileRecord

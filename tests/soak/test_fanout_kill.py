@@ -14,7 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from harness.batches import chat_lines, check_batch, create_batch, upload, wait_all_terminal
+from harness.batches import check_batch, create_batch, upload, wait_all_terminal
+from harness.lines import chat_lines
 from harness.stack import INTERNAL_TOKEN, PrefectServer, Stack
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(600)]

@@ -17,14 +17,8 @@ import openai
 import psutil
 import pytest
 
-from harness.batches import (
-    _retrying,
-    chat_lines,
-    check_batch,
-    create_batch,
-    upload,
-    wait_all_terminal,
-)
+from harness.batches import _retrying, check_batch, create_batch, upload, wait_all_terminal
+from harness.lines import chat_lines
 from harness.reliability_report import write_up_kills
 from harness.up import Up
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.batches import chat_lines, create_batch, upload
+from harness.batches import create_batch, upload
+from harness.lines import chat_lines
 from harness.up import STOPS, Up
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gateway.metrics import GatewayMetrics
+from harness.pipeline import CHAT, Harness, chat
 from harness.servers import ThreadedServer
 from storage.metadata import MetadataStore
 from storage.records import KeyBudget, Spend
@@ -32,7 +33,6 @@ from tasks.run_control import RunControl
 from tasks.settings import PriceConfig, load_settings
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
-from tests.unit.test_pipeline import CHAT, Harness, chat, mock  # noqa: F401 (fixture)
 
 PRICES = [
     PriceConfig(

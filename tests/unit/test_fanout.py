@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.pipeline import Harness, chat
 from harness.servers import ThreadedServer
 from storage.metadata import now
 from storage.records import KeyBudget
@@ -20,7 +21,6 @@ from tasks.drive import Steps, drive_batch, help_batch, shared_chunk_size
 from tasks.ledger import BatchLedger, LeaseLost
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import LocalWorkerAPI
-from tests.unit.test_pipeline import Harness, chat, mock  # noqa: F401 (fixture)
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
 from gateway.app import ROUTES
@@ -20,22 +18,11 @@ from gateway.json_body import MAX_JSON_BODY_BYTES
 from gateway.models.objects import batch_object
 from gateway.routes.openapi import UndocumentedRoute, document
 from harness.live import FakeFlowRuns, asgi_client, inprocess_app
+from harness.openapi_schemas import DOCUMENT, schema_errors
 from storage.metadata import now
 from storage.records import BatchRecord, FileRecord
 
-DOCUMENT = document(ROUTES)
-
 ENVELOPE = {"message", "type", "param", "code"}
-REGISTRY = Registry().with_resource(
-    "urn:openapi", Resource(contents=DOCUMENT, specification=DRAFT202012)
-)
-
-
-def schema_errors(name: str, instance: Any) -> list[str]:
-    validator = Draft202012Validator(
-        {"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=REGISTRY
-    )
-    return [e.message for e in validator.iter_errors(instance)]
 
 
 def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:

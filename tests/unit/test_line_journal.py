@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 
+from harness.fake_upstream import FakeUpstream
 from storage.records import ProviderRecord
 from tasks.execute import execute_lines
 from tasks.line_journal import ChunkJournal, Journals
 from tasks.result_lines import result_line
-from tests.unit.test_execute import FakeUpstream
 
 CHAT = "/v1/chat/completions"
 PROVIDER = ProviderRecord("fast", "http://127.0.0.1:9/v1", "", max_concurrency=4)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 import storage.repositories.files as file_repository
+from harness.records import file_record
 from storage import ids
 from storage.metadata import MetadataStore, now
 from storage.read_cache import ReadCache
 from storage.records import BatchRecord, ChunkRecord
-from tests.unit.test_storage import file_record
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from flows.process_batch import Steps, drive_batch, finalize_batch
 from gateway.errors import APIError
 from gateway.routes.results import parse_time
 from harness.live import asgi_client, inprocess_app
+from harness.pipeline import Harness
 from harness.servers import ThreadedServer
 from storage.metadata import now
 from storage.records import BatchRecord, FileRecord, KeyBudget
@@ -30,8 +31,6 @@ from tasks.retention import sweep
 from tasks.retry_failed import failed_custom_ids, line_codes, parse_codes, select_lines
 from tasks.summary_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.upstream import UpstreamClient
-from tests.unit.test_pipeline import Harness
-from tests.unit.test_pipeline import mock as mock  # noqa: F401  (the module fixture)
 
 
 def chat(i: int, model: str = "gpt-4o-mini") -> dict[str, Any]:

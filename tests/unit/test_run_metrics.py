@@ -12,11 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
+from harness.pipeline import Harness, chat
 from harness.servers import ThreadedServer
 from tasks.run_metrics import LATENCY_BUCKETS, RunMetrics
 from tasks.usage import usage_of
 from tasks.worker_api import LocalWorkerAPI
-from tests.unit.test_pipeline import Harness, chat, mock  # noqa: F401  (the mock fixture)
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

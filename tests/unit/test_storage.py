@@ -10,11 +10,11 @@ import duckdb
 import pytest
 
 from gateway.models.objects import file_object
-from harness.records import batch_record
+from harness.records import batch_record, file_record
 from storage import ids, metadata
 from storage.blobs import BlobStore
 from storage.metadata import SCHEMA_VERSION, MetadataStore, migrations, now
-from storage.records import FileRecord, ProviderRecord
+from storage.records import ProviderRecord
 from storage.secrets import SecretKeys, new_key
 
 
@@ -23,29 +23,6 @@ def store(tmp_path: Path):  # noqa: ANN201
     s = MetadataStore(tmp_path / "meta.duckdb", SecretKeys(new_key()))
     yield s
     s.close()
-
-
-def file_record(
-    key_id: str,
-    *,
-    created_at: int,
-    purpose: str = "batch",
-    expires_at: int | None = None,
-    file_id: str | None = None,
-) -> FileRecord:
-    fid = file_id or ids.new_file_id()
-    return FileRecord(
-        id=fid,
-        api_key_id=key_id,
-        filename=f"{fid}.jsonl",
-        purpose=purpose,
-        bytes=3,
-        created_at=created_at,
-        expires_at=expires_at,
-        deleted_at=None,
-        blob_name=fid,
-        mime_type="application/jsonl",
-    )
 
 
 def test_blob_writer_publishes_only_complete_blobs(tmp_path: Path) -> None:
