@@ -41,6 +41,7 @@ from tasks.settings import load_settings
 from tasks.summary_report import LineProgress, summary_headline, summary_markdown, summary_rows
 from tasks.upstream import UpstreamClient
 from tasks.worker_api import HttpWorkerAPI, WorkerAPI
+from tasks.worker_messages import PlanAnswer
 
 log = logging.getLogger("batchgate.worker")
 
@@ -89,7 +90,7 @@ def tag_models(models: Sequence[str]) -> None:
         log.warning("could not tag flow run %s with its models: %s", run.id, exc)
 
 
-def validate_and_tag(*args: Any) -> dict[str, Any]:
+def validate_and_tag(*args: Any) -> PlanAnswer:
     """The validate step, then the run's model tags."""
     plan = validate_task(*args)
     tag_models(plan.get("models") or [])

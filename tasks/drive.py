@@ -22,7 +22,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
+
+from typing_extensions import TypedDict, TypeIs
 
 from storage.records import ProviderRecord
 from tasks.crashpoints import crash_point
@@ -35,7 +37,7 @@ from tasks.summary_report import LineProgress
 from tasks.upstream import UpstreamClient
 from tasks.validate import validate_jsonl
 from tasks.worker_api import WorkerAPI
-from tasks.worker_messages import OutcomeName
+from tasks.worker_messages import ChunkClaimAnswer, ChunkView, Control, OutcomeName, PlanAnswer
 
 log = logging.getLogger("batchgate.worker")
 
@@ -45,7 +47,7 @@ log = logging.getLogger("batchgate.worker")
 
 def validate_input(
     api: WorkerAPI, batch_id: str, token: str, endpoint: str, chunk_size: int, max_lines: int
-) -> dict[str, Any]:
+) -> PlanAnswer:
     """Stream the input through the validator and record the plan (or the errors)."""
     try:
         with api.input_blocks(batch_id) as blocks:
@@ -63,7 +65,13 @@ def validate_input(
                 }
             ],
         )
-        return {"status": "failed", "endpoint": endpoint}
+        return {
+            "status": "failed",
+            "endpoint": endpoint,
+            "expires_at": None,
+            "total": 0,
+            "lease_seconds": 0.0,
+        }
     crash_point("validate:before_plan")
     control = api.save_plan(
         batch_id,
@@ -81,10 +89,10 @@ async def run_chunk(
     client: UpstreamClient,
     control: RunControl,
     providers: Sequence[ProviderRecord],
-    chunk: dict[str, Any],
+    chunk: ChunkView,
     *,
     journals: Journals | None = None,
-) -> dict[str, Any]:
+) -> Control | Refused:
     """Execute one chunk and post its checkpoint; returns the batch's control.
 
     With `journals` (`batchgate run`), the chunk's finished lines are kept
@@ -130,11 +138,22 @@ async def run_chunk(
             raise
         # The claim lapsed and another run took the chunk: its post counts, not this one.
         log.warning("chunk %s of %s was taken over by another run", index, control.batch_id)
-        return {REFUSED: True}
+        return REFUSED
 
 
-# The answer `run_chunk` gives for a claimed chunk whose checkpoint was refused.
-REFUSED = "chunk_refused"
+class Refused(TypedDict):
+    """`run_chunk`'s answer for a claimed chunk whose checkpoint was refused."""
+
+    chunk_refused: Literal[True]
+
+
+REFUSED: Refused = {"chunk_refused": True}
+
+
+def refused(answer: Control | Refused) -> TypeIs[Refused]:
+    return "chunk_refused" in answer
+
+
 # How often the batch's run asks again while helpers hold the last chunks:
 # a heartbeat (5 s) here added up to 5 s to the end of every fanned-out batch.
 WAIT_POLL_SECONDS = 0.5
@@ -164,8 +183,8 @@ async def _no_fan_out(helpers: int) -> None:
 
 @dataclass
 class Steps:
-    validate: Callable[..., dict[str, Any]] = validate_input
-    execute: Callable[..., Awaitable[dict[str, Any]]] = run_chunk
+    validate: Callable[..., PlanAnswer] = validate_input
+    execute: Callable[..., Awaitable[Control | Refused]] = run_chunk
     finalize: Callable[..., dict[str, Any]] = finalize_batch
     progress: Callable[[int, int], Awaitable[None]] = _no_progress
     summary: Callable[[dict[str, Any]], Awaitable[None]] = _no_summary
@@ -319,7 +338,7 @@ async def _execute_all(
     control: RunControl,
     settings: Settings,
     steps: Steps,
-    chunks: list[dict[str, Any]],
+    chunks: list[ChunkView],
 ) -> None:
     providers = await asyncio.to_thread(api.providers)
     pending = [c for c in chunks if not c["done"]]
@@ -327,13 +346,15 @@ async def _execute_all(
     progress, lines = _progress_of(steps, chunks)
     window = asyncio.Semaphore(max(1, settings.chunk_parallelism))
 
-    async def one(chunk: dict[str, Any]) -> None:
+    async def one(chunk: ChunkView) -> None:
         nonlocal done
         async with window:
             await control.gate()  # a paused batch starts no chunk
             if control.should_stop():
                 return
-            control.update(await steps.execute(api, client, control, providers, chunk))
+            posted = await steps.execute(api, client, control, providers, chunk)
+            if not refused(posted):  # the batch's own run: a refusal raised LeaseLost
+                control.update(posted)
             crash_point("execute:after_post")
             done += 1
             if lines is not None:
@@ -347,7 +368,7 @@ async def _execute_all(
 
 
 def _progress_of(
-    steps: Steps, chunks: list[dict[str, Any]]
+    steps: Steps, chunks: list[ChunkView]
 ) -> tuple[ProgressReporter, LineProgress | None]:
     """The progress reporter and line counts of a run, set to the chunks done."""
     progress = ProgressReporter(steps.progress, len(chunks))
@@ -367,7 +388,7 @@ async def _execute_shared(
     control: RunControl,
     settings: Settings,
     steps: Steps,
-    chunks: list[dict[str, Any]],
+    chunks: list[ChunkView],
     fanout: int,
     flow_run_id: str | None,
 ) -> None:
@@ -387,7 +408,7 @@ async def _execute_shared(
     starting = asyncio.create_task(fan_out())
     progress, lines = _progress_of(steps, chunks)
 
-    def seen(answer: dict[str, Any]) -> None:
+    def seen(answer: ChunkClaimAnswer) -> None:
         if lines is not None:
             lines.done = lines.total - answer["pending_lines"]
         progress.set(len(chunks) - answer["pending_chunks"])
@@ -425,7 +446,7 @@ async def work_claims(
     *,
     lease_token: str | None,
     held: set[str] | None = None,
-    seen: Callable[[dict[str, Any]], None] | None = None,
+    seen: Callable[[ChunkClaimAnswer], None] | None = None,
 ) -> int:
     """Claim chunks one at a time and execute them, `chunk_parallelism` at
     once, until none is left to claim or the batch must stop; returns the
@@ -451,8 +472,8 @@ async def work_claims(
             control.update(answer)
             if seen is not None:
                 seen(answer)
-            chunk = answer.get("chunk")
-            if chunk is None:
+            chunk, token = answer["chunk"], answer["chunk_token"]
+            if chunk is None or token is None:
                 if control.paused and not control.should_stop():
                     continue  # paused since this run last looked: wait at the gate
                 if lease_token is None or not answer["pending_chunks"] or control.should_stop():
@@ -460,7 +481,6 @@ async def work_claims(
                 # Others hold the rest: look again soon, as finalize waits for this.
                 await asyncio.sleep(min(WAIT_POLL_SECONDS, control.heartbeat_seconds))
                 continue
-            token = answer["chunk_token"]
             held.add(token)
             try:
                 posted = await steps.execute(
@@ -468,7 +488,7 @@ async def work_claims(
                 )
             finally:
                 held.discard(token)
-            if posted.get(REFUSED):
+            if refused(posted):
                 continue
             control.update(posted)
             crash_point("execute:after_post")

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -31,6 +31,13 @@ from tasks.control_state import control_state, record_spend
 from tasks.crashpoints import crash_point
 from tasks.result_lines import result_line
 from tasks.usage import sum_usage
+from tasks.worker_messages import (
+    ChunkClaimAnswer,
+    ChunkView,
+    ClaimAnswer,
+    ClaimsAnswer,
+    Control,
+)
 
 if TYPE_CHECKING:  # flow processes import this module for its errors: no DuckDB there
     from storage.metadata import MetadataStore
@@ -156,12 +163,26 @@ def meta_lines(meta: Sequence[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(m) + b"\n" for m in meta)
 
 
-def chunk_view(chunk: ChunkRecord) -> dict[str, Any]:
+def chunk_view(chunk: ChunkRecord) -> ChunkView:
     """A chunk as runs see it: everything but the token of whoever holds it
     (a claim token is the right to post that chunk's checkpoint)."""
-    view = asdict(chunk)
-    del view["claim_token"]
-    return view
+    return {
+        "batch_id": chunk.batch_id,
+        "chunk_index": chunk.chunk_index,
+        "start_offset": chunk.start_offset,
+        "end_offset": chunk.end_offset,
+        "first_line": chunk.first_line,
+        "line_count": chunk.line_count,
+        "done": chunk.done,
+        "completed": chunk.completed,
+        "failed": chunk.failed,
+        "usage": chunk.usage,
+        "model": chunk.model,
+        "done_by": chunk.done_by,
+        "stopped": chunk.stopped,
+        "claim_expires_at": chunk.claim_expires_at,
+        "claimed_by": chunk.claimed_by,
+    }
 
 
 # Checkpoints of one batch and its finalize are serialized (a chunk's parts
@@ -213,11 +234,11 @@ class BatchLedger:
             raise LeaseLost(f"lease on {batch_id} is held by another run")
         return batch
 
-    def control(self, batch: BatchRecord) -> dict[str, Any]:
+    def control(self, batch: BatchRecord) -> Control:
         """What a run needs to know between requests: status and deadline,
         and for a live batch its control state (`tasks/control_state.py`): paused,
         a stop reason (budget), each provider's concurrency ceiling."""
-        answer = {
+        answer: Control = {
             "status": batch.status,
             "expires_at": batch.expires_at,
             "endpoint": batch.endpoint,
@@ -225,16 +246,19 @@ class BatchLedger:
             "lease_seconds": self.lease_seconds,
         }
         if not batch.is_terminal:
-            answer.update(control_state(self.store, batch.id, batch.api_key_id))
+            live = control_state(self.store, batch.id, batch.api_key_id)
+            answer["paused"] = live["paused"]
+            answer["stop_reason"] = live["stop_reason"]
+            answer["ceilings"] = live["ceilings"]
         return answer
 
     # -- leases -------------------------------------------------------------
 
-    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
+    def claim(self, batch_id: str, flow_run_id: str | None) -> ClaimAnswer:
         """Take the batch for a run unless another live run holds it."""
         batch = self.batch(batch_id)
         if batch.is_terminal:
-            return {"lease_token": None, **self.control(batch)}
+            return {**self.control(batch), "lease_token": None, "fanout_runs": self.fanout_runs}
         held = batch.lease_token is not None and (batch.lease_expires_at or 0) > time.time()
         if held:
             raise LeaseLost(f"{batch_id} is being processed by another run")
@@ -248,12 +272,12 @@ class BatchLedger:
         if not self.store.transition_batch(batch_id, [batch.status], **fields):
             raise LeaseLost(f"{batch_id} changed while being claimed")
         return {
+            **self.control(self.batch(batch_id)),
             "lease_token": token,
             "fanout_runs": self.fanout_runs,
-            **self.control(self.batch(batch_id)),
         }
 
-    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> Control:
         """Extend the run's lease; for an ended batch just say so. With
         `claims`, the chunk claims the run took with its lease token too.
 
@@ -274,7 +298,7 @@ class BatchLedger:
 
     def claim_chunk(
         self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ChunkClaimAnswer:
         """Hand the next free chunk to a run, with a claim that lapses after
         `lease_seconds` unless renewed (`renew_claims`, or `renew` for the
         batch's own run, which claims with its lease token).
@@ -286,11 +310,15 @@ class BatchLedger:
         batch = self.batch(batch_id)
         if lease_token is not None and not batch.is_terminal:  # ended: just say so
             batch = self._leased(batch_id, lease_token)
-        answer: dict[str, Any] = {"chunk": None, "chunk_token": None, **self.control(batch)}
         found = self.store.get_chunks(batch_id)
         pending = [c for c in found if not c.done]
-        answer["pending_chunks"] = len(pending)
-        answer["pending_lines"] = sum(c.line_count for c in pending)
+        answer: ChunkClaimAnswer = {
+            **self.control(batch),
+            "chunk": None,
+            "chunk_token": None,
+            "pending_chunks": len(pending),
+            "pending_lines": sum(c.line_count for c in pending),
+        }
         # A batch told to stop or pause hands out nothing: the run would
         # only hold the chunk (a chunk is claimed before it is looked at).
         expired = batch.expires_at is not None and time.time() >= batch.expires_at
@@ -301,10 +329,11 @@ class BatchLedger:
         at = time.time()
         chunk = self.store.claim_chunk(batch_id, token, flow_run_id, at + self.lease_seconds, at)
         if chunk is not None:
-            answer.update(chunk=chunk_view(chunk), chunk_token=token)
+            answer["chunk"] = chunk_view(chunk)
+            answer["chunk_token"] = token
         return answer
 
-    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> ClaimsAnswer:
         """A helper run's heartbeat: extend its live claims and read the
         batch's control (the same answer the batch's run gets from `renew`).
         `held`: the chunks still held; a claim that lapsed is not revived.
@@ -317,7 +346,7 @@ class BatchLedger:
             for c in self.store.get_chunks(batch_id)
             if not c.done and (c.claim_expires_at or 0) > at
         )
-        return {"held": held, "claimed": claimed, **self.control(batch)}
+        return {**self.control(batch), "held": held, "claimed": claimed}
 
     def _poster(self, batch: BatchRecord, chunk: ChunkRecord, token: str) -> str | None:
         """Who may post this chunk's checkpoint: the batch's run (its lease
@@ -360,7 +389,7 @@ class BatchLedger:
         chunks: Sequence[dict[str, Any]],
         errors: Sequence[dict[str, Any]],
         models: Sequence[str],
-    ) -> dict[str, Any]:
+    ) -> Control:
         """Record validation: a failed batch with its errors, or the chunk plan."""
         batch = self._leased(batch_id, token)
         planned_while_cancelling = batch.status == "cancelling" and not self.store.get_chunks(
@@ -441,7 +470,7 @@ class BatchLedger:
         usage_rows: Sequence[dict[str, Any]] | None = None,
         metrics: dict[str, Any] | None = None,
         stopped: int = 0,
-    ) -> dict[str, Any]:
+    ) -> Control:
         """Write a finished chunk's part files, then mark it done: the checkpoint.
 
         Both parts are always written (maybe empty) so a retried chunk replaces

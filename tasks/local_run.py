@@ -61,6 +61,7 @@ from tasks.run_meter import Meter, MeteredClient
 from tasks.run_providers import RunError
 from tasks.settings import Settings
 from tasks.worker_api import LocalWorkerAPI
+from tasks.worker_messages import Control, PlanAnswer
 
 DEFAULT_ENDPOINT: BatchEndpoint = "/v1/chat/completions"
 STATE_DIR_NAME = ".batchgate-run"
@@ -219,7 +220,7 @@ class RunWorkerAPI(LocalWorkerAPI):
     def providers(self) -> list[ProviderRecord]:
         return self._providers
 
-    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> dict[str, Any]:
+    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> Control:
         if self._interrupted():  # some of its lines were stopped: the chunk runs again
             return self.ledger.control(self.ledger.batch(batch_id))
         control = self.ledger.record_chunk(batch_id, token, index, **result)
@@ -384,7 +385,7 @@ class LocalRun:
         self.progress.recorded_failed += failed
 
     def _steps(self, journals: Journals) -> Steps:
-        def validate(*args: Any) -> dict[str, Any]:
+        def validate(*args: Any) -> PlanAnswer:
             plan = validate_input(*args)
             if plan.get("status") != "failed":
                 self.progress.total = plan.get("total")

@@ -15,10 +15,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from tasks.ledger import LeaseLost
 from tasks.worker_api import WorkerAPI
+from tasks.worker_messages import Control
 
 log = logging.getLogger("batchgate.worker")
 
@@ -29,13 +29,13 @@ class RunControl:
         api: WorkerAPI,
         batch_id: str,
         token: str,
-        control: dict[str, Any],
+        control: Control,
         *,
         heartbeat_seconds: float | None = None,
         on_ceilings: Callable[[dict[str, int]], None] | None = None,
         on_pause: Callable[[bool], None] | None = None,
         stop: Callable[[], str | None] | None = None,
-        renew: Callable[[], dict[str, Any]] | None = None,
+        renew: Callable[[], Control] | None = None,
     ) -> None:
         """`renew` replaces the heartbeat's call (default: renew the batch
         lease): the batch's run with shared chunks renews its claims too, a
@@ -60,7 +60,7 @@ class RunControl:
         self.lease_seconds = lease
         self.heartbeat_seconds = heartbeat_seconds or max(0.5, min(5.0, lease / 4))
 
-    def update(self, control: dict[str, Any]) -> None:
+    def update(self, control: Control) -> None:
         self.status: str = control["status"]
         self.expires_at: float | None = control.get("expires_at")
         self.endpoint: str = control.get("endpoint", "")

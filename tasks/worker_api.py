@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -28,9 +28,14 @@ from tasks.ledger import (
 )
 from tasks.worker_messages import (
     ChunkClaim,
+    ChunkClaimAnswer,
     ChunkResult,
+    ChunkView,
     Claim,
+    ClaimAnswer,
+    ClaimsAnswer,
     ClaimsRenewal,
+    Control,
     Failure,
     Finalize,
     OutcomeName,
@@ -49,13 +54,13 @@ log = logging.getLogger("batchgate.worker")
 
 
 class WorkerAPI(Protocol):
-    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]: ...
-    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]: ...
+    def claim(self, batch_id: str, flow_run_id: str | None) -> ClaimAnswer: ...
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> Control: ...
     def release(self, batch_id: str, token: str) -> None: ...
     def claim_chunk(
         self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
-    ) -> dict[str, Any]: ...
-    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]: ...
+    ) -> ChunkClaimAnswer: ...
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> ClaimsAnswer: ...
     def input_blocks(self, batch_id: str) -> AbstractContextManager[Iterator[bytes]]: ...
     def save_plan(
         self,
@@ -66,8 +71,8 @@ class WorkerAPI(Protocol):
         chunks: Sequence[dict[str, Any]],
         errors: Sequence[dict[str, Any]],
         models: Sequence[str],
-    ) -> dict[str, Any]: ...
-    def chunks(self, batch_id: str) -> list[dict[str, Any]]: ...
+    ) -> Control: ...
+    def chunks(self, batch_id: str) -> list[ChunkView]: ...
     def chunk_input(self, batch_id: str, index: int) -> bytes: ...
     def record_chunk(
         self,
@@ -85,7 +90,7 @@ class WorkerAPI(Protocol):
         usage_rows: Sequence[dict[str, Any]] | None = None,
         metrics: dict[str, Any] | None = None,
         stopped: int = 0,
-    ) -> dict[str, Any]: ...
+    ) -> Control: ...
     def finalize(self, batch_id: str, token: str, outcome: OutcomeName) -> dict[str, Any]: ...
     def fail(
         self, batch_id: str, token: str, errors: Sequence[dict[str, Any]]
@@ -102,10 +107,10 @@ class LocalWorkerAPI:
         self.ledger = ledger
         self.store = store
 
-    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
+    def claim(self, batch_id: str, flow_run_id: str | None) -> ClaimAnswer:
         return self.ledger.claim(batch_id, flow_run_id)
 
-    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> Control:
         return self.ledger.renew(batch_id, token, claims=claims)
 
     def release(self, batch_id: str, token: str) -> None:
@@ -113,26 +118,26 @@ class LocalWorkerAPI:
 
     def claim_chunk(
         self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ChunkClaimAnswer:
         return self.ledger.claim_chunk(batch_id, flow_run_id, lease_token)
 
-    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> ClaimsAnswer:
         return self.ledger.renew_claims(batch_id, tokens)
 
     @contextmanager
     def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
         yield self.ledger.input_blocks(batch_id)
 
-    def save_plan(self, batch_id: str, token: str, **plan: Any) -> dict[str, Any]:
+    def save_plan(self, batch_id: str, token: str, **plan: Any) -> Control:
         return self.ledger.save_plan(batch_id, token, **plan)
 
-    def chunks(self, batch_id: str) -> list[dict[str, Any]]:
+    def chunks(self, batch_id: str) -> list[ChunkView]:
         return [chunk_view(c) for c in self.ledger.chunks(batch_id)]
 
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         return self.ledger.chunk_input(batch_id, index)
 
-    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> dict[str, Any]:
+    def record_chunk(self, batch_id: str, token: str, index: int, **result: Any) -> Control:
         return self.ledger.record_chunk(batch_id, token, index, **result)
 
     def finalize(self, batch_id: str, token: str, outcome: OutcomeName) -> dict[str, Any]:
@@ -239,25 +244,28 @@ class HttpWorkerAPI:
             raise LedgerError(f"{path}: expected a JSON list, got {type(answer).__name__}")
         return answer
 
-    def claim(self, batch_id: str, flow_run_id: str | None) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/claim", Claim(flow_run_id=flow_run_id))
+    def claim(self, batch_id: str, flow_run_id: str | None) -> ClaimAnswer:
+        return cast(
+            ClaimAnswer,
+            self._json("POST", f"/batches/{batch_id}/claim", Claim(flow_run_id=flow_run_id)),
+        )
 
-    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> dict[str, Any]:
+    def renew(self, batch_id: str, token: str, *, claims: bool = False) -> Control:
         body = Renewal(lease_token=token, claims=claims)
-        return self._json("POST", f"/batches/{batch_id}/renew", body)
+        return cast(Control, self._json("POST", f"/batches/{batch_id}/renew", body))
 
     def release(self, batch_id: str, token: str) -> None:
         self._request("POST", f"/batches/{batch_id}/release", Release(lease_token=token))
 
     def claim_chunk(
         self, batch_id: str, flow_run_id: str | None, lease_token: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ChunkClaimAnswer:
         body = ChunkClaim(flow_run_id=flow_run_id, lease_token=lease_token)
-        return self._json("POST", f"/batches/{batch_id}/chunks/claim", body)
+        return cast(ChunkClaimAnswer, self._json("POST", f"/batches/{batch_id}/chunks/claim", body))
 
-    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> dict[str, Any]:
+    def renew_claims(self, batch_id: str, tokens: Sequence[str]) -> ClaimsAnswer:
         body = ClaimsRenewal(chunk_tokens=list(tokens))
-        return self._json("POST", f"/batches/{batch_id}/chunks/renew", body)
+        return cast(ClaimsAnswer, self._json("POST", f"/batches/{batch_id}/chunks/renew", body))
 
     @contextmanager
     def input_blocks(self, batch_id: str) -> Iterator[Iterator[bytes]]:
@@ -268,22 +276,25 @@ class HttpWorkerAPI:
             response.raise_for_status()
             yield response.iter_bytes(1 << 20)
 
-    def save_plan(self, batch_id: str, token: str, **plan: Any) -> dict[str, Any]:
-        return self._json("POST", f"/batches/{batch_id}/plan", Plan(lease_token=token, **plan))
+    def save_plan(self, batch_id: str, token: str, **plan: Any) -> Control:
+        return cast(
+            Control,
+            self._json("POST", f"/batches/{batch_id}/plan", Plan(lease_token=token, **plan)),
+        )
 
-    def chunks(self, batch_id: str) -> list[dict[str, Any]]:
-        return self._json_list(f"/batches/{batch_id}/chunks")
+    def chunks(self, batch_id: str) -> list[ChunkView]:
+        return cast(list[ChunkView], self._json_list(f"/batches/{batch_id}/chunks"))
 
     def chunk_input(self, batch_id: str, index: int) -> bytes:
         return self._request("GET", f"/batches/{batch_id}/chunks/{index}/input").content
 
     def record_chunk(
         self, batch_id: str, token: str, index: int, *, output: bytes, errors: bytes, **result: Any
-    ) -> dict[str, Any]:
+    ) -> Control:
         body = ChunkResult(
             lease_token=token, output=output.decode(), errors=errors.decode(), **result
         )
-        return self._json("POST", f"/batches/{batch_id}/chunks/{index}", body)
+        return cast(Control, self._json("POST", f"/batches/{batch_id}/chunks/{index}", body))
 
     def finalize(self, batch_id: str, token: str, outcome: OutcomeName) -> dict[str, Any]:
         body = Finalize(lease_token=token, outcome=outcome)

@@ -9,9 +9,12 @@ gateway."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
+
+from storage.records import BatchStatus
 
 # How a run ends a batch: a key of tasks/ledger.py OUTCOMES (`BatchLedger.finalize`).
 OutcomeName = Literal["completed", "cancelled", "expired", "budget_exceeded"]
@@ -108,3 +111,85 @@ class Failure(WorkerMessage):
 
     lease_token: str
     errors: list[dict[str, str | int | None]] = []
+
+
+# -- answers ------------------------------------------------------------------
+# What the gateway answers a run (tasks/ledger.py builds them); JSON objects
+# on the wire, typed here for both sides.
+
+
+class ControlState(TypedDict):
+    """A live batch's control (tasks/control_state.py): pause, a stop reason
+    (the key's budget), each provider's concurrency ceiling."""
+
+    paused: bool
+    stop_reason: str | None
+    ceilings: dict[str, int]
+
+
+class Control(TypedDict):
+    """What a run needs to know between requests; the control state only
+    while the batch is live."""
+
+    status: BatchStatus
+    expires_at: int | None
+    endpoint: str
+    total: int
+    lease_seconds: float
+    paused: NotRequired[bool]
+    stop_reason: NotRequired[str | None]
+    ceilings: NotRequired[dict[str, int]]
+
+
+class ClaimAnswer(Control):
+    """`/claim`: the lease token (None for an ended batch) and how many runs
+    to fan the batch out to."""
+
+    lease_token: str | None
+    fanout_runs: NotRequired[int]
+
+
+class ChunkView(TypedDict):
+    """A chunk as runs see it: everything but the token of whoever holds it."""
+
+    batch_id: str
+    chunk_index: int
+    start_offset: int
+    end_offset: int
+    first_line: int
+    line_count: int
+    done: bool
+    completed: int
+    failed: int
+    usage: dict[str, Any] | None  # Any: a usage object (tasks/usage.py)
+    model: str | None
+    done_by: str | None
+    stopped: int
+    claim_expires_at: float | None
+    claimed_by: str | None
+    # The run attaches the token it claimed the chunk with (never sent by the gateway).
+    chunk_token: NotRequired[str | None]
+
+
+class ChunkClaimAnswer(Control):
+    """`/chunks/claim`: the chunk (None when none is free), the token that
+    posts its checkpoint, and what is not done yet."""
+
+    chunk: ChunkView | None
+    chunk_token: str | None
+    pending_chunks: int
+    pending_lines: int
+
+
+class PlanAnswer(Control):
+    """What validation tells the flow run: the batch's control, and the
+    models its lines ask for (the run's tags in the Prefect UI)."""
+
+    models: NotRequired[list[str]]
+
+
+class ClaimsAnswer(Control):
+    """`/chunks/renew`: the chunks still held, and those under any live claim."""
+
+    held: list[int]
+    claimed: int
