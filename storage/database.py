@@ -63,6 +63,8 @@ def columns_of(record_cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(record_cls) if f.name != "extra"]
 
 
+# Any in the row helpers: a row's values, as DuckDB gives and takes them;
+# each record's dataclass (storage/records.py) types them.
 def encode_row(table: str, values: dict[str, Any]) -> dict[str, Any]:
     json_cols = _JSON_COLUMNS.get(table, set())
     return {
@@ -104,7 +106,9 @@ def order_by(direction: str) -> str:
     return "ORDER BY " + ", ".join(f"{c} {direction}" for c in CREATION_ORDER)
 
 
-def after_clause(direction: str, after: FileRecord | BatchRecord | None) -> tuple[str, list[Any]]:
+def after_clause(
+    direction: str, after: FileRecord | BatchRecord | None
+) -> tuple[str, list[object]]:
     """The condition that starts a page right after `after` in creation
     order. Rows created since sort after every older row: before the cursor
     in DESC order (on no later page), at the end in ASC."""
@@ -249,12 +253,12 @@ class Database:
                 for scopes in joined:
                     self._forget(scopes)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run a statement that may write anything, under the write lock."""
         return self._write(sql, params, None)
 
     def _write(
-        self, sql: str, params: Sequence[Any], writes: Sequence[str] | None
+        self, sql: str, params: Sequence[object], writes: Sequence[str] | None
     ) -> list[tuple[Any, ...]]:
         """Run a writing statement, then forget the reads of `writes`."""
         with self._lock:
@@ -272,7 +276,7 @@ class Database:
         else:
             self._cache.invalidate(*writes)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only statement on a pooled cursor, beside any write.
         The pool grows to the number of reads ever in flight at once (the
         thread pool's size at most) and its cursors live until `close`."""
@@ -288,7 +292,7 @@ class Database:
             self._readers.put(reader)
 
     def _fetch(
-        self, table: str, record_cls: type[R], where: str, params: Sequence[Any], tail: str = ""
+        self, table: str, record_cls: type[R], where: str, params: Sequence[object], tail: str = ""
     ) -> list[R]:
         cols = columns_of(record_cls)
         sql = f"SELECT {', '.join(cols)} FROM {table} WHERE {where} {tail}"
@@ -296,7 +300,7 @@ class Database:
         return [record_cls(**decode_row(table, dict(zip(cols, row, strict=True)))) for row in rows]
 
     def _first(
-        self, table: str, record_cls: type[R], where: str, params: Sequence[Any]
+        self, table: str, record_cls: type[R], where: str, params: Sequence[object]
     ) -> R | None:
         found = self._fetch(table, record_cls, where, params)
         return found[0] if found else None
@@ -321,7 +325,7 @@ class Database:
         return dataclasses.replace(record, seq=rows[0][0]) if numbered else record
 
     def _update(
-        self, table: str, key_where: str, key_params: Sequence[Any], fields: dict[str, Any]
+        self, table: str, key_where: str, key_params: Sequence[object], fields: dict[str, Any]
     ) -> int:
         if not fields:
             return 0
@@ -339,7 +343,7 @@ class Database:
         table: str,
         record_cls: type[R],
         where: list[str],
-        params: list[Any],
+        params: list[object],
         limit: int,
         direction: str,
         after: FileRecord | BatchRecord | None,
