@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
 LINES = 3000
 MOCK_LATENCY_MS = 300  # 3,000 lines take ~30 s, so each kill lands mid-batch
 KILL_AFTER_REQUESTS = 600
-STOP_BUDGET_SECONDS = 15.0
+STOP_BUDGET_SECONDS = 20.0
 TARGETS = ("runner", "flow-run", "gateway", "prefect-server")
 ROWS: list[dict[str, Any]] = []
 
